@@ -1,0 +1,34 @@
+# The few targets a newcomer needs. Everything runs inside .venv, created on first use.
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= data/robot_dataset.json
+
+.PHONY: setup quickstart test test-unit lint format data clean
+
+setup:  ## create .venv with the CPU or CUDA build of torch and the whole stack
+	@bash scripts/setup.sh
+
+quickstart: setup  ## the main job on the bundled model and data
+	@bash scripts/quickstart.sh
+
+test: setup  ## lint, then every test tier (unit, integration on CPU; GPU tests skip without CUDA)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+test-unit: setup  ## the fast, pure tests only
+	$(BIN)/python -m pytest tests/unit
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+data: setup  ## regenerate the shipped dataset
+	$(BIN)/robolora data generate --num-examples 4000 --seed 0 --output $(DATA) --force
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info

@@ -1,0 +1,326 @@
+"""Typed configuration: every flag of the training guide plus what a distributed run needs.
+
+One dataclass, :class:`TrainConfig`, is the single source of truth. The CLI parser, the YAML/JSON
+``--config`` file, the saved ``config.yaml`` of a run and the Ray workers' ``train_loop_config``
+are all derived from its fields. Precedence: field defaults < config file < command-line flags.
+
+Example:
+    >>> cfg = parse_train_args(["--data-json", "d.json", "--lora-r", "64", "--lora-alpha", "128"])
+    >>> cfg.lora_r, cfg.lora_alpha, cfg.target_modules()[:2]
+    (64, 128, ['q_proj', 'k_proj'])
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from robolora.errors import ConfigError
+
+DEFAULT_MODEL = "codellama/CodeLlama-7b-Python-hf"
+ALL_LINEAR_MODULES = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+SCHEDULERS = ("linear", "cosine", "constant")
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd")
+OFFLOAD = ("none", "optimizer", "all")
+
+GROUPS = {
+    "data": "Data",
+    "model": "Model and LoRA",
+    "train": "Training",
+    "monitor": "Monitoring and checkpoints",
+    "perf": "Performance",
+    "dist": "Distributed (Ray Train + DeepSpeed)",
+}
+
+
+def _f(default: Any, help: str, group: str, choices: tuple | None = None, **kw: Any) -> Any:
+    """A config field with its help text, --help group and allowed values."""
+    meta = {"help": help, "group": group, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. Field names are the config-file keys; flags are ``--field-name``."""
+
+    # Data
+    data_json: str | None = _f(None, "one dataset (JSON list or JSONL); a validation split is taken from it", "data")
+    train_json: str | None = _f(None, "training records (JSON list or JSONL)", "data")
+    val_json: str | None = _f(None, "validation records; with --train-json", "data")
+    val_ratio: float = _f(0.1, "share of each category held out for validation when no --val-json", "data")
+    max_length: int = _f(256, "maximum tokens per example; longer prompts are truncated on the left", "data")
+    check_api: bool = _f(True, "refuse records whose output is not valid robot API code", "data")
+    # Model and LoRA
+    model_name: str = _f(DEFAULT_MODEL, "base model: an alias (smollm2-135m, tiny-llama), a local path or a hub name", "model")
+    trust_remote_code: bool = _f(False, "run the model repository's own Python code (only for repositories you trust)", "model")
+    lora_r: int = _f(32, "LoRA rank (higher = more trainable parameters)", "model")
+    lora_alpha: int = _f(64, "LoRA scaling factor (effective scale = alpha / r)", "model")
+    lora_dropout: float = _f(0.05, "dropout on the LoRA input", "model")
+    lora_target_modules: str = _f("q_proj,k_proj,v_proj,o_proj", "comma-separated module names to adapt", "model")
+    # Training
+    output_dir: str = _f("./models/robot-lora", "where the adapter, checkpoints, metrics and plots go", "train")
+    num_epochs: float = _f(3.0, "passes over the training data", "train")
+    max_steps: int = _f(-1, "stop after this many optimizer steps (-1: run all epochs)", "train")
+    batch_size: int = _f(4, "examples per worker per micro-step", "train")
+    gradient_accumulation_steps: int = _f(1, "micro-steps per optimizer step", "train")
+    learning_rate: float = _f(1e-4, "peak learning rate", "train")
+    weight_decay: float = _f(0.0, "AdamW weight decay", "train")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0: off)", "train")
+    warmup_ratio: float = _f(0.1, "share of steps with linear warmup", "train")
+    lr_scheduler_type: str = _f("linear", "learning-rate schedule after warmup", "train", SCHEDULERS)
+    optim: str = _f("adamw_torch", "optimizer", "train", OPTIMIZERS)
+    seed: int = _f(42, "seed for the split, shuffling, LoRA initialisation and dropout", "train")
+    resume_from: str | None = _f(None, "start from this checkpoint or adapter (a new stage on new data)", "train")
+    early_stopping_patience: int = _f(0, "stop after this many evaluations without improvement (0: off)", "train")
+    # Monitoring
+    eval_steps: int = _f(100, "optimizer steps between evaluations", "monitor")
+    save_steps: int = _f(500, "optimizer steps between checkpoints", "monitor")
+    logging_steps: int = _f(50, "optimizer steps between log lines", "monitor")
+    save_total_limit: int = _f(0, "keep only the newest K checkpoints (0: keep all)", "monitor")
+    # Performance
+    gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass to save memory", "perf")
+    group_by_length: bool = _f(False, "batch examples of similar length to reduce padding", "perf")
+    dataloader_num_workers: int = _f(0, "data-loading processes per worker", "perf")
+    dataloader_pin_memory: bool = _f(False, "pin host memory for faster copies to the GPU", "perf")
+    bf16: bool | None = _f(None, "bfloat16 mixed precision (default: on where the hardware supports it)", "perf")
+    # Distributed
+    num_workers: int | None = _f(None, "Ray Train workers (default: planned from the hardware)", "dist")
+    use_gpu: bool | None = _f(None, "one GPU per worker (default: when the cluster has GPUs)", "dist")
+    cpus_per_worker: int | None = _f(None, "CPUs reserved per worker (default: planned)", "dist")
+    zero_stage: int | None = _f(None, "DeepSpeed ZeRO stage 2 or 3 (default: planned)", "dist", (2, 3))
+    offload: str | None = _f(None, "DeepSpeed CPU offload (default: planned)", "dist", OFFLOAD)
+    ray_address: str | None = _f(None, "an existing Ray cluster (default: $RAY_ADDRESS, else a local one)", "dist")
+    storage_path: str | None = _f(None, "Ray Train storage for checkpoints (default: <output-dir>/ray)", "dist")
+    max_failures: int = _f(0, "worker-group restarts allowed before the run fails", "dist")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None and f.metadata["choices"] and value not in f.metadata["choices"]:
+                allowed = ", ".join(str(c) for c in f.metadata["choices"])
+                raise ConfigError(f"{flag(f.name)}: {value!r} is not one of {allowed}")
+        _check_numbers(self)
+        _check_consistency(self)
+
+    def target_modules(self) -> list[str]:
+        """The LoRA target module names as a list."""
+        return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
+
+    def global_batch_size(self, num_workers: int) -> int:
+        """Examples per optimizer step across all workers."""
+        return self.batch_size * self.gradient_accumulation_steps * num_workers
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML/JSON-serialisable dict of every field."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed, validated again."""
+        return from_dict({**self.to_dict(), **changes}, source="overrides")
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a field: ``lora_r`` -> ``--lora-r``."""
+    return "--" + name.replace("_", "-")
+
+
+def _check_numbers(c: TrainConfig) -> None:
+    def need(ok: bool, name: str, rule: str) -> None:
+        if not ok:
+            raise ConfigError(f"{flag(name)}: must be {rule}, got {getattr(c, name)!r}")
+
+    for name in ("max_length", "lora_r", "lora_alpha", "batch_size", "gradient_accumulation_steps"):
+        need(getattr(c, name) >= 1, name, "a positive integer")
+    for name in ("eval_steps", "save_steps", "logging_steps"):
+        need(getattr(c, name) >= 1, name, "a positive number of steps")
+    for name in ("learning_rate", "num_epochs"):
+        need(math.isfinite(getattr(c, name)) and getattr(c, name) > 0, name, "a positive number")
+    for name in ("weight_decay", "max_grad_norm"):
+        need(math.isfinite(getattr(c, name)) and getattr(c, name) >= 0, name, "a number >= 0")
+    for name in ("dataloader_num_workers", "save_total_limit", "early_stopping_patience", "max_failures"):
+        need(getattr(c, name) >= 0, name, "an integer >= 0")
+    need(0 < c.val_ratio < 1, "val_ratio", "between 0 and 1 (exclusive)")
+    need(0 <= c.warmup_ratio < 1, "warmup_ratio", "in [0, 1)")
+    need(0 <= c.lora_dropout < 1, "lora_dropout", "in [0, 1)")
+    need(c.max_steps == -1 or c.max_steps >= 1, "max_steps", "-1 or a positive integer")
+    need(c.max_length >= 16, "max_length", "at least 16 tokens")
+    need(bool(c.target_modules()), "lora_target_modules", "a comma-separated list of module names")
+    need(bool(c.output_dir.strip()), "output_dir", "a directory path")
+    need(bool(c.model_name.strip()), "model_name", "a model alias, path or hub name")
+    for name in ("num_workers", "cpus_per_worker"):
+        need(getattr(c, name) is None or getattr(c, name) >= 1, name, "a positive integer")
+
+
+def _check_consistency(c: TrainConfig) -> None:
+    if c.data_json and (c.train_json or c.val_json):
+        raise ConfigError("--data-json cannot be combined with --train-json/--val-json: pass one dataset or a train/val pair")
+    if c.val_json and not c.train_json:
+        raise ConfigError("--val-json needs --train-json: pass both, or a single --data-json")
+    if c.offload == "all" and c.zero_stage == 2:
+        raise ConfigError("--offload all needs --zero-stage 3: ZeRO-2 cannot offload parameters (use --offload optimizer)")
+    if c.use_gpu is False and c.offload not in (None, "none"):
+        raise ConfigError("--offload moves GPU state to the CPU: it needs --use-gpu (or leave --offload out)")
+
+
+# ----------------------------------------------------------------------------- types
+
+
+def _field_type(f: dataclasses.Field) -> tuple[type, bool]:
+    """(base type, optional) of a field such as ``int | None``."""
+    hint = typing.get_type_hints(TrainConfig)[f.name]
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        base = next(a for a in args if a is not type(None))
+        return base, type(None) in args
+    return hint, False
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Check a config-file value against the field's type; ints are accepted for floats."""
+    f = _FIELDS[name]
+    base, optional = _field_type(f)
+    where = f"{source}: {name}"
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: must not be empty (set a value or remove the key)")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if isinstance(value, list) and name == "lora_target_modules":
+        if all(isinstance(v, str) for v in value):
+            return ",".join(value)
+    if isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}: expected a string, got {value!r}")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _unknown_key(key: str, source: str) -> ConfigError:
+    close = difflib.get_close_matches(str(key), _FIELDS, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else "; `robolora train --help` lists the keys"
+    return ConfigError(f"{source}: {key}: unknown key{hint}")
+
+
+def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Build a validated config from a flat dict of field values (unknown keys are refused)."""
+    checked = {}
+    for key, value in values.items():
+        if key not in _FIELDS:
+            raise _unknown_key(key, source)
+        checked[key] = _coerce(key, value, source)
+    return TrainConfig(**checked)
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a flat dict of field values (not yet validated)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"--config: {p}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--config: {p}: cannot be read ({e.__class__.__name__}: {e})") from None
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        detail = " ".join(str(e).split())
+        raise ConfigError(f"--config: {p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {detail}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {p}: expected a mapping of keys to values, got a {type(data).__name__}")
+    for key in data:
+        if not isinstance(key, str) or key not in _FIELDS:
+            raise _unknown_key(key, str(p))
+    return data
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises ConfigError (one line, naming the command) instead of printing usage."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise ConfigError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and one flag per config field, grouped as in the training guide.
+
+    Defaults are suppressed so that only flags actually given override the config file.
+    """
+    parser.add_argument("--config", help="YAML or JSON file of config keys; flags given here override it")
+    groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
+    for f in dataclasses.fields(TrainConfig):
+        base, _ = _field_type(f)
+        group = groups[f.metadata["group"]]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f"{f.metadata['help']} (default: {default})"
+        common = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if base is bool:
+            group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **common)
+        else:
+            group.add_argument(
+                flag(f.name), type=base, metavar=f.name.split("_")[-1].upper(), choices=f.metadata["choices"], **common
+            )
+
+
+def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
+    """Merge defaults, the ``--config`` file and the flags given into a validated config."""
+    values: dict[str, Any] = {}
+    source = "config"
+    if getattr(ns, "config", None):
+        values.update(load_config_file(ns.config))
+        source = ns.config
+    given = {k: v for k, v in vars(ns).items() if k in _FIELDS}
+    file_values = {}
+    if values:
+        try:
+            file_values = from_dict(values, source=source).to_dict()
+        except ConfigError as e:
+            msg = str(e)
+            raise ConfigError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+    return from_dict({**file_values, **given}, source="flags")
+
+
+def build_train_parser(prog: str = "robolora train") -> argparse.ArgumentParser:
+    """The parser of ``robolora train`` and ``launch/train_robot.py``."""
+    parser = Parser(prog=prog, description="Fine-tune a code LLM with LoRA on robot commands.")
+    add_train_arguments(parser)
+    return parser
+
+
+def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
+    """Parse command-line arguments into a validated :class:`TrainConfig`."""
+    return config_from_namespace(build_train_parser().parse_args(argv))
+
+
+def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (loadable again with ``--config``)."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")

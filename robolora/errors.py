@@ -1,0 +1,27 @@
+"""Errors a user can fix: the CLI prints them as one line and exits non-zero, without a traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input (a flag, a config file, a dataset, a path): the message says what and how to fix it."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """A flag or config file key is unknown, mistyped, out of range or contradicts another."""
+
+
+class DataError(UserError):
+    """A dataset file has problems; ``problems`` holds one ``file: record N: field: message`` line each."""
+
+    def __init__(self, problems: list[str], limit: int = 20):
+        self.problems = problems
+        shown = problems[:limit]
+        more = f"\n... and {len(problems) - limit} more" if len(problems) > limit else ""
+        super().__init__("\n".join(shown) + more)
+
+
+class ModelNotFoundError(UserError):
+    """A model name is neither a registered alias, a local directory, nor reachable on the hub."""

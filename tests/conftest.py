@@ -1,0 +1,55 @@
+"""Shared fixtures. Tiers: tests/unit (pure, fast), tests/integration (real tokenizer, models, Ray,
+DeepSpeed on CPU), tests marked ``gpu`` (skipped without CUDA)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from robolora.cli import main
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run ``robolora ARGS...`` in-process; return (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+@pytest.fixture
+def write_json(tmp_path: Path):
+    """Write a Python value (or raw text/bytes) to a file under tmp_path and return its path."""
+
+    def write(name: str, content) -> Path:
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        elif isinstance(content, str):
+            path.write_text(content, encoding="utf-8")
+        else:
+            path.write_text(json.dumps(content), encoding="utf-8")
+        return path
+
+    return write
+
+
+def pytest_collection_modifyitems(config, items):
+    import importlib.util
+
+    has_cuda = False
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+        if item.get_closest_marker("gpu") and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
