@@ -1,0 +1,311 @@
+"""Records in, token ids and response-only labels out.
+
+The path every run takes: load (JSON list or JSONL) -> validate (every problem as
+``file: record N: field: message``) -> split (seeded, stratified by category) -> render the prompt
+(the model's chat template, else a plain template) -> tokenize with labels of -100 on the prompt and
+padding -> collate. Everything here but :func:`tokenize_records` is pure Python on lists and dicts.
+
+Example:
+    >>> ex = build_example([1, 5, 6, 7], [8, 9], eos_id=2, max_length=6)
+    >>> ex["input_ids"], ex["labels"], ex["truncated"]
+    ([1, 6, 7, 8, 9, 2], [-100, -100, -100, 8, 9, 2], True)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from robolora.errors import DataError
+
+IGNORE_INDEX = -100
+UNCATEGORIZED = "uncategorized"
+SYSTEM_PROMPT = "You are a robot controller. Translate the user's command into robot API code."
+PLAIN_TEMPLATE = "### System:\n{system}\n\n### Command:\n{command}\n\n### Code:\n"
+FIELDS = ("input", "output", "category")
+
+
+# ----------------------------------------------------------------------------- loading and validation
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError([f"{path}: no such file"]) from None
+    except IsADirectoryError:
+        raise DataError([f"{path}: is a directory, expected a JSON or JSONL file"]) from None
+    except OSError as e:
+        raise DataError([f"{path}: cannot be read ({e.strerror})"]) from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError([f"{path}: byte {e.start}: not valid UTF-8; save the file as UTF-8"]) from None
+
+
+def _is_jsonl(path: Path, text: str) -> bool:
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        return True
+    if path.suffix.lower() == ".json":
+        return False
+    return not text.lstrip().startswith("[")
+
+
+def read_records(path: str | Path) -> list[Any]:
+    """Parse a JSON list or JSONL file into raw records, without checking their fields.
+
+    Raises:
+        DataError: the file is missing, unreadable, not UTF-8, empty, not JSON, or not a list.
+    """
+    p = Path(path)
+    text = _read_text(p)
+    if not text.strip():
+        raise DataError([f"{p}: file is empty; expected a JSON list of {{\"input\", \"output\", \"category\"}} records"])
+    if _is_jsonl(p, text):
+        records, problems = [], []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                problems.append(f"{p}: line {lineno}: not valid JSON ({e.msg} at column {e.colno})")
+        if problems:
+            raise DataError(problems)
+        return records
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError([f"{p}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"]) from None
+    if not isinstance(data, list):
+        raise DataError([f"{p}: expected a JSON list of records at the top level, got {_kind(data)}"])
+    return data
+
+
+def _kind(value: Any) -> str:
+    """The JSON kind of a value with its article: 'an object', 'a number', ..."""
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def record_problems(path: str | Path, records: Sequence[Any], check_api: bool = True) -> list[str]:
+    """Every problem in a list of raw records, one ``file: record N: field: message`` line each.
+
+    Records are numbered from 0, as in the list. ``check_api`` also parses each ``output`` with the
+    robot API checker.
+    """
+    from robolora.robot.checker import check  # light: pure Python
+
+    problems: list[str] = []
+    if not records:
+        return [f"{path}: no records; expected a JSON list of {{\"input\", \"output\", \"category\"}} records"]
+    seen: dict[str, int] = {}
+    for i, rec in enumerate(records):
+        where = f"{path}: record {i}"
+        if not isinstance(rec, dict):
+            problems.append(f"{where}: expected an object with \"input\" and \"output\", got {_kind(rec)}")
+            continue
+        for key in ("input", "output"):
+            value = rec.get(key)
+            if key not in rec:
+                problems.append(f"{where}: field '{key}': missing; every record needs a non-empty string '{key}'")
+            elif not isinstance(value, str):
+                problems.append(f"{where}: field '{key}': expected a string, got {_kind(value)}")
+            elif not value.strip():
+                problems.append(f"{where}: field '{key}': is empty; every record needs a non-empty string '{key}'")
+        if "category" in rec and not isinstance(rec["category"], str):
+            problems.append(f"{where}: field 'category': expected a string, got {_kind(rec['category'])}")
+        elif "category" in rec and not rec["category"].strip():
+            problems.append(f"{where}: field 'category': is empty; give a name or leave the field out")
+        inp, out = rec.get("input"), rec.get("output")
+        if isinstance(inp, str) and inp.strip():
+            first = seen.setdefault(_norm(inp), i)
+            if first != i:
+                problems.append(f"{where}: field 'input': duplicate of record {first}; remove one of them")
+        if check_api and isinstance(out, str) and out.strip():
+            result = check(out)
+            if not result.api_valid:
+                reason = result.errors[0] if result.errors else "invalid"
+                problems.append(
+                    f"{where}: field 'output': not valid robot API code ({reason}); fix it or pass --no-check-api"
+                )
+    return problems
+
+
+def load_records(path: str | Path, check_api: bool = True) -> list[dict[str, str]]:
+    """Read and validate a dataset file; return records with ``category`` filled in.
+
+    Raises:
+        DataError: with every problem found, each naming the file, record and field.
+    """
+    records = read_records(path)
+    problems = record_problems(path, records, check_api=check_api)
+    if problems:
+        raise DataError(problems)
+    return [
+        {"input": r["input"], "output": r["output"], "category": r.get("category") or UNCATEGORIZED} for r in records
+    ]
+
+
+def split_records(
+    records: Sequence[dict[str, str]], val_ratio: float, seed: int
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Seeded split stratified by category: each category gives ``round(n * val_ratio)`` records to
+    validation (at least one where it has two or more), the rest to training, in file order.
+
+    >>> recs = [{"input": str(i), "output": "o", "category": "ab"[i % 2]} for i in range(10)]
+    >>> train, val = split_records(recs, 0.2, seed=0)
+    >>> len(train), len(val), sorted(r["category"] for r in val)
+    (8, 2, ['a', 'b'])
+    """
+    by_cat: dict[str, list[int]] = defaultdict(list)
+    for i, rec in enumerate(records):
+        by_cat[rec.get("category") or UNCATEGORIZED].append(i)
+    rng = random.Random(seed)
+    val_idx: set[int] = set()
+    for cat in sorted(by_cat):
+        idx = by_cat[cat]
+        n_val = round(len(idx) * val_ratio)
+        if len(idx) >= 2:
+            n_val = min(max(n_val, 1), len(idx) - 1)
+        val_idx.update(rng.sample(idx, n_val))
+    train = [r for i, r in enumerate(records) if i not in val_idx]
+    val = [r for i, r in enumerate(records) if i in val_idx]
+    return train, val
+
+
+def dataset_stats(records: Sequence[dict[str, str]]) -> dict[str, Any]:
+    """Counts per category and character lengths of inputs and outputs."""
+    cats = Counter(r.get("category") or UNCATEGORIZED for r in records)
+    return {
+        "records": len(records),
+        "categories": dict(sorted(cats.items())),
+        "input_chars": lengths_of(len(r["input"]) for r in records),
+        "output_chars": lengths_of(len(r["output"]) for r in records),
+        "output_lines": lengths_of(r["output"].count("\n") + 1 for r in records),
+    }
+
+
+def lengths_of(values: Any) -> dict[str, float]:
+    """min / mean / max of an iterable of numbers."""
+    v = sorted(values)
+    return {"min": v[0], "mean": round(sum(v) / len(v), 1), "max": v[-1]} if v else {}
+
+
+# ----------------------------------------------------------------------------- prompts and labels
+
+
+def render_prompt(tokenizer: Any, command: str, system_prompt: str = SYSTEM_PROMPT) -> tuple[str, bool]:
+    """The prompt text up to where the response starts, and whether it already holds special tokens.
+
+    Uses the tokenizer's chat template (system + user turn + generation prompt) when it has one,
+    else :data:`PLAIN_TEMPLATE`.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": command}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
+    return PLAIN_TEMPLATE.format(system=system_prompt, command=command), False
+
+
+def encode_prompt(tokenizer: Any, command: str) -> list[int]:
+    """Token ids of the rendered prompt (a BOS token added only where the template does not hold one)."""
+    text, templated = render_prompt(tokenizer, command)
+    return tokenizer(text, add_special_tokens=not templated)["input_ids"]
+
+
+def build_example(prompt_ids: list[int], response_ids: list[int], eos_id: int, max_length: int) -> dict[str, Any]:
+    """One training example: prompt + response + EOS, labels -100 on the prompt.
+
+    When too long, the prompt loses tokens from its left (after its first token, which is kept as it
+    is usually BOS or the template's start), so the response and the end of the prompt survive.
+    Raises ValueError when the response alone (with EOS and one prompt token) does not fit.
+    """
+    response = [*response_ids, eos_id]
+    budget = max_length - len(response)
+    if budget < 2:
+        raise ValueError(f"response of {len(response)} tokens does not fit in max_length={max_length}")
+    truncated = len(prompt_ids) > budget
+    if truncated:
+        prompt_ids = prompt_ids[:1] + prompt_ids[len(prompt_ids) - (budget - 1) :]
+    return {
+        "input_ids": prompt_ids + response,
+        "labels": [IGNORE_INDEX] * len(prompt_ids) + response,
+        "truncated": truncated,
+    }
+
+
+@dataclass
+class TokenizeReport:
+    """How many examples were tokenized, had their prompt truncated, or were dropped as too long."""
+
+    examples: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    max_tokens: int = 0
+
+    def describe(self, name: str, max_length: int) -> str:
+        text = f"{name}: {self.examples} examples, longest {self.max_tokens} tokens (max_length {max_length})"
+        if self.truncated:
+            text += f"; {self.truncated} prompts truncated on the left"
+        if self.dropped:
+            text += f"; {self.dropped} records dropped: their response alone exceeds max_length"
+        return text
+
+
+def tokenize_records(records: Sequence[dict[str, str]], tokenizer: Any, max_length: int) -> tuple[Any, TokenizeReport]:
+    """Tokenize records into a ``datasets.Dataset`` of ``input_ids``, ``labels`` and ``length``.
+
+    Returns the dataset and a :class:`TokenizeReport`.
+    """
+    import datasets
+
+    eos_id = tokenizer.eos_token_id
+    if eos_id is None:
+        raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token")
+    report = TokenizeReport()
+    rows: dict[str, list] = {"input_ids": [], "labels": [], "length": [], "category": []}
+    for rec in records:
+        prompt_ids = encode_prompt(tokenizer, rec["input"])
+        response_ids = tokenizer(rec["output"], add_special_tokens=False)["input_ids"]
+        try:
+            ex = build_example(prompt_ids, response_ids, eos_id, max_length)
+        except ValueError:
+            report.dropped += 1
+            continue
+        report.examples += 1
+        report.truncated += ex["truncated"]
+        report.max_tokens = max(report.max_tokens, len(ex["input_ids"]))
+        rows["input_ids"].append(ex["input_ids"])
+        rows["labels"].append(ex["labels"])
+        rows["length"].append(len(ex["input_ids"]))
+        rows["category"].append(rec.get("category") or UNCATEGORIZED)
+    return datasets.Dataset.from_dict(rows), report
+
+
+def collate(
+    examples: Sequence[dict[str, Any]], pad_id: int, pad_to_multiple_of: int = 1
+) -> dict[str, list[list[int]]]:
+    """Right-pad a batch to its longest example: ``input_ids`` with ``pad_id``, ``labels`` with -100,
+    ``attention_mask`` 1 on real tokens. Returns lists; the worker turns them into tensors.
+
+    >>> collate([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [1, 4], "labels": [-100, 4]}], 0)
+    {'input_ids': [[1, 2, 3], [1, 4, 0]], 'labels': [[-100, 2, 3], [-100, 4, -100]], 'attention_mask': [[1, 1, 1], [1, 1, 0]]}
+    """
+    width = max(len(e["input_ids"]) for e in examples)
+    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "attention_mask": []}
+    for e in examples:
+        pad = width - len(e["input_ids"])
+        batch["input_ids"].append(list(e["input_ids"]) + [pad_id] * pad)
+        batch["labels"].append(list(e["labels"]) + [IGNORE_INDEX] * pad)
+        batch["attention_mask"].append([1] * len(e["input_ids"]) + [0] * pad)
+    return batch

@@ -1,0 +1,93 @@
+"""Response-only labels with the real bundled tokenizer, checked against an independent computation."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from robolora.data import IGNORE_INDEX, SYSTEM_PROMPT, collate, tokenize_records
+from robolora.models import load_tokenizer
+
+RECORDS = [
+    {"input": "move forward 3 meters", "output": "robot.move_forward(distance=3.0, speed=1.0)", "category": "movement"},
+    {
+        "input": "if you see a red ball pick it up, otherwise say no ball",
+        "output": 'if robot.sensors.detect(object_type="ball", color="red"):\n'
+        '    robot.gripper.pick_up(object_type="ball", color="red", size="medium")\n'
+        "else:\n"
+        '    robot.say(text="no ball")',
+        "category": "control_flow",
+    },
+    {"input": "Répète: tourne à gauche 😀", "output": "robot.turn_left(angle=90.0)", "category": "movement"},
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("smollm2-135m")
+
+
+def _independent_labels(tokenizer, record):
+    """Tokenize the whole conversation (with the assistant's answer) in one pass and mark, by character
+    offsets, the tokens that belong to the answer and its end-of-turn token."""
+    messages = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": record["input"]},
+    ]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(
+        [*messages, {"role": "assistant", "content": record["output"]}], tokenize=False
+    )
+    assert full.startswith(prompt + record["output"] + tokenizer.eos_token)
+    start, end = len(prompt), len(prompt) + len(record["output"]) + len(tokenizer.eos_token)
+    enc = tokenizer(full[:end], add_special_tokens=False, return_offsets_mapping=True)
+    labels = [tok if s >= start else IGNORE_INDEX for tok, (s, _) in zip(enc["input_ids"], enc["offset_mapping"])]
+    return enc["input_ids"], labels
+
+
+def test_labels_match_independent_computation_token_by_token(tokenizer):
+    ds, report = tokenize_records(RECORDS, tokenizer, max_length=256)
+    assert (report.examples, report.truncated, report.dropped) == (3, 0, 0)
+    for rec, row in zip(RECORDS, ds):
+        ids, labels = _independent_labels(tokenizer, rec)
+        assert row["input_ids"] == ids
+        assert row["labels"] == labels
+        assert row["labels"][-1] == tokenizer.eos_token_id
+        assert tokenizer.decode([t for t in row["labels"] if t != IGNORE_INDEX]) == rec["output"] + tokenizer.eos_token
+
+
+def test_plain_template_without_chat_template(tokenizer):
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    ds, _ = tokenize_records(RECORDS[:1], plain, max_length=256)
+    row = ds[0]
+    n_prompt = row["labels"].count(IGNORE_INDEX)
+    prompt_text = plain.decode(row["input_ids"][:n_prompt])
+    assert prompt_text.endswith("### Command:\nmove forward 3 meters\n\n### Code:\n")
+    assert plain.decode(row["input_ids"][n_prompt:]) == RECORDS[0]["output"] + plain.eos_token
+
+
+def test_truncation_is_reported_and_keeps_the_response(tokenizer):
+    long = {"input": "please " * 200 + "stop", "output": "robot.stop()", "category": "movement"}
+    ds, report = tokenize_records([long, RECORDS[0]], tokenizer, max_length=64)
+    assert (report.examples, report.truncated, report.dropped) == (2, 1, 0)
+    row = ds[0]
+    assert len(row["input_ids"]) == 64
+    assert tokenizer.decode([t for t in row["labels"] if t != IGNORE_INDEX]) == "robot.stop()" + tokenizer.eos_token
+    assert "truncated on the left" in report.describe("train", 64)
+
+
+def test_response_too_long_is_dropped_and_counted(tokenizer):
+    huge = {"input": "say it", "output": 'robot.say(text="' + "la " * 200 + '")', "category": "communication"}
+    _, report = tokenize_records([huge, RECORDS[0]], tokenizer, max_length=32)
+    assert (report.examples, report.dropped) == (1, 1)
+
+
+def test_collated_batch_masks_padding(tokenizer):
+    ds, _ = tokenize_records(RECORDS, tokenizer, max_length=256)
+    batch = collate(list(ds), pad_id=tokenizer.pad_token_id)
+    for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
+        n = sum(mask)
+        assert all(lab == IGNORE_INDEX for lab in labels[n:])
+        assert all(t == tokenizer.pad_token_id for t in ids[n:])
