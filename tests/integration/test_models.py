@@ -1,0 +1,64 @@
+"""The model registry: the bundled GGUF converted once to a plain, trainable model; tiny test model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from robolora.errors import ModelNotFoundError
+from robolora.models import cache_dir, load_model, load_tokenizer, resolve_model
+
+
+def test_bundled_model_is_plain_safetensors_and_trainable():
+    path = resolve_model("smollm2-135m")
+    assert path == str(cache_dir() / "models" / "smollm2-135m")
+    config = json.loads((cache_dir() / "models" / "smollm2-135m" / "config.json").read_text())
+    assert "quantization_config" not in config and config["model_type"] == "llama"
+    assert (cache_dir() / "models" / "smollm2-135m" / "model.safetensors").is_file()
+    model = load_model("smollm2-135m")
+    assert getattr(model, "hf_quantizer", None) is None
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    names = {n.split(".")[-1] for n, _ in model.named_modules()}
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= names
+    tok = load_tokenizer("smollm2-135m")
+    assert tok.chat_template and tok.eos_token == "<|im_end|>"
+    # It is a real language model: the next token after a common prefix is predictable.
+    ids = tok("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        nxt = model(**ids).logits[0, -1].argmax().item()
+    assert tok.decode([nxt]).strip() == "Paris"
+
+
+def test_second_resolve_uses_cache(monkeypatch):
+    resolve_model("smollm2-135m")
+    import robolora.models as m
+
+    monkeypatch.setitem(m.ALIASES, "smollm2-135m", m.Alias("x", lambda dest: pytest.fail("rebuilt")))
+    assert resolve_model("smollm2-135m").endswith("smollm2-135m")
+
+
+def test_tiny_llama_is_seeded_and_small():
+    a = load_model("tiny-llama")
+    assert sum(p.numel() for p in a.parameters()) < 5_000_000
+    assert a.config.num_hidden_layers == 2
+
+
+def test_missing_local_model_names_aliases(tmp_path):
+    with pytest.raises(ModelNotFoundError) as e:
+        resolve_model(str(tmp_path / "nothing"))
+    assert str(e.value) == (
+        f"--model-name: model '{tmp_path / 'nothing'}' not found: {tmp_path / 'nothing'} does not exist; "
+        "use an alias (smollm2-135m, tiny-llama), a local model directory, or a hub name such as "
+        "codellama/CodeLlama-7b-Python-hf on a machine with network access"
+    )
+
+
+def test_directory_without_config_is_refused(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="exists but holds no config.json"):
+        resolve_model(str(tmp_path))
+
+
+def test_hub_names_pass_through():
+    assert resolve_model("codellama/CodeLlama-7b-Python-hf") == "codellama/CodeLlama-7b-Python-hf"
