@@ -1,0 +1,45 @@
+"""Every shipped DeepSpeed template resolves fully and is accepted by DeepSpeed's own config parser."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import pytest
+
+from robolora.ds_config import TEMPLATES, find_auto, load_template, resolve
+
+
+def test_every_shipped_file_has_a_template_entry():
+    shipped = {p.name for p in resources.files("robolora.ds_configs").iterdir() if p.name.endswith(".json")}
+    assert shipped == set(TEMPLATES.values())
+
+
+@pytest.mark.parametrize(("stage", "offload"), list(TEMPLATES))
+def test_template_resolves_and_deepspeed_accepts_it(stage, offload):
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    template = load_template(stage, offload)
+    assert find_auto(template), "templates leave the run-dependent fields as auto"
+    cfg = resolve(template, micro_batch=4, grad_accum=2, world_size=1, bf16=True, grad_clip=1.0, hidden_size=576,
+                  pin_memory=False)
+    assert find_auto(cfg) == []
+    parsed = DeepSpeedConfig(json.loads(json.dumps(cfg)))
+    assert parsed.zero_optimization_stage == stage
+    assert (parsed.train_micro_batch_size_per_gpu, parsed.gradient_accumulation_steps) == (4, 2)
+    assert parsed.train_batch_size == 8
+    assert parsed.bfloat16_config.enabled is True
+    assert parsed.gradient_clipping == 1.0
+    zero = parsed.zero_config
+    assert (zero.offload_optimizer is not None) == (offload != "none")
+    assert (zero.offload_param is not None) == (offload == "all")
+    if stage == 3:
+        assert zero.param_persistence_threshold == 5760
+        assert zero.prefetch_bucket_size == int(0.9 * 576 * 576)
+
+
+def test_without_hidden_size_auto_buckets_fall_back_to_deepspeed_defaults():
+    cfg = resolve(load_template(3, "none"), micro_batch=1, grad_accum=1, world_size=2, bf16=False, grad_clip=0.0,
+                  hidden_size=None, pin_memory=True)
+    assert find_auto(cfg) == [] and "reduce_bucket_size" not in cfg["zero_optimization"]
+    assert cfg["train_batch_size"] == 2 and cfg["bf16"] == {"enabled": False}
