@@ -1,0 +1,1481 @@
+"""Synthetic dataset: natural-language robot commands paired with canonical robot code.
+
+The generator is a small grammar. Per-call phrase builders return a :class:`Phrase` (the words and
+the program they mean); combinators join phrases into sequences, loops and conditionals; a decorator
+layer then adds what people add to commands (politeness, addressing the robot, casing, punctuation,
+the odd typo). Programs are built as IR and rendered by :func:`format_program`, so every output is
+canonical by construction, and every number in an output is the spoken number after the spec's unit
+conversion ("50 cm" -> ``distance=0.5``, "3 feet" -> ``0.91``, "two minutes" -> ``seconds=120.0``).
+
+Conventions the spec leaves open, kept the same everywhere:
+
+* "follow me" / "come with me" / "stay with me" -> ``robot.follow(target="me")``; following anyone or
+  anything else uses the spoken noun without its article ("follow that dog" -> ``target="dog"``).
+* A number without a unit is metres for distances, degrees for angles, seconds for waits and m/s for speed.
+* "say hello" -> ``text="hello"``: unquoted text is the words after the verb, verbatim, without the
+  sentence's final punctuation; quoted text is the quoted string verbatim.
+* "take a photo of the red ball" -> ``look_at(object_type="ball", color="red")`` then ``take_photo()``.
+* "look for a cup" / "is there a cup?" on their own -> ``robot.sensors.detect(...)``; in "if you see a
+  cup, ..." the detect is only the ``if``'s test.
+* "pick it up" after "if you see a large red ball" picks up that object with the spoken colour and size
+  (``detect`` has no size, so the size only reaches ``pick_up``).
+* "bring it to the kitchen" (after a pick-up) -> ``navigate_to(location="kitchen")``.
+* "do a square" -> 4 x (forward 1 m, ``turn_right`` 90); other polygons turn 360/sides; "to the left" or
+  "counterclockwise" turns left.
+* "do a U-turn" / "do a 180" are "turn around": ``turn_left(angle=180.0)``.
+
+Example:
+    >>> records = generate_records(7, seed=0)
+    >>> sorted({r["category"] for r in records}) == sorted(CATEGORY_MIX)
+    True
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from robolora.fileio import atomic_write_text
+from robolora.robot.program import Call, If, Loop, Program, format_program
+from robolora.robot.spec import CALLS, COLORS, SIZES
+
+#: Share of each category in a generated dataset (sums to 1).
+CATEGORY_MIX: dict[str, float] = {
+    "movement": 0.18,
+    "navigation": 0.10,
+    "manipulation": 0.18,
+    "perception": 0.12,
+    "communication": 0.10,
+    "sequence": 0.20,
+    "control_flow": 0.12,
+}
+
+#: Fraction of records that get one realistic single-character typo in a non-number word.
+TYPO_RATE = 0.04
+
+#: Draws per record before a category counts as exhausted (no unseen input found).
+MAX_TRIES = 300
+
+Rng = random.Random
+T = TypeVar("T")
+
+# Spans the decorators must leave alone (the text of a `say`): typos and casing would change the output.
+_OPEN, _CLOSE = "\ue000", "\ue001"
+_PROTECTED = re.compile(f"({_OPEN}[^{_CLOSE}]*{_CLOSE})")
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """Words and the program they mean.
+
+    ``mood`` says which decorations fit: ``imperative`` ("please ..."), ``statement`` (an if-sentence,
+    only addressed: "robot, if ...") or ``question`` ("is there a cup?").
+    """
+
+    text: str
+    program: Program
+    mood: str = "imperative"
+
+
+class _Weighted(Generic[T]):
+    """A weighted choice over a fixed table, drawn with the caller's Random."""
+
+    def __init__(self, pairs: Sequence[tuple[T, float]]) -> None:
+        self.items = [item for item, _ in pairs]
+        self.cum = list(itertools.accumulate(weight for _, weight in pairs))
+
+    def __call__(self, rng: Rng) -> T:
+        return rng.choices(self.items, cum_weights=self.cum)[0]
+
+
+def _protect(text: str) -> str:
+    return f"{_OPEN}{text}{_CLOSE}"
+
+
+def _call(name: str, **kwargs: object) -> Call:
+    return Call(name, kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Numbers and quantities
+# ---------------------------------------------------------------------------------------------------
+
+_ONES = (
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+    "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+)  # fmt: skip
+_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+
+# Words a typo must never touch: a misspelt number or colour would change what the command means.
+_NO_TYPO = frozenset(
+    list(_ONES)
+    + list(_TENS[2:])
+    + ["hundred", "half", "quarter", "couple", "twice", "thrice", "point", "minus", "negative", "once"]
+    + list(COLORS)
+    + ["small", "little", "tiny", "medium", "large", "big", "then", "than"]
+)
+
+
+def int_words(n: int, rng: Rng) -> str:
+    """English words for 0 <= n < 1000, with the usual variants ("forty-five", "a hundred and eighty")."""
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        tens, ones = divmod(n, 10)
+        return _TENS[tens] if not ones else _TENS[tens] + rng.choice(("-", " ")) + _ONES[ones]
+    hundreds, rest = divmod(n, 100)
+    head = rng.choice(("one hundred", "a hundred")) if hundreds == 1 else f"{_ONES[hundreds]} hundred"
+    return head if not rest else head + rng.choice((" and ", " ")) + int_words(rest, rng)
+
+
+def _digits(value: float) -> str:
+    """Shortest digit string of a value with at most 2 decimals: 2.0 -> "2", 0.50 -> "0.5"."""
+    text = f"{value:.2f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A spoken unit: its names and abbreviations and the factor to the spec's unit."""
+
+    factor: float
+    singular: tuple[str, ...]
+    plural: tuple[str, ...]
+    abbrevs: tuple[str, ...] = ()  # appended to digits verbatim (" cm", "cm")
+    article: str = "a"
+
+
+METRE = Unit(1.0, ("meter", "metre"), ("meters", "metres"), (" m", "m"))
+CENTIMETRE = Unit(0.01, ("centimeter", "centimetre"), ("centimeters", "centimetres"), (" cm", "cm"))
+FOOT = Unit(0.3048, ("foot",), ("feet",), (" ft", "ft"))
+INCH = Unit(0.0254, ("inch",), ("inches",), article="an")
+DEGREE = Unit(1.0, ("degree",), ("degrees",), ("°", " deg"))
+SECOND = Unit(1.0, ("second",), ("seconds",), (" s", "s", " sec", " secs"))
+MINUTE = Unit(60.0, ("minute",), ("minutes",), (" min", " mins", "min"))
+METRE_PER_SECOND = Unit(
+    1.0, ("meter per second", "metre per second"), ("meters per second", "metres per second"), (" m/s", "m/s")
+)
+CENTIMETRE_PER_SECOND = Unit(
+    0.01, ("centimeter per second",), ("centimeters per second", "centimetres per second"), (" cm/s",)
+)
+
+
+def amount(rng: Rng, value: float, unit: Unit) -> str:
+    """How a person might write ``value`` of ``unit``: "2.5 m", "two and a half metres", "half a foot"."""
+    r = rng.random()
+    if unit.abbrevs and r < 0.25:
+        return _digits(value) + rng.choice(unit.abbrevs)
+    singular, plural = rng.choice(unit.singular), rng.choice(unit.plural)
+    whole, frac = int(value), round(value - int(value), 2)
+    # People spell out whole numbers and halves; "two point three" is rare, so mostly digits for other decimals.
+    wordy = frac in (0, 0.5) or value == 0.25 or rng.random() < 0.1
+    if r < 0.62 or not wordy or value >= 1000 or value < 0:
+        number = _digits(value)
+        if number.startswith("0.") and rng.random() < 0.1:
+            number = number[1:]  # ".5 m"
+        return f"{number} {singular if value == 1 else plural}"
+    art = unit.article
+    if value == 0.5:
+        return f"half {art} {singular}"
+    if value == 0.25:
+        return f"a quarter of {art} {singular}"
+    if value == 1:
+        return rng.choice((f"{art} {singular}", f"one {singular}"))
+    if value == 2 and rng.random() < 0.5:
+        return rng.choice((f"a couple of {plural}", f"a couple {plural}"))
+    if frac == 0:
+        return f"{int_words(whole, rng)} {plural}"
+    if frac == 0.5 and whole >= 1:
+        if whole == 1 and rng.random() < 0.4:
+            return f"{art} {singular} and a half"
+        return f"{int_words(whole, rng)} and a half {plural}"
+    decimals = _digits(frac)[2:]
+    return f"{int_words(whole, rng)} point {' '.join(_ONES[int(d)] for d in decimals)} {plural}"
+
+
+def _sampler(common: Sequence[float], lo: float, hi: float, step: float) -> Callable[[Rng], float]:
+    """Half the time a round, common value; otherwise any multiple of ``step`` in [lo, hi]."""
+    n_lo, n_hi = round(lo / step), round(hi / step)
+
+    def sample(rng: Rng) -> float:
+        if rng.random() < 0.5:
+            return rng.choice(common)
+        return round(rng.randint(n_lo, n_hi) * step, 2)
+
+    return sample
+
+
+#: A kind of quantity: the units people use for it, each with a sampler of spoken magnitudes.
+Measure = _Weighted[tuple[Unit, Callable[[Rng], float]]]
+
+DISTANCE: Measure = _Weighted(
+    (
+        ((METRE, _sampler((0.5, 1, 1.5, 2, 2.5, 3, 4, 5, 10), 0.1, 10, 0.1)), 0.55),
+        ((CENTIMETRE, _sampler((10, 20, 25, 30, 50, 75, 100, 150), 1, 300, 1)), 0.2),
+        ((FOOT, _sampler((1, 2, 3, 5, 10), 1, 20, 0.5)), 0.15),
+        ((INCH, _sampler((6, 12, 18, 24, 36), 1, 60, 1)), 0.1),
+    )
+)
+SHORT_DISTANCE: Measure = _Weighted(  # following distance, scan radius
+    (
+        ((METRE, _sampler((0.5, 1, 1.5, 2, 3, 5), 0.3, 5, 0.1)), 0.65),
+        ((CENTIMETRE, _sampler((30, 50, 80, 100, 150), 20, 300, 10)), 0.2),
+        ((FOOT, _sampler((2, 3, 5, 6, 10), 1, 20, 1)), 0.15),
+    )
+)
+_COMMON_ANGLES = (90, 90, 90, 45, 45, 30, 60, 180, 120, 135, 270, 360, 15, 10, 20)
+ANGLE: Measure = _Weighted((((DEGREE, _sampler(_COMMON_ANGLES, 5, 360, 5)), 1.0),))
+DURATION: Measure = _Weighted(
+    (
+        ((SECOND, _sampler((1, 2, 3, 5, 10, 15, 20, 30, 0.5, 60), 1, 120, 1)), 0.8),
+        ((MINUTE, _sampler((1, 2, 5, 0.5, 1.5, 3, 10), 1, 10, 1)), 0.2),
+    )
+)
+SPEED: Measure = _Weighted(
+    (
+        ((METRE_PER_SECOND, _sampler((0.5, 1, 1.5, 2, 2.5, 3, 0.8, 0.3), 0.1, 3, 0.1)), 0.85),
+        ((CENTIMETRE_PER_SECOND, _sampler((20, 30, 50, 80), 10, 300, 10)), 0.15),
+    )
+)
+
+
+def measure(rng: Rng, kind: Measure, bare: float = 0.0) -> tuple[str, float]:
+    """A spoken quantity and its value in the spec's unit, rounded to 2 places.
+
+    With probability ``bare`` a base-unit quantity is written as a number alone ("move forward 3").
+    """
+    unit, sample = kind(rng)
+    spoken = sample(rng)
+    if unit.factor == 1 and rng.random() < bare:
+        return _digits(spoken), round(spoken, 2)
+    return amount(rng, spoken, unit), round(spoken * unit.factor, 2)
+
+
+_SPEED_FORMS = ("at {v}", "at {v}", "at {v}", "at a speed of {v}", "with a speed of {v}", "at speed {v}")
+
+
+def _speed(rng: Rng) -> tuple[str, float, bool]:
+    """An optional speed phrase, its value, and whether it may also go before the verb ("slowly move")."""
+    r = rng.random()
+    if r < 0.6:
+        return "", 1.0, False
+    if r < 0.72:
+        return "slowly", 0.5, True
+    if r < 0.8:
+        return "quickly", 2.0, True
+    if r < 0.85:
+        return "fast", 2.0, False
+    form = rng.choice(_SPEED_FORMS)
+    text, value = measure(rng, SPEED, bare=0.15 if "speed" in form else 0.0)  # "at a speed of 2" yes, "at 2" no
+    return form.format(v=text), value, False
+
+
+def _with_speed(rng: Rng, text: str) -> tuple[str, float]:
+    adverb, speed, either = _speed(rng)
+    if not adverb:
+        return text, speed
+    if either and rng.random() < 0.4:
+        return f"{adverb} {text}", speed
+    return f"{text} {adverb}", speed
+
+
+def _times(rng: Rng, n: int) -> str:
+    """A repetition count in words: "twice", "3 times", "five times"."""
+    if n == 2:
+        return rng.choice(("twice", "twice", "two times", "2 times", "a couple of times"))
+    if n == 3 and rng.random() < 0.05:
+        return "thrice"
+    return f"{n if rng.random() < 0.5 else int_words(n, rng)} times"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Vocabulary
+# ---------------------------------------------------------------------------------------------------
+
+_ROOMS = ("kitchen", "living_room", "bedroom", "bathroom", "office", "garage")
+_LOCATION_WORDS: dict[str, tuple[str, ...]] = {
+    "kitchen": ("the kitchen",),
+    "living_room": ("the living room", "the living room", "the lounge"),
+    "bedroom": ("the bedroom", "the bedroom", "my bedroom"),
+    "bathroom": ("the bathroom", "the bathroom", "the restroom", "the washroom"),
+    "office": ("the office", "the office", "my office"),
+    "garage": ("the garage",),
+    "charging_station": ("the charging station", "the charger", "your charger", "the charging dock", "your dock"),
+    "front_door": ("the front door", "the front door", "the entrance", "the main door"),
+    "table": ("the table",),
+    "shelf": ("the shelf",),
+    "box": ("the box",),
+    "floor": ("the floor",),
+}
+_NAV_LOCATIONS: _Weighted[str] = _Weighted(
+    [(room, 3.0) for room in _ROOMS]
+    + [("charging_station", 2.0), ("front_door", 2.0), ("table", 1.0), ("shelf", 0.7), ("box", 0.5)]
+)
+_PLACE_LOCATIONS: _Weighted[str] = _Weighted(
+    [("table", 4.0), ("shelf", 3.0), ("box", 3.0), ("floor", 2.0), ("charging_station", 0.3), ("front_door", 0.5)]
+    + [(room, 0.6) for room in _ROOMS]
+)
+# Prepositions that sound right before each place.
+_PLACE_PREPS: dict[str, tuple[str, ...]] = {
+    "table": ("on", "on", "onto"),
+    "shelf": ("on", "on", "onto"),
+    "floor": ("on", "on", "down on"),
+    "box": ("in", "into", "inside"),
+    "charging_station": ("at", "by", "next to"),
+    "front_door": ("at", "by", "next to"),
+} | {room: ("in",) for room in _ROOMS}
+
+
+def _location_text(rng: Rng, location: str) -> str:
+    text = rng.choice(_LOCATION_WORDS[location])
+    if text.startswith("the ") and rng.random() < 0.1:
+        return text[4:]  # terse: "go to kitchen"
+    return text
+
+
+_GRASPABLE = (
+    "ball", "cup", "bottle", "box", "block", "cube", "book", "can", "mug", "apple", "toy", "remote", "pen",
+    "bowl", "plate", "sock", "shoe", "bag", "towel", "spoon", "marker", "package", "phone", "key", "card",
+)  # fmt: skip
+_ANIMATE = ("person", "dog", "cat")
+_VISIBLE = _GRASPABLE + _ANIMATE + ("chair", "plant", "door", "robot")
+_NAMED_COLORS = tuple(c for c in COLORS if c != "any")
+# Colours that sound plausible for some nouns ("a purple dog" would teach nothing useful).
+_NOUN_COLORS: dict[str, tuple[str, ...]] = {
+    "person": (),
+    "dog": ("black", "white"),
+    "cat": ("black", "white", "orange"),
+    "apple": ("red", "green", "yellow"),
+    "plant": ("green",),
+    "banana": ("yellow",),
+}
+_SIZE_WORDS: dict[str, tuple[str, ...]] = {
+    "small": ("small", "small", "little", "tiny"),
+    "medium": ("medium", "medium-sized", "mid-sized"),
+    "large": ("large", "big", "big"),
+}
+
+
+def _article(next_word: str) -> str:
+    return "an" if next_word[0] in "aeiou" else "a"
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """A spoken object: its words and its arguments (colour ``any`` and size ``medium`` when unsaid)."""
+
+    text: str
+    noun: str
+    color: str
+    size: str
+
+    def the(self) -> str:
+        """The same object with a definite article ("the red ball"), for a later mention."""
+        return "the " + self.text.split(" ", 1)[1]
+
+
+def _object_ref(rng: Rng, nouns: Sequence[str], *, sized: bool, definite: float) -> ObjectRef:
+    """A noun phrase like "the small red ball" or "a cup"; ``definite`` is the share of "the/that/this"."""
+    noun = rng.choice(nouns)
+    colors = _NOUN_COLORS.get(noun, _NAMED_COLORS)
+    color = rng.choice(colors) if colors and rng.random() < (0.7 if len(colors) > 3 else 0.3) else "any"
+    sized = sized and noun in _GRASPABLE
+    size = rng.choice(SIZES) if sized and rng.random() < 0.3 else "medium"
+    words = [noun]
+    if color != "any":
+        words.insert(0, color)
+    if size != "medium" or (sized and rng.random() < 0.03):
+        words.insert(0, rng.choice(_SIZE_WORDS[size]))
+    if rng.random() < definite:
+        det = rng.choice(("the", "the", "the", "that", "this"))
+    elif color == "any" and rng.random() < 0.15:
+        det = "any"
+    else:
+        det = _article(words[0])
+    return ObjectRef(f"{det} {' '.join(words)}", noun, color, size)
+
+
+_NAMES = ("Alice", "Bob", "Sam", "Maria", "John", "Priya", "Chen", "Lucas", "Emma", "Omar", "Grandma", "Dad", "Mom")
+_SAY_TEXTS = (
+    "hello", "hello", "hi", "hi there", "hello there", "good morning", "good night", "goodbye", "bye",
+    "thank you", "thanks", "welcome", "welcome home", "excuse me", "sorry", "yes", "no", "okay", "I'm sorry",
+    "Hello!", "Hi, how are you?", "Good afternoon", "Good evening", "Nice to meet you", "How can I help?",
+    "I have arrived", "I'm here", "Task complete", "Task completed", "Mission accomplished", "All done",
+    "Done", "I am ready", "Ready when you are", "On my way", "Coming through", "Please step aside",
+    "Please move out of the way", "Watch out", "Careful, I am moving", "Battery low", "My battery is low",
+    "I need to charge", "Dinner is ready", "Lunch is ready", "The package has arrived", "Someone is at the door",
+    "Time to wake up", "It is time for your medicine", "Don't forget your keys", "Have a nice day",
+    "See you later", "Happy birthday!", "Follow me", "I found it", "I could not find it", "Obstacle ahead",
+    "Path is clear", "Stand back", "Scanning the area", "Picture taken", "Please wait", "One moment please",
+    "Beep beep", "I am a robot", "Let's go", "The door is open", "Meeting starts in five minutes",
+    "Please close the door", "Cleaning complete", "Hello world", "Testing, one two three",
+)  # fmt: skip
+_SAY_TEMPLATES = (
+    "Hello, {name}",
+    "Hi {name}",
+    "Good morning, {name}",
+    "Welcome home, {name}",
+    "{name}, dinner is ready",
+    "{name}, you have a visitor",
+    "I'm going to the {room}",
+    "I am in the {room}",
+    "I am heading to the {room}",
+    "The {noun} is on the {place}",
+    "I found the {color} {noun}",
+    "I picked up the {noun}",
+    "Here is your {noun}",
+    "Please take the {noun}",
+    "Where is the {noun}?",
+    "The light is {color} now",
+)
+
+
+def _say_text(rng: Rng) -> str:
+    if rng.random() < 0.6:
+        return rng.choice(_SAY_TEXTS)
+    return rng.choice(_SAY_TEMPLATES).format(
+        name=rng.choice(_NAMES),
+        room=rng.choice(_ROOMS).replace("_", " "),
+        noun=rng.choice(_GRASPABLE),
+        place=rng.choice(("table", "shelf", "floor")),
+        color=rng.choice(_NAMED_COLORS),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per-call phrase builders: each returns bare imperative words (no politeness) and one call
+# ---------------------------------------------------------------------------------------------------
+
+# Each phrase with "{d}" takes a distance; the bare lists mean the spec's default (1 m, 90 degrees, 1 s).
+_FORWARD = (
+    "move forward {d}", "move {d} forward", "go forward {d}", "go {d} forward", "drive forward {d}",
+    "drive {d} forward", "head forward {d}", "roll forward {d}", "roll {d} forward", "move ahead {d}",
+    "move {d} ahead", "go straight {d}", "go straight ahead {d}", "drive straight {d}", "advance {d}",
+    "advance by {d}", "move forward by {d}", "go forward for {d}", "drive forward for {d}", "move forwards {d}",
+    "travel forward {d}", "go ahead {d}", "move {d} straight ahead", "drive straight ahead for {d}",
+    "move forward about {d}", "go {d} straight",
+)  # fmt: skip
+_FORWARD_BARE = (
+    "move forward", "go forward", "drive forward", "advance", "move ahead", "go straight", "roll forward",
+    "head forward", "go straight ahead", "move forwards", "drive ahead", "move forward a meter",
+    "go forward one meter", "move ahead one metre",
+)  # fmt: skip
+_BACKWARD = (
+    "move backward {d}", "move backwards {d}", "move back {d}", "go back {d}", "go backward {d}",
+    "go backwards {d}", "back up {d}", "back up by {d}", "reverse {d}", "reverse by {d}", "drive backward {d}",
+    "drive backwards {d}", "drive in reverse for {d}", "roll back {d}", "step back {d}", "move {d} back",
+    "move {d} backward", "go {d} backwards", "back off {d}", "retreat {d}", "reverse for {d}", "back up about {d}",
+)  # fmt: skip
+_BACKWARD_BARE = (
+    "back up", "reverse", "move backward", "move backwards", "move back", "go backwards", "step back", "back off",
+    "roll back", "drive backward", "back up a meter", "reverse one meter", "move back one metre",
+)  # fmt: skip
+
+
+def _drive(rng: Rng, name: str, with_distance: Sequence[str], bare: Sequence[str]) -> Phrase:
+    if rng.random() < 0.82:
+        spoken, distance = measure(rng, DISTANCE, bare=0.06)
+        text = rng.choice(with_distance).format(d=spoken)
+    else:
+        text, distance = rng.choice(bare), 1.0
+    text, speed = _with_speed(rng, text)
+    return Phrase(text, (_call(name, distance=distance, speed=speed),))
+
+
+def forward(rng: Rng) -> Phrase:
+    """Drive forward: "move forward 2 meters", "slowly advance 50 cm", "go straight 3 feet at 1.5 m/s"."""
+    return _drive(rng, "robot.move_forward", _FORWARD, _FORWARD_BARE)
+
+
+def backward(rng: Rng) -> Phrase:
+    """Drive backward: "back up 1 metre", "reverse two feet", "move backwards"."""
+    return _drive(rng, "robot.move_backward", _BACKWARD, _BACKWARD_BARE)
+
+
+_SIDES = ("left", "right")
+_CLOCK = {"left": ("counterclockwise", "counter-clockwise", "anticlockwise"), "right": ("clockwise",)}
+# "{a}" an angle, "{n}" its compact adjective form ("45-degree"), "{side}" left/right, "{clock}" (counter)clockwise.
+_TURN_ANGLE = (
+    "turn {side} {a}", "turn {side} {a}", "turn {a} to the {side}", "turn {side} by {a}", "rotate {side} {a}",
+    "rotate {a} to the {side}", "rotate {side} by {a}", "turn {a} {side}", "pivot {side} {a}", "spin {side} {a}",
+    "turn to the {side} {a}", "turn to your {side} by {a}", "rotate to the {side} by {a}", "rotate {a} {clock}",
+    "turn {a} {clock}", "rotate {clock} {a}", "rotate {clock} by {a}", "make a {n} {side} turn",
+    "do a {n} turn to the {side}", "turn {side} about {a}",
+)  # fmt: skip
+_TURN_DEFAULT = (
+    "turn {side}", "turn {side}", "turn {side}", "turn to the {side}", "turn to your {side}", "rotate {side}",
+    "make a {side} turn", "make a {side}", "hang a {side}", "take a {side}", "do a {side} turn", "pivot {side}",
+    "rotate to the {side}", "rotate {clock}", "turn {clock}",
+)  # fmt: skip
+# (words, side or None for "either, said in the words", angle)
+_TURN_FIXED: tuple[tuple[str, str | None, float], ...] = (
+    ("turn around", "left", 180),
+    ("turn around", "left", 180),
+    ("turn yourself around", "left", 180),
+    ("do a u-turn", "left", 180),
+    ("make a U-turn", "left", 180),
+    ("do a 180", "left", 180),
+    ("turn around to the {side}", None, 180),
+    ("turn around to your {side}", None, 180),
+    ("turn around {clock}", None, 180),
+    ("make a quarter turn to the {side}", None, 90),
+    ("do a quarter turn {side}", None, 90),
+    ("turn {side} a quarter turn", None, 90),
+    ("make a quarter turn {clock}", None, 90),
+    ("make a half turn to the {side}", None, 180),
+    ("turn {side} half a turn", None, 180),
+    ("do a full turn to the {side}", None, 360),
+    ("spin {side} in a full circle", None, 360),
+    ("make a full circle to the {side}", None, 360),
+    ("rotate {clock} a full turn", None, 360),
+    ("make a three-quarter turn to the {side}", None, 270),
+)
+
+
+def _turn_call(side: str, angle: float) -> Call:
+    return _call(f"robot.turn_{side}", angle=angle)
+
+
+def turn(rng: Rng) -> Phrase:
+    """Turn in place: "turn left 45 degrees", "rotate clockwise", "turn around", "a quarter turn right"."""
+    r = rng.random()
+    side = rng.choice(_SIDES)
+    clock = rng.choice(_CLOCK[side])
+    if r < 0.15:
+        words, fixed_side, angle = rng.choice(_TURN_FIXED)
+        side = fixed_side or side
+        return Phrase(words.format(side=side, clock=clock), (_turn_call(side, float(angle)),))
+    if r < 0.35:
+        return Phrase(rng.choice(_TURN_DEFAULT).format(side=side, clock=clock), (_turn_call(side, 90.0),))
+    spoken, angle = measure(rng, ANGLE, bare=0.12)
+    compact = _digits(angle) + rng.choice(("-degree", " degree", "°"))
+    text = rng.choice(_TURN_ANGLE).format(side=side, clock=clock, a=spoken, n=compact)
+    return Phrase(text, (_turn_call(side, angle),))
+
+
+_STOP = (
+    "stop", "stop", "stop", "halt", "stop moving", "stop right there", "stop right now", "freeze", "stop immediately",
+    "come to a stop", "stop where you are", "stop all motion", "emergency stop", "stop now", "stop everything",
+    "hold it right there", "cease all movement", "stop the robot", "full stop",
+)  # fmt: skip
+
+
+def stop(rng: Rng) -> Phrase:
+    """Stop: "stop", "halt", "freeze"."""
+    return Phrase(rng.choice(_STOP), (_call("robot.stop"),))
+
+
+_WAIT = (
+    "wait {t}", "wait for {t}", "wait for {t}", "pause for {t}", "pause {t}", "hold still for {t}",
+    "stay still for {t}", "stay put for {t}", "hold on for {t}", "hang on for {t}", "wait here for {t}",
+    "sit tight for {t}", "stay where you are for {t}", "do nothing for {t}", "hold your position for {t}",
+    "idle for {t}", "pause for about {t}", "wait around for {t}",
+)  # fmt: skip
+_WAIT_BARE = (
+    "wait", "wait", "pause", "wait here", "hold on", "wait a second", "wait one second", "wait a sec",
+    "hold on a second", "pause for a second", "pause for one second",
+)  # fmt: skip
+
+
+def wait(rng: Rng) -> Phrase:
+    """Wait: "wait 5 seconds", "pause for two minutes", "hold on a second"."""
+    if rng.random() < 0.8:
+        spoken, seconds = measure(rng, DURATION, bare=0.08)
+        text = rng.choice(_WAIT).format(t=spoken)
+    else:
+        text, seconds = rng.choice(_WAIT_BARE), 1.0
+    return Phrase(text, (_call("robot.wait", seconds=seconds),))
+
+
+_NAVIGATE = (
+    "go to {l}", "go to {l}", "go to {l}", "navigate to {l}", "navigate to {l}", "head to {l}", "head over to {l}",
+    "drive to {l}", "move to {l}", "make your way to {l}", "go over to {l}", "travel to {l}", "proceed to {l}",
+    "find your way to {l}", "get to {l}", "go back to {l}", "return to {l}", "come to {l}", "roll over to {l}",
+    "drive over to {l}", "take yourself to {l}", "go straight to {l}",
+)  # fmt: skip
+_NAVIGATE_ROOM = ("go into {l}", "enter {l}", "go inside {l}", "head into {l}")
+_CHARGE = (
+    "go charge", "go recharge", "go charge yourself", "go and recharge your battery", "dock yourself",
+    "go to your dock", "go plug yourself in", "return to your charger", "go back to your charging station",
+)  # fmt: skip
+
+
+def navigate(rng: Rng) -> Phrase:
+    """Drive to a known place: "go to the kitchen", "head to the charger quickly", "go recharge"."""
+    if rng.random() < 0.06:
+        location, text = "charging_station", rng.choice(_CHARGE)
+    else:
+        location = _NAV_LOCATIONS(rng)
+        rooms = location in _ROOMS and rng.random() < 0.15
+        text = rng.choice(_NAVIGATE_ROOM if rooms else _NAVIGATE).format(l=_location_text(rng, location))
+    text, speed = _with_speed(rng, text)
+    return Phrase(text, (_call("robot.navigate_to", location=location, speed=speed),))
+
+
+_GO_HOME = (
+    "go home", "go home", "return home", "head home", "go back home", "return to home", "return to your home position",
+    "go back to your home position", "go to your home base", "return to base", "head back home", "drive home",
+    "go back to home base", "return to your starting point", "go back to where you started", "come back home",
+    "head back to base", "return to the home position",
+)  # fmt: skip
+
+
+def go_home(rng: Rng) -> Phrase:
+    """Return home: "go home", "return to base"."""
+    return Phrase(rng.choice(_GO_HOME), (_call("robot.go_home"),))
+
+
+_FOLLOW_ME = (
+    "follow me", "follow me", "follow me", "come with me", "follow me around", "stay with me", "keep following me",
+    "follow behind me", "come along with me", "follow along behind me", "stick with me", "walk with me",
+)  # fmt: skip
+_FOLLOW = ("follow {t}", "follow {t}", "keep following {t}", "follow behind {t}", "stay with {t}", "go after {t}")
+_FOLLOW_DISTANCE = (
+    "follow {t} at {d}", "follow {t} at a distance of {d}", "follow {t} and keep {d} behind",
+    "follow {t} from {d} away", "follow {t}, staying {d} behind", "follow {t}, keeping a distance of {d}",
+    "follow {t} but stay {d} back", "follow {t} at about {d}",
+)  # fmt: skip
+_FOLLOW_TARGETS = ("person", "person", "man", "woman", "child", "kid", "dog", "cat", "robot", "guy")
+
+
+def follow(rng: Rng) -> Phrase:
+    """Follow someone: "follow me" -> target "me"; "follow that dog at 2 m" -> target "dog", distance 2.0."""
+    if rng.random() < 0.55:
+        target, target_text = "me", "me"
+    else:
+        target = rng.choice(_FOLLOW_TARGETS)
+        target_text = f"{rng.choice(('the', 'the', 'that', 'this'))} {target}"
+    if rng.random() < 0.35:
+        spoken, distance = measure(rng, SHORT_DISTANCE)
+        text = rng.choice(_FOLLOW_DISTANCE).format(t=target_text, d=spoken)
+    else:
+        distance = 1.0
+        text = rng.choice(_FOLLOW_ME) if target == "me" else rng.choice(_FOLLOW).format(t=target_text)
+    return Phrase(text, (_call("robot.follow", target=target, distance=distance),))
+
+
+_PICK_UP = (
+    "pick up {o}", "pick up {o}", "pick up {o}", "pick {o} up", "grab {o}", "grab {o}", "grasp {o}", "lift {o}",
+    "take {o}", "pick up {o} with your gripper", "grab {o} with the gripper", "use your gripper to pick up {o}",
+    "get hold of {o}", "collect {o}", "lift up {o}", "grab hold of {o}", "pick up {o} for me",
+)  # fmt: skip
+
+
+def _pick_up_call(ref: ObjectRef) -> Call:
+    return _call("robot.gripper.pick_up", object_type=ref.noun, color=ref.color, size=ref.size)
+
+
+def pick_up(rng: Rng) -> Phrase:
+    """Pick up: "pick up the red ball", "grab a big blue box" (colour "any", size "medium" when unsaid)."""
+    ref = _object_ref(rng, _GRASPABLE, sized=True, definite=0.7)
+    return Phrase(rng.choice(_PICK_UP).format(o=ref.text), (_pick_up_call(ref),))
+
+
+_PLACE = (
+    "put it {p} {l}", "put it {p} {l}", "place it {p} {l}", "place it {p} {l}", "set it down {p} {l}",
+    "put it down {p} {l}", "drop it {p} {l}", "leave it {p} {l}", "put that {p} {l}", "place the object {p} {l}",
+    "set it {p} {l}", "place what you're holding {p} {l}", "put the item {p} {l}", "drop it off {p} {l}",
+    "release it {p} {l}", "place it carefully {p} {l}",
+)  # fmt: skip
+
+
+def place(rng: Rng) -> Phrase:
+    """Put down what the gripper holds: "put it on the table", "drop it in the box"."""
+    location = _PLACE_LOCATIONS(rng)
+    text = rng.choice(_PLACE).format(p=rng.choice(_PLACE_PREPS[location]), l=_location_text(rng, location))
+    return Phrase(text.replace("down down", "down"), (_call("robot.gripper.place", location=location),))
+
+
+_GRIPPER_OPEN = (
+    "open the gripper", "open the gripper", "open your gripper", "open the claw", "open your hand", "open gripper",
+    "release the gripper", "let go", "open up the gripper", "open your claw", "relax the gripper",
+)  # fmt: skip
+_GRIPPER_CLOSE = (
+    "close the gripper", "close the gripper", "close your gripper", "close the claw", "close your hand",
+    "close gripper", "shut the gripper", "clamp the gripper shut", "close your claw", "tighten the gripper",
+)  # fmt: skip
+
+
+def gripper_open(rng: Rng) -> Phrase:
+    """Open the gripper: "open the claw", "let go"."""
+    return Phrase(rng.choice(_GRIPPER_OPEN), (_call("robot.gripper.open"),))
+
+
+def gripper_close(rng: Rng) -> Phrase:
+    """Close the gripper: "close your hand"."""
+    return Phrase(rng.choice(_GRIPPER_CLOSE), (_call("robot.gripper.close"),))
+
+
+_ARM_MOVE = (
+    "move the arm to {c}", "move the arm to {c}", "move your arm to {c}", "position the arm at {c}",
+    "put the arm at {c}", "bring the arm to {c}", "set the arm to {c}", "reach to {c}", "extend the arm to {c}",
+    "move the end effector to {c}", "send the arm to {c}", "move arm to {c}", "move the gripper to {c}",
+    "position your arm at {c}", "reach out to {c}",
+)  # fmt: skip
+_COORDS = (
+    "x {x}, y {y}, z {z}", "x {x}, y {y}, z {z}", "x={x}, y={y}, z={z}", "x={x} y={y} z={z}", "x: {x}, y: {y}, z: {z}",
+    "x {x} y {y} z {z}", "({x}, {y}, {z})", "({x}, {y}, {z})", "{x}, {y}, {z}", "coordinates ({x}, {y}, {z})",
+    "position ({x}, {y}, {z})", "point {x}, {y}, {z}", "x of {x}, y of {y} and z of {z}", "x = {x}, y = {y}, z = {z}",
+    "the point ({x}, {y}, {z})",
+)  # fmt: skip
+
+
+def _coordinate(rng: Rng, lo: int = -16) -> float:
+    """A coordinate in metres: mostly a multiple of 5 cm, sometimes any centimetre; never below ``lo`` x 5 cm."""
+    if rng.random() < 0.8:
+        return round(rng.randint(lo, 16) * 0.05, 2)
+    return round(rng.randint(lo * 5, 95) / 100, 2)
+
+
+def _signed(rng: Rng, text: str) -> str:
+    if text.startswith("-") and rng.random() < 0.25:
+        return rng.choice(("minus ", "negative ")) + text[1:]
+    return text
+
+
+def arm_move(rng: Rng) -> Phrase:
+    """Move the arm: "move the arm to x 0.2, y -0.1, z 0.3", "reach to (20 cm, 10 cm, 35 cm)"."""
+    # Reaching below the base is rare, so z is mostly positive.
+    xyz = [_coordinate(rng), _coordinate(rng), _coordinate(rng, lo=-2 if rng.random() < 0.85 else -16)]
+    if rng.random() < 0.15:  # centimetres, converted like every other distance
+        unit = rng.choice((" cm", "cm", " centimeters"))
+        spoken = [_signed(rng, str(round(v * 100))) + unit for v in xyz]
+    else:
+        spoken = [_signed(rng, _digits(v)) for v in xyz]
+    coords = rng.choice(_COORDS).format(x=spoken[0], y=spoken[1], z=spoken[2])
+    return Phrase(rng.choice(_ARM_MOVE).format(c=coords), (_call("robot.arm.move_to", x=xyz[0], y=xyz[1], z=xyz[2]),))
+
+
+_ARM_HOME = (
+    "move the arm home", "home the arm", "return the arm to its home position", "send the arm home",
+    "put the arm back in its home position", "reset the arm", "retract the arm", "bring the arm back home",
+    "park the arm", "move your arm to the rest position", "return your arm to rest", "put your arm down",
+    "move the arm back to home", "reset your arm position", "return the arm home", "home your arm",
+)  # fmt: skip
+
+
+def arm_home(rng: Rng) -> Phrase:
+    """Arm to its rest pose: "home the arm", "retract the arm"."""
+    return Phrase(rng.choice(_ARM_HOME), (_call("robot.arm.home"),))
+
+
+_TAKE_PHOTO = (
+    "take a photo", "take a photo", "take a picture", "take a picture", "snap a photo", "snap a picture",
+    "take a pic", "take a snapshot", "capture an image", "capture a photo", "take a photograph",
+    "take a photo now", "grab a photo", "click a picture", "take a quick photo", "snap a pic", "take a shot",
+)  # fmt: skip
+
+
+def take_photo(rng: Rng) -> Phrase:
+    """Take a photo: "snap a picture"."""
+    return Phrase(rng.choice(_TAKE_PHOTO), (_call("robot.camera.take_photo"),))
+
+
+_LOOK_AT = (
+    "look at {o}", "look at {o}", "look at {o}", "point the camera at {o}", "point your camera at {o}",
+    "aim the camera at {o}", "turn the camera toward {o}", "turn your camera towards {o}", "focus on {o}",
+    "look toward {o}", "direct your camera at {o}", "have a look at {o}", "train your camera on {o}",
+    "face the camera toward {o}", "keep your eyes on {o}",
+)  # fmt: skip
+
+
+def _look_at_call(ref: ObjectRef) -> Call:
+    return _call("robot.camera.look_at", object_type=ref.noun, color=ref.color)
+
+
+def look_at(rng: Rng) -> Phrase:
+    """Point the camera: "look at the green bottle", "point your camera at that cat"."""
+    ref = _object_ref(rng, _VISIBLE, sized=False, definite=0.85)
+    return Phrase(rng.choice(_LOOK_AT).format(o=ref.text), (_look_at_call(ref),))
+
+
+_SCAN = (
+    "scan the area", "scan the area", "scan the room", "scan your surroundings", "scan around", "do a scan",
+    "perform a scan", "run a scan", "look around", "scan", "sweep the area", "scan the surroundings",
+    "do a quick scan", "scan around you", "scan the environment", "run a sensor sweep",
+)  # fmt: skip
+_SCAN_RADIUS = (
+    "scan within {d}", "scan within {d}", "scan the area within {d}", "scan with a radius of {d}",
+    "scan everything within {d}", "scan {d} around you", "scan up to {d} away", "do a scan with a radius of {d}",
+    "scan a radius of {d}", "scan the room within {d}", "run a scan out to {d}", "look around within {d}",
+)  # fmt: skip
+
+
+def scan(rng: Rng) -> Phrase:
+    """Scan: "scan the area" (radius 2 m), "scan within 5 meters", "scan 300 cm around you"."""
+    if rng.random() < 0.45:
+        spoken, radius = measure(rng, SHORT_DISTANCE)
+        text = rng.choice(_SCAN_RADIUS).format(d=spoken)
+    else:
+        text, radius = rng.choice(_SCAN), 2.0
+    return Phrase(text, (_call("robot.sensors.scan", radius=radius),))
+
+
+_DETECT = (
+    "check if there is {o}", "check if there's {o}", "check whether there's {o}", "check for {o}", "detect {o}",
+    "look for {o}", "look for {o}", "see if you can find {o}", "see if there is {o}", "search for {o}",
+    "check if you can see {o}", "find out if there is {o}", "try to detect {o}", "use your sensors to detect {o}",
+)  # fmt: skip
+_DETECT_QUESTION = (
+    "is there {o}", "is there {o}", "do you see {o}", "can you see {o}", "is there {o} nearby", "do you detect {o}",
+    "is there {o} around", "can you detect {o}", "any sign of {o}",
+)  # fmt: skip
+
+
+def _detect_call(ref: ObjectRef) -> Call:
+    return _call("robot.sensors.detect", object_type=ref.noun, color=ref.color)
+
+
+def detect(rng: Rng) -> Phrase:
+    """Detect on its own: "look for a red ball", "is there a cup?"."""
+    ref = _object_ref(rng, _VISIBLE, sized=False, definite=0.1)
+    program = (_detect_call(ref),)
+    if rng.random() < 0.35:
+        return Phrase(rng.choice(_DETECT_QUESTION).format(o=ref.text), program, mood="question")
+    return Phrase(rng.choice(_DETECT).format(o=ref.text), program)
+
+
+_SAY_QUOTED = (
+    "say {q}", "say {q}", "say {q}", "say {q}", "announce {q}", "tell them {q}", "say out loud {q}",
+    "speak the words {q}", "say the phrase {q}", "say: {q}", "tell everyone {q}", "use your speaker to say {q}",
+    "announce: {q}", "say the words {q}", "read out {q}", "speak {q}",
+)  # fmt: skip
+_SAY_UNQUOTED = ("say {t}", "say {t}", "say {t}", "say: {t}", "announce: {t}", "say out loud {t}", "speak: {t}")
+_QUOTES = (('"', '"'), ('"', '"'), ('"', '"'), ("'", "'"), ("“", "”"))
+
+
+def say(rng: Rng, quoted: bool = False) -> Phrase:
+    """Speak: 'say "Task complete"' -> text "Task complete"; "say hello" -> text "hello".
+
+    Unquoted text runs to the end of the command, so ``quoted=True`` forces quotes where more words follow.
+    """
+    text = _say_text(rng)
+    if not quoted and "," not in text and rng.random() < 0.4:
+        text = text.rstrip(".!?")
+        if rng.random() < 0.4 and not text.startswith(("I ", "I'")):
+            text = text[0].lower() + text[1:]
+        words = rng.choice(_SAY_UNQUOTED).format(t=_protect(text))
+    else:
+        left, right = rng.choice(_QUOTES)
+        if "'" in text:
+            left, right = '"', '"'
+        words = rng.choice(_SAY_QUOTED).format(q=left + _protect(text) + right)
+    return Phrase(words, (_call("robot.say", text=text),))
+
+
+_SET_LIGHT = (
+    "set the light to {c}", "set the light to {c}", "set your light to {c}", "turn the light {c}",
+    "turn your light {c}", "change the light to {c}", "change your light color to {c}", "make the light {c}",
+    "make your light {c}", "switch the light to {c}", "set the LED to {c}", "turn the LED {c}", "light up {c}",
+    "glow {c}", "set the status light to {c}", "set light to {c}", "show a {c} light", "turn on the {c} light",
+    "change the LED colour to {c}", "set your lights to {c}", "switch your light to {c}", "make your LED {c}",
+    "change the light colour to {c}", "set the light color to {c}",
+)  # fmt: skip
+
+
+def set_light(rng: Rng) -> Phrase:
+    """Set the status light: "turn your light green", "set the LED to purple"."""
+    color = rng.choice(_NAMED_COLORS)
+    return Phrase(rng.choice(_SET_LIGHT).format(c=color), (_call("robot.set_light", color=color),))
+
+
+#: Single-call builders per call category, weighted roughly by how often people say such things.
+CALL_BUILDERS: dict[str, _Weighted[Callable[[Rng], Phrase]]] = {
+    "movement": _Weighted(((forward, 5), (backward, 3), (turn, 6), (stop, 1), (wait, 2))),
+    "navigation": _Weighted(((navigate, 6), (go_home, 1.5), (follow, 2.5))),
+    "manipulation": _Weighted(
+        ((pick_up, 5), (place, 3), (gripper_open, 1), (gripper_close, 1), (arm_move, 3), (arm_home, 1))
+    ),
+    "perception": _Weighted(((take_photo, 2), (look_at, 3), (scan, 3), (detect, 2))),
+    "communication": _Weighted(((say, 6), (set_light, 3))),
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Combinators: sequences, loops, conditionals
+# ---------------------------------------------------------------------------------------------------
+
+
+def _say_quoted(rng: Rng) -> Phrase:
+    return say(rng, quoted=True)
+
+
+_PHOTO_OF = ("take a photo of {o}", "take a picture of {o}", "snap a photo of {o}", "photograph {o}")
+
+
+def photo_of(rng: Rng) -> Phrase:
+    """ "take a photo of the red ball" -> look_at then take_photo."""
+    ref = _object_ref(rng, _VISIBLE, sized=False, definite=0.9)
+    text = rng.choice(_PHOTO_OF).format(o=ref.text)
+    return Phrase(text, (_look_at_call(ref), _call("robot.camera.take_photo")))
+
+
+# Steps of a sequence: every call but detect (meaningless on its own mid-sequence); say is quoted because
+# unquoted text would swallow the next step.
+_STEP: _Weighted[Callable[[Rng], Phrase]] = _Weighted(
+    (
+        (forward, 5),
+        (backward, 2),
+        (turn, 5),
+        (stop, 0.7),
+        (wait, 2),
+        (navigate, 5),
+        (go_home, 1.2),
+        (follow, 1),
+        (pick_up, 4),
+        (place, 3),
+        (gripper_open, 0.8),
+        (gripper_close, 0.8),
+        (arm_move, 1.2),
+        (arm_home, 0.8),
+        (take_photo, 2),
+        (look_at, 1.5),
+        (scan, 2),
+        (photo_of, 0.8),
+        (_say_quoted, 2.5),
+        (set_light, 1.5),
+    )
+)
+# Steps that can stand after "if ..., " or "otherwise".
+_REACTION: _Weighted[Callable[[Rng], Phrase]] = _Weighted(
+    (
+        (stop, 3),
+        (turn, 2),
+        (backward, 1.5),
+        (forward, 1),
+        (navigate, 2),
+        (go_home, 1.5),
+        (wait, 1),
+        (take_photo, 1),
+        (scan, 1),
+        (_say_quoted, 3),
+        (set_light, 2),
+    )
+)
+
+_THEN = (", then ", " then ", " and then ", ", and then ", ", after that ", ". Then ", ". After that, ", "; then ")
+_THEN += (", next ", ". Next, ", ", then ", ", then ", " and ", " and ", ", ")
+_FINALLY = (", and finally ", ", finally ", ". Finally, ", ", and lastly ", ", then ")
+_FIRST_THEN = (", then ", ", then ", ". Then ")
+_THEN_IN_BLOCK = (", then ", " then ", " and ", " and then ", ", and then ", ", ")
+_FINALLY_IN_BLOCK = (", then ", " and then ")
+# Joiners after a loop or if-sentence: a sentence break, so the next step is not read as part of the block.
+_AFTER_BLOCK = (". Then ", ". After that, ", ". Once done, ", ". When you're done, ", ". Finally, ", ". Then, ")
+
+
+def _capitalize_after_stop(text: str) -> str:
+    """Upper-case the first letter after ". " so joined sentences read like sentences."""
+    return re.sub(r"(\. )([a-z])", lambda m: m.group(1) + m.group(2).upper(), text)
+
+
+def _join(rng: Rng, texts: Sequence[str], *, in_block: bool = False) -> str:
+    """Join step texts in spoken order: "a, then b", "first a, then b, and finally c", "a, b and c".
+
+    ``in_block`` (a loop body) keeps to one sentence, so no step reads as coming after the loop.
+    """
+    n = len(texts)
+    style = rng.random()
+    if style < 0.15:
+        out = "first " + texts[0]
+        for i, text in enumerate(texts[1:], start=1):
+            last = i == n - 1 and n > 2
+            out += rng.choice(_FINALLY_IN_BLOCK if in_block else _FINALLY if last else _FIRST_THEN) + text
+    elif style < 0.27 and n >= 3:
+        out = ", ".join(texts[:-1]) + rng.choice((" and ", ", and ", ", then ", " and then ")) + texts[-1]
+    else:
+        out = texts[0]
+        for text in texts[1:]:
+            out += rng.choice(_THEN_IN_BLOCK if in_block else _THEN) + text
+    return _capitalize_after_stop(out)
+
+
+def _sequence_of(rng: Rng, phrases: Sequence[Phrase]) -> Phrase:
+    return Phrase(_join(rng, [p.text for p in phrases]), tuple(s for p in phrases for s in p.program))
+
+
+_BRING = ("bring it to {l}", "carry it to {l}", "take it to {l}", "bring it over to {l}")
+
+
+def _scenario(rng: Rng) -> list[Phrase]:
+    """A task people actually ask for in several steps: fetch and place, go and report, and the like."""
+    kind = rng.randrange(5)
+    if kind == 0:  # fetch: go, pick up, (bring), place
+        steps = [navigate(rng), pick_up(rng)]
+        if rng.random() < 0.5:
+            room = rng.choice(_ROOMS)
+            text = rng.choice(_BRING).format(l=_location_text(rng, room))
+            steps.append(Phrase(text, (_call("robot.navigate_to", location=room, speed=1.0),)))
+        return [*steps, place(rng)]
+    if kind == 1:
+        return [pick_up(rng), place(rng)]
+    if kind == 2:
+        return [navigate(rng), say(rng)]  # last step: unquoted text is fine
+    if kind == 3:
+        return [rng.choice((navigate, forward, turn))(rng), rng.choice((photo_of, scan, take_photo))(rng)]
+    return [rng.choice((navigate, go_home, forward))(rng), set_light(rng), rng.choice((say, wait, stop))(rng)]
+
+
+def sequence(rng: Rng) -> Phrase:
+    """2-4 steps in spoken order, mixing calls of every category (category ``sequence``)."""
+    if rng.random() < 0.3:
+        return _sequence_of(rng, _scenario(rng))
+    n = rng.choices((2, 3, 4), (0.5, 0.35, 0.15))[0]
+    steps: list[Phrase] = []
+    holding = False
+    while len(steps) < n:
+        step = _STEP(rng)(rng)
+        name = step.program[0].name
+        # Redraw what reads as a slip: the same words twice, a pick-up with the gripper full, a place with it empty.
+        placed = any(s.program[0].name == "robot.gripper.place" for s in steps)
+        if (
+            any(step.text == s.text for s in steps)
+            or (holding and name == "robot.gripper.pick_up")
+            or (placed and not holding and name == "robot.gripper.place")
+        ):
+            continue
+        holding = name == "robot.gripper.pick_up" or (holding and name != "robot.gripper.place")
+        steps.append(step)
+    return _sequence_of(rng, steps)
+
+
+_SHAPES = {"square": 4, "triangle": 3, "pentagon": 5, "hexagon": 6, "octagon": 8}
+_SHAPE = (
+    "do a {s}", "drive in a {s}", "move in a {s}", "make a {s}", "trace a {s}", "drive a {s} pattern",
+    "go around in a {s}", "drive in the shape of a {s}", "move in a {s} pattern",
+)  # fmt: skip
+_SHAPE_SIDE = (
+    "drive in a {s} with {d} sides", "make a {s} with sides of {d}", "drive a {s}, {d} on each side",
+    "move in a {s} with {d} sides", "trace a {s} with each side {d} long", "do a {s} with {d} sides",
+)  # fmt: skip
+_SHAPE_TURN = {
+    "left": (" to the left", " counterclockwise", " turning left"),
+    "right": (" clockwise", " turning right", " to the right"),
+}
+
+
+def _shape(rng: Rng) -> Phrase:
+    """ "do a square" -> 4 x (forward 1 m, turn right 90); sides and turning side may be spoken."""
+    shape = rng.choice(("square", "square", "square", "triangle", "pentagon", "hexagon", "octagon"))
+    sides = _SHAPES[shape]
+    if rng.random() < 0.5:
+        spoken, side = measure(rng, DISTANCE)
+        text = rng.choice(_SHAPE_SIDE).format(s=shape, d=spoken)
+    else:
+        text, side = rng.choice(_SHAPE).format(s=shape), 1.0
+    direction = "right"
+    if rng.random() < 0.35:
+        direction = rng.choice(_SIDES)
+        text += rng.choice(_SHAPE_TURN[direction])
+    text, speed = _with_speed(rng, text)
+    body = (_call("robot.move_forward", distance=side, speed=speed), _turn_call(direction, round(360 / sides, 2)))
+    return Phrase(text, (Loop(sides, body),))
+
+
+# Bodies worth repeating on their own ("turn left three times", "take 3 photos").
+_REPEATABLE: _Weighted[Callable[[Rng], Phrase]] = _Weighted(
+    ((forward, 3), (backward, 1), (turn, 3), (take_photo, 1.5), (_say_quoted, 1.5), (scan, 1), (wait, 0.5))
+)
+_REPEAT_ONE = ("{s} {n}", "{s} {n}", "{s} {n}", "{s}, {n}", "repeat {n}: {s}", "do this {n}: {s}", "{n}, {s}")
+_REPEAT_MANY = (
+    "repeat {n}: {s}", "repeat {n}: {s}", "do the following {n}: {s}", "{s}, {n}", "{s}. Do this {n}",
+    "{s}. Do that {n} in total", "{n} in a row: {s}", "{s}, and do that {n}", "{n}: {s}", "repeat this {n}: {s}",
+)  # fmt: skip
+_PATROL = (
+    "patrol between {a} and {b} {n}", "go back and forth between {a} and {b} {n}",
+    "alternate between {a} and {b} {n}", "drive between {a} and {b} {n}", "go to {a} and then {b}, {n}",
+)  # fmt: skip
+_ALTERNATE_LIGHT = (
+    "alternate the light between {a} and {b} {n}", "switch the light between {a} and {b} {n}",
+    "flash {a} and {b} {n}", "set the light to {a} then {b}, {n}", "blink {a} and {b} {n}",
+)  # fmt: skip
+_N_PHOTOS = ("take {k} photos", "take {k} pictures", "snap {k} pictures", "take {k} photos in a row", "take {k} pics")
+
+
+def _count(rng: Rng) -> int:
+    return rng.choices((2, 3, 4, 5, 6, 8, 10), (5, 5, 3, 2, 1, 0.5, 0.5))[0]
+
+
+def _loop_of(rng: Rng) -> Phrase:
+    """A ``for`` loop: repeated steps, a shape, a patrol, light alternation or "take 3 photos"."""
+    n = _count(rng)
+    kind = rng.random()
+    if kind < 0.2:
+        return _shape(rng)
+    if kind < 0.5:
+        step = _REPEATABLE(rng)(rng)
+        form = rng.choice(_REPEAT_ONE)
+        mood = "statement" if form.startswith("{n}") else "imperative"  # "three times, turn left": no "please"
+        return Phrase(form.format(s=step.text, n=_times(rng, n)), (Loop(n, step.program),), mood)
+    if kind < 0.75:
+        steps = [_REPEATABLE(rng)(rng) for _ in range(rng.choice((2, 2, 3)))]
+        body = tuple(s for p in steps for s in p.program)
+        form = rng.choice(_REPEAT_MANY)
+        mood = "statement" if form.startswith("{n}") else "imperative"
+        text = form.format(s=_join(rng, [p.text for p in steps], in_block=True), n=_times(rng, n))
+        return Phrase(_capitalize_after_stop(text), (Loop(n, body),), mood)
+    if kind < 0.87:
+        a, b = rng.sample(list(_NAV_LOCATIONS.items), 2)
+        text = rng.choice(_PATROL).format(a=_location_text(rng, a), b=_location_text(rng, b), n=_times(rng, n))
+        body = (_call("robot.navigate_to", location=a, speed=1.0), _call("robot.navigate_to", location=b, speed=1.0))
+        return Phrase(text, (Loop(n, body),))
+    if kind < 0.94:
+        a, b = rng.sample(_NAMED_COLORS, 2)
+        text = rng.choice(_ALTERNATE_LIGHT).format(a=a, b=b, n=_times(rng, n))
+        return Phrase(text, (Loop(n, (_call("robot.set_light", color=a), _call("robot.set_light", color=b))),))
+    k = str(n) if rng.random() < 0.6 else int_words(n, rng)
+    return Phrase(rng.choice(_N_PHOTOS).format(k=k), (Loop(n, (_call("robot.camera.take_photo"),)),))
+
+
+_CONDITION = (
+    "you see {o}", "you see {o}", "you see {o}", "there is {o}", "there's {o}", "there's {o}", "you detect {o}",
+    "you spot {o}", "you can see {o}", "you find {o}", "{o} is visible", "you notice {o}",
+    "there is {o} in front of you", "there's {o} nearby", "your sensors detect {o}",
+)  # fmt: skip
+_IF = ("if {c}, {t}", "if {c}, {t}", "if {c}, {t}", "if {c} then {t}", "if {c}, then {t}", "if {c}, {t}")
+_ELSE = (", otherwise {e}", ", otherwise {e}", ", otherwise, {e}", "; otherwise {e}", ". Otherwise, {e}", ", else {e}")
+_ELSE += (", if not, {e}", ". If not, {e}", ", or else {e}", "; if not, {e}")
+_CHECK_FIRST = (
+    "check for {o}. If you find it, {t}",
+    "look for {o}. If it's there, {t}",
+    "see if there's {o}; if so, {t}",
+    "check if there is {o} and if there is, {t}",
+    "look for {o}, and if you see it, {t}",
+)
+# "pick up the red ball if you see one": the action names the object, the condition follows.
+_ACTION_FIRST = ("{t} if you see one", "{t} if there is one", "{t} if you can see it", "{t} if it's there")
+_ACTION_FIRST += ("{t} if you find one", "{t}, but only if you see one")
+_NOT_FOUND = (
+    "I cannot see {o}", "I can't find {o}", "No {n} here", "I don't see {o}", "There is no {n}", "{N} not found",
+    "I could not find {o}", "Nothing found",
+)  # fmt: skip
+
+
+def _reaction_to(rng: Rng, ref: ObjectRef) -> Phrase:
+    """What to do with the object the condition found, by pronoun: "pick it up", "follow them"."""
+    if ref.noun in _ANIMATE:
+        pronoun = "them" if ref.noun == "person" else "it"
+        options = [
+            (f"follow {pronoun}", (_call("robot.follow", target=ref.noun, distance=1.0),)),
+            (f"look at {pronoun}", (_look_at_call(ref),)),
+            (f"take a picture of {pronoun}", (_look_at_call(ref), _call("robot.camera.take_photo"))),
+        ]
+        if ref.noun == "person":
+            greeting = rng.choice(("Hello", "Hi there", "Hello!", "Good morning", "Welcome"))
+            options.append((f'say "{_protect(greeting)}"', (_call("robot.say", text=greeting),)))
+    else:
+        surface = _PLACE_LOCATIONS(rng)
+        put = rng.choice(("put it", "place it", "drop it"))
+        where = f"{rng.choice(_PLACE_PREPS[surface])} {_location_text(rng, surface)}"
+        options = [
+            (rng.choice(("pick it up", "pick it up", "grab it", "pick that up")), (_pick_up_call(ref),)),
+            (
+                f"{rng.choice(('pick it up', 'grab it'))} and {put} {where}",
+                (_pick_up_call(ref), _call("robot.gripper.place", location=surface)),
+            ),
+            (rng.choice(("look at it", "point your camera at it")), (_look_at_call(ref),)),
+            (
+                rng.choice(("take a photo of it", "take a picture of it")),
+                (_look_at_call(ref), _call("robot.camera.take_photo")),
+            ),
+        ]
+    text, program = rng.choice(options)
+    return Phrase(text, program)
+
+
+def _action_naming(rng: Rng, ref: ObjectRef) -> Phrase:
+    """An action that names its object in full, for "pick up the red ball if you see one"."""
+    if ref.noun in _ANIMATE:
+        return Phrase(f"follow {ref.the()}", (_call("robot.follow", target=ref.noun, distance=1.0),))
+    if rng.random() < 0.7:
+        return Phrase(f"{rng.choice(('pick up', 'grab'))} {ref.the()}", (_pick_up_call(ref),))
+    return Phrase(f"{rng.choice(('look at', 'take a photo of'))} {ref.the()}", (_look_at_call(ref),))
+
+
+_FOUND = ("I found {o}", "I see {o}", "There is {o}", "Found it", "{N} detected", "I can see {o}", "Found {o}")
+
+
+def _found(rng: Rng, ref: ObjectRef) -> Phrase:
+    """Say what was seen: 'say "I found a red ball"' (quoted: more words may follow)."""
+    text = rng.choice(_FOUND).format(o=_indefinite(ref), N=ref.noun.capitalize())
+    return Phrase(f'{rng.choice(("say", "announce", "tell me"))} "{_protect(text)}"', (_call("robot.say", text=text),))
+
+
+def _indefinite(ref: ObjectRef) -> str:
+    """ "a red ball" whatever the reference's determiner."""
+    words = ref.text.split(" ", 1)[1]
+    return f"{_article(words)} {words}"
+
+
+def _not_found(rng: Rng, ref: ObjectRef) -> Phrase:
+    text = rng.choice(_NOT_FOUND).format(o=_indefinite(ref), n=ref.noun, N=ref.noun.capitalize())
+    # The else branch ends the sentence, so unquoted text is unambiguous there.
+    words = f"say {_protect(text)}" if rng.random() < 0.5 else f'say "{_protect(text)}"'
+    return Phrase(words, (_call("robot.say", text=text),))
+
+
+def _conditional(rng: Rng) -> Phrase:
+    """ "if you see a red ball, pick it up, otherwise say ..." -> if robot.sensors.detect(...)."""
+    sized = rng.random() < 0.15
+    ref = _object_ref(rng, _VISIBLE, sized=sized, definite=0.0)
+    test = _detect_call(ref)
+    if rng.random() < 0.15:  # action first, no else
+        action = _action_naming(rng, ref)
+        text = rng.choice(_ACTION_FIRST).format(t=action.text)
+        return Phrase(text, (If(test, action.program),))
+
+    r = rng.random()
+    then = _reaction_to(rng, ref) if r < 0.55 else _found(rng, ref) if r < 0.65 else _REACTION(rng)(rng)
+    if rng.random() < 0.2:
+        extra = _REACTION(rng)(rng)
+        joined = then.text + rng.choice((" and ", " and then ", ", then ")) + extra.text
+        then = Phrase(joined, then.program + extra.program)
+    orelse: Phrase | None = None
+    if rng.random() < 0.5:
+        orelse = _not_found(rng, ref) if rng.random() < 0.4 else _REACTION(rng)(rng)
+        while orelse.program == then.program:  # "if ..., go home, otherwise go home" says nothing
+            orelse = _REACTION(rng)(rng)
+    if rng.random() < 0.15:
+        text = rng.choice(_CHECK_FIRST).format(o=ref.text, t=then.text)
+    else:
+        text = rng.choice(_IF).format(c=rng.choice(_CONDITION).format(o=ref.text), t=then.text)
+    if orelse is not None:
+        text += rng.choice(_ELSE).format(e=orelse.text)
+    program = (If(test, then.program, orelse.program if orelse else ()),)
+    return Phrase(_capitalize_after_stop(text), program, mood="statement")
+
+
+def control_flow(rng: Rng) -> Phrase:
+    """A loop or a conditional, sometimes inside a loop or with a step before or after it."""
+    r = rng.random()
+    if r < 0.5:
+        block = _loop_of(rng)
+    elif r < 0.9:
+        block = _conditional(rng)
+    else:  # a conditional repeated: "repeat 3 times: if you see a cup, pick it up, otherwise move forward"
+        inner = _conditional(rng)
+        n = _count(rng)
+        head = rng.choice(("repeat {n}: ", "do this {n}: ", "{n}, "))
+        block = Phrase(head.format(n=_times(rng, n)) + inner.text, (Loop(n, inner.program),), mood="statement")
+    if rng.random() < 0.2:
+        before = _STEP(rng)(rng)
+        text = before.text + rng.choice((", then ", " and ", ". Then ", ", and then ")) + block.text
+        block = Phrase(_capitalize_after_stop(text), before.program + block.program)
+    # After "repeat 3 times: a. b" a further sentence could be read as inside the loop, so no step follows.
+    if ":" not in block.text and rng.random() < 0.15:
+        after = _STEP(rng)(rng)
+        text = block.text + rng.choice(_AFTER_BLOCK) + after.text
+        block = Phrase(_capitalize_after_stop(text), block.program + after.program, block.mood)
+    return block
+
+
+# ---------------------------------------------------------------------------------------------------
+# Decorators: politeness, typos, casing, punctuation
+# ---------------------------------------------------------------------------------------------------
+
+_POLITE: _Weighted[str] = _Weighted(
+    (
+        ("", 50),
+        ("please ", 8),
+        ("could you ", 4),
+        ("could you please ", 3),
+        ("can you ", 4),
+        ("can you please ", 2),
+        ("would you ", 1.5),
+        ("would you please ", 1),
+        ("robot, ", 5),
+        ("robot, please ", 2),
+        ("hey robot, ", 3),
+        ("hey, ", 2),
+        ("ok robot, ", 1),
+        ("okay, ", 1),
+        ("I need you to ", 3),
+        ("I want you to ", 2),
+        ("I'd like you to ", 2),
+        ("go ahead and ", 1.5),
+        ("now ", 1),
+        ("hey robot, can you ", 1),
+        ("please, ", 1),
+        ("kindly ", 0.5),
+        ("robot: ", 0.5),
+        ("alright robot, ", 0.5),
+    )
+)
+_ADDRESS: _Weighted[str] = _Weighted((("", 75), ("robot, ", 10), ("hey robot, ", 6), ("okay, ", 3), ("hey, ", 3)))
+_SUFFIX: _Weighted[str] = _Weighted(
+    ((" ", 76), (" please", 6), (", please", 6), (" for me", 3), (" now", 3), (", thanks", 2), (", thank you", 2))
+)
+_STATEMENT_SUFFIX: _Weighted[str] = _Weighted(((" ", 90), (", please", 5), (", thanks", 5)))
+_PUNCTUATION: _Weighted[str] = _Weighted((("", 50), (".", 38), ("!", 10), ("...", 1), ("!!", 1)))
+
+
+def _misspell(rng: Rng, word: str) -> str:
+    """One realistic slip of the finger: swap two letters, drop one or double one (never the first)."""
+    k = rng.randrange(1, len(word) - 1)
+    op = rng.randrange(3)
+    if op == 0:
+        return word[:k] + word[k + 1] + word[k] + word[k + 2 :]
+    if op == 1:
+        return word[:k] + word[k + 1 :]
+    return word[:k] + word[k] + word[k:]
+
+
+def add_typo(rng: Rng, text: str) -> str:
+    """Misspell one word of 4+ letters outside protected spans, never a number, colour or size word."""
+    segments = _PROTECTED.split(text)
+    candidates = [
+        (i, m)
+        for i, segment in enumerate(segments)
+        if not segment.startswith(_OPEN)
+        for m in re.finditer(r"[A-Za-z]{4,}", segment)
+        if m.group().lower() not in _NO_TYPO
+    ]
+    if not candidates:
+        return text
+    i, m = rng.choice(candidates)
+    for _ in range(4):
+        new = _misspell(rng, m.group())
+        if new != m.group() and new.lower() not in _NO_TYPO:
+            segments[i] = segments[i][: m.start()] + new + segments[i][m.end() :]
+            return "".join(segments)
+    return text
+
+
+def _map_free(text: str, fn: Callable[[str], str]) -> str:
+    """Apply ``fn`` to the text outside protected spans."""
+    return "".join(s if s.startswith(_OPEN) else fn(s) for s in _PROTECTED.split(text))
+
+
+def decorate(rng: Rng, phrase: Phrase) -> str:
+    """The phrase as a person might type it: politeness or address, maybe a typo, casing, punctuation."""
+    text = phrase.text
+    if phrase.mood == "imperative":
+        prefix, suffix = _POLITE(rng), _SUFFIX(rng)
+        word = suffix.strip(" ,")
+        doubled = ("please" in prefix and word == "please") or (word and f" {word} " in f" {text} ")
+        if doubled:  # "please ... please", "stop now now"
+            suffix = " "
+    else:
+        prefix = _ADDRESS(rng)
+        suffix = " " if phrase.mood == "question" else _STATEMENT_SUFFIX(rng)
+    if text.endswith(_CLOSE):  # unquoted say text runs to the end: "say hello please" would say "hello please"
+        suffix = " "
+    text = prefix + text + suffix.rstrip()
+    if rng.random() < TYPO_RATE:
+        text = add_typo(rng, text)
+    casing = rng.random()
+    if casing < 0.5:
+        text = text[0].upper() + text[1:]
+    elif casing < 0.51 and _OPEN not in text:
+        text = text.upper()
+    elif casing < 0.53:
+        text = _map_free(text, str.lower)
+    question = phrase.mood == "question" or re.search(r"\b(could|can|would) you", prefix) is not None
+    if question and ". " not in text and rng.random() < 0.6:
+        text += "?"
+    elif not text.endswith((".", "!", "?")):
+        text += _PUNCTUATION(rng)
+    text = text.replace(_OPEN, "").replace(_CLOSE, "")
+    return re.sub(r"\s+", " ", text).strip()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Records
+# ---------------------------------------------------------------------------------------------------
+
+CATEGORY_BUILDERS: dict[str, Callable[[Rng], Phrase]] = {
+    **{category: (lambda rng, c=category: CALL_BUILDERS[c](rng)(rng)) for category in CALL_BUILDERS},
+    "sequence": sequence,
+    "control_flow": control_flow,
+}
+
+_NORMALIZE = re.compile(r"[\"'“”‘’,;:!?()]|\.(?!\d)")
+
+
+def normalize_input(text: str) -> str:
+    """The form inputs are deduplicated on: lower case, no punctuation or quotes, single spaces."""
+    return " ".join(_NORMALIZE.sub(" ", text.lower()).split())
+
+
+def category_of(program: Program) -> str:
+    """A program's category: ``control_flow`` with a loop or if, ``sequence`` with 2+ calls, else its call's."""
+    if any(not isinstance(s, Call) for s in program):
+        return "control_flow"
+    if len(program) > 1:
+        return "sequence"
+    return CALLS[program[0].name].category
+
+
+def category_counts(num_examples: int) -> dict[str, int]:
+    """Records per category for ``num_examples`` under :data:`CATEGORY_MIX` (largest remainder)."""
+    raw = {c: num_examples * share for c, share in CATEGORY_MIX.items()}
+    counts = {c: int(v) for c, v in raw.items()}
+    by_remainder = sorted(raw, key=lambda c: raw[c] - counts[c], reverse=True)
+    for c in by_remainder[: num_examples - sum(counts.values())]:
+        counts[c] += 1
+    return counts
+
+
+def make_record(rng: Rng, category: str) -> dict[str, str]:
+    """One record of ``category``: decorated input, canonical output."""
+    phrase = CATEGORY_BUILDERS[category](rng)
+    return {"input": decorate(rng, phrase), "output": format_program(phrase.program), "category": category}
+
+
+def generate_records(num_examples: int, seed: int) -> list[dict[str, str]]:
+    """Generate up to ``num_examples`` records with unique inputs, deterministic for ``seed``.
+
+    Categories follow :data:`CATEGORY_MIX`, in shuffled order. A category that yields no unseen input
+    in :data:`MAX_TRIES` draws is exhausted and its remaining records are dropped, so fewer records
+    come back rather than the loop running forever.
+
+    Args:
+        num_examples: how many records to make (>= 0).
+        seed: seed of the ``random.Random`` that drives every choice.
+
+    Returns:
+        Records ``{"input", "output", "category"}``.
+    """
+    if num_examples < 0:
+        raise ValueError(f"num_examples must be >= 0, got {num_examples}")
+    rng = random.Random(seed)
+    schedule = [c for c, k in category_counts(num_examples).items() for _ in range(k)]
+    rng.shuffle(schedule)
+    seen: set[str] = set()
+    exhausted: set[str] = set()
+    records: list[dict[str, str]] = []
+    for category in schedule:
+        if category in exhausted:
+            continue
+        for _ in range(MAX_TRIES):
+            record = make_record(rng, category)
+            key = normalize_input(record["input"])
+            if key not in seen:
+                seen.add(key)
+                records.append(record)
+                break
+        else:
+            exhausted.add(category)
+    return records
+
+
+def write_dataset(records: Sequence[dict[str, str]], path: str | os.PathLike[str]) -> Path:
+    """Write records as a JSON list (``.json``, indent 2) or JSON lines (``.jsonl``), atomically.
+
+    The file is written to a temporary file in the same directory and moved into place, so a reader
+    never sees half a dataset.
+    """
+    path = Path(path)
+    if path.suffix == ".json":
+        text = json.dumps(list(records), indent=2, ensure_ascii=False) + "\n"
+    elif path.suffix == ".jsonl":
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    else:
+        raise ValueError(f"dataset path must end in .json or .jsonl, got {path}")
+    return atomic_write_text(path, text)

@@ -1,0 +1,458 @@
+"""Tests of the synthetic dataset generator: determinism, mix, validity, coverage and unit conversion."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from robolora.robot import generator as gen
+from robolora.robot.checker import canonicalize, check, parse_program
+from robolora.robot.program import Call, If, Loop, Program
+from robolora.robot.spec import CALLS, CATEGORIES, COLORS, LOCATIONS, SIZES
+
+
+@pytest.fixture(scope="module")
+def records() -> list[dict[str, str]]:
+    return gen.generate_records(5000, seed=0)
+
+
+def _calls(program: Program) -> list[Call]:
+    """Every call of a program, if-tests included, in order."""
+    out: list[Call] = []
+    for stmt in program:
+        if isinstance(stmt, Call):
+            out.append(stmt)
+        elif isinstance(stmt, Loop):
+            out.extend(_calls(stmt.body))
+        elif isinstance(stmt, If):
+            out.append(stmt.test)
+            out.extend(_calls(stmt.body) + _calls(stmt.orelse))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Determinism, mix, uniqueness
+# ------------------------------------------------------------------------------------------------
+
+
+def test_same_seed_same_records() -> None:
+    assert gen.generate_records(500, seed=7) == gen.generate_records(500, seed=7)
+
+
+def test_different_seeds_differ() -> None:
+    a = gen.generate_records(200, seed=1)
+    b = gen.generate_records(200, seed=2)
+    assert a != b
+    assert len({r["input"] for r in a} & {r["input"] for r in b}) < 50
+
+
+def test_does_not_touch_global_random() -> None:
+    random.seed(123)
+    expected = random.random()
+    random.seed(123)
+    gen.generate_records(50, seed=0)
+    assert random.random() == expected
+
+
+def test_record_shape(records: list[dict[str, str]]) -> None:
+    for record in records[:200]:
+        assert set(record) == {"input", "output", "category"}
+        assert record["input"] == record["input"].strip() and record["input"]
+        assert "  " not in record["input"]
+        assert "\ue000" not in record["input"] and "\ue001" not in record["input"]
+
+
+def test_category_mix() -> None:
+    assert sum(gen.CATEGORY_MIX.values()) == pytest.approx(1.0)
+    assert set(gen.CATEGORY_MIX) == set(CATEGORIES)
+    records = gen.generate_records(2000, seed=3)
+    assert len(records) == 2000
+    counts = Counter(r["category"] for r in records)
+    assert set(counts) == set(CATEGORIES)
+    for category, share in gen.CATEGORY_MIX.items():
+        assert abs(counts[category] / 2000 - share) < 0.02, (category, counts[category])
+
+
+def test_category_counts_sum() -> None:
+    for n in (0, 1, 7, 999, 2001):
+        assert sum(gen.category_counts(n).values()) == n
+
+
+def test_no_duplicate_inputs(records: list[dict[str, str]]) -> None:
+    keys = [gen.normalize_input(r["input"]) for r in records]
+    assert len(set(keys)) == len(keys)
+
+
+def test_twenty_thousand_unique() -> None:
+    records = gen.generate_records(20_000, seed=0)
+    assert len(records) == 20_000
+    assert len({gen.normalize_input(r["input"]) for r in records}) == 20_000
+
+
+def test_exhausted_space_returns_fewer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A category with a single possible input yields one record, and generation still ends."""
+    monkeypatch.setattr(gen, "MAX_TRIES", 5)
+    monkeypatch.setattr(gen, "decorate", lambda rng, phrase: phrase.text)
+    monkeypatch.setitem(gen.CATEGORY_BUILDERS, "movement", lambda rng: gen.Phrase("stop", (Call("robot.stop"),)))
+    records = gen.generate_records(100, seed=0)
+    movement = [r for r in records if r["category"] == "movement"]
+    assert len(movement) == 1
+    assert len(records) == 100 - gen.category_counts(100)["movement"] + 1
+
+
+def test_negative_count_rejected() -> None:
+    with pytest.raises(ValueError):
+        gen.generate_records(-1, seed=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs: valid, canonical, categorised, covering the API
+# ------------------------------------------------------------------------------------------------
+
+
+def test_outputs_valid_and_canonical(records: list[dict[str, str]]) -> None:
+    for record in records:
+        result = check(record["output"])
+        assert result.api_valid, (record, result.errors)
+        assert canonicalize(record["output"]) == record["output"], record
+
+
+def test_category_matches_program(records: list[dict[str, str]]) -> None:
+    for record in records:
+        assert gen.category_of(parse_program(record["output"])) == record["category"], record
+
+
+def test_every_call_covered(records: list[dict[str, str]]) -> None:
+    names = {call.name for r in records for call in _calls(parse_program(r["output"]))}
+    assert names == set(CALLS)
+
+
+def test_every_location_colour_and_size_covered(records: list[dict[str, str]]) -> None:
+    calls = [call for r in records for call in _calls(parse_program(r["output"]))]
+    locations = {c.kwargs["location"] for c in calls if "location" in c.kwargs}
+    assert locations == set(LOCATIONS)
+    lights = {c.kwargs["color"] for c in calls if c.name == "robot.set_light"}
+    assert lights == set(COLORS) - {"any"}
+    picked = [c for c in calls if c.name == "robot.gripper.pick_up"]
+    assert {c.kwargs["color"] for c in picked} == set(COLORS)
+    assert {c.kwargs["size"] for c in picked} == set(SIZES)
+
+
+def test_sequences_and_control_flow_shapes(records: list[dict[str, str]]) -> None:
+    sequences = [parse_program(r["output"]) for r in records if r["category"] == "sequence"]
+    assert all(len(p) >= 2 and all(isinstance(s, Call) for s in p) for p in sequences)
+    step_categories = {CALLS[s.name].category for p in sequences for s in p}
+    assert step_categories == {"movement", "navigation", "manipulation", "perception", "communication"}
+    flows = [parse_program(r["output"]) for r in records if r["category"] == "control_flow"]
+    assert any(isinstance(s, Loop) for p in flows for s in p)
+    assert any(isinstance(s, If) and s.orelse for p in flows for s in p)
+    assert any(isinstance(s, If) and not s.orelse for p in flows for s in p)
+
+
+def test_say_text_appears_verbatim(records: list[dict[str, str]]) -> None:
+    """Decorations (typos, casing) never touch what the robot is told to say."""
+    for record in records:
+        for call in _calls(parse_program(record["output"])):
+            if call.name == "robot.say":
+                assert call.kwargs["text"] in record["input"], record
+
+
+def test_spoken_colours_reach_the_output(records: list[dict[str, str]]) -> None:
+    for record in records:
+        if record["category"] in ("manipulation", "perception"):
+            for call in _calls(parse_program(record["output"])):
+                color = call.kwargs.get("color", "any")
+                if call.name != "robot.set_light" and color != "any":
+                    assert color in record["input"].lower(), record
+
+
+# ------------------------------------------------------------------------------------------------
+# Phrasing conventions
+# ------------------------------------------------------------------------------------------------
+
+
+def _single(records: list[dict[str, str]], pattern: str, category: str) -> list[tuple[str, Call]]:
+    """(lower-case input, call) of single-call records of ``category`` whose input matches ``pattern``."""
+    out = []
+    for record in records:
+        if record["category"] == category and re.search(pattern, record["input"].lower()):
+            (call,) = parse_program(record["output"])
+            out.append((record["input"].lower(), call))
+    return out
+
+
+def test_follow_me_targets_me(records: list[dict[str, str]]) -> None:
+    hits = _single(records, r"\bfollow me\b", "navigation")
+    assert hits
+    assert all(call.kwargs["target"] == "me" for _, call in hits)
+
+
+def test_turn_around_is_left_180(records: list[dict[str, str]]) -> None:
+    hits = _single(records, r"^(robot, |hey robot, |please )?turn around[.!]*$", "movement")
+    assert hits
+    assert all(call == Call("robot.turn_left", {"angle": 180.0}) for _, call in hits)
+
+
+def test_quarter_turn_is_90(records: list[dict[str, str]]) -> None:
+    hits = _single(records, r"(?<!three-)quarter turn", "movement")
+    assert hits
+    assert all(call.kwargs["angle"] == 90.0 for _, call in hits)
+
+
+def test_speed_words(records: list[dict[str, str]]) -> None:
+    for category in ("movement", "navigation"):
+        for text, call in _single(records, r"\bslowly\b", category):
+            assert call.kwargs["speed"] == 0.5, text
+        for text, call in _single(records, r"\b(quickly|fast)\b", category):
+            assert call.kwargs["speed"] == 2.0, text
+
+
+def test_defaults_when_quantities_omitted() -> None:
+    rng = random.Random(0)
+    for _ in range(300):
+        phrase = gen.forward(rng)
+        if not re.search(r"\d|meter|metre|feet|foot|inch|centi| m\b|cm|ft", phrase.text) and "speed" not in phrase.text:
+            (call,) = phrase.program
+            assert call.kwargs["distance"] == 1.0, phrase.text
+        phrase = gen.wait(rng)
+        if phrase.text in ("wait", "pause", "wait here", "hold on"):
+            assert phrase.program == (Call("robot.wait", {"seconds": 1.0}),)
+        phrase = gen.turn(rng)
+        if re.fullmatch(r"turn (left|right)", phrase.text):
+            assert phrase.program[0].kwargs["angle"] == 90.0
+
+
+def test_square_is_four_sides_turning_right() -> None:
+    rng = random.Random(0)
+    seen = 0
+    for _ in range(400):
+        phrase = gen._shape(rng)
+        if phrase.text in ("do a square", "drive in a square"):
+            assert phrase.program == (
+                Loop(
+                    4,
+                    (
+                        Call("robot.move_forward", {"distance": 1.0, "speed": 1.0}),
+                        Call("robot.turn_right", {"angle": 90.0}),
+                    ),
+                ),
+            )
+            seen += 1
+    assert seen
+
+
+def test_casing_and_punctuation_variety(records: list[dict[str, str]]) -> None:
+    inputs = [r["input"] for r in records]
+    assert any(i[0].isupper() for i in inputs) and any(i[0].islower() for i in inputs)
+    assert any(i.endswith(".") for i in inputs) and any(i[-1].isalnum() for i in inputs)
+    assert any(i.endswith("?") for i in inputs) and any(i.endswith("!") for i in inputs)
+    assert any(i.lower().startswith(("please", "could you", "can you")) for i in inputs)
+
+
+def test_add_typo_changes_one_word() -> None:
+    rng = random.Random(0)
+    text = "move forward then turn left"
+    changed = 0
+    for _ in range(100):
+        out = gen.add_typo(rng, text)
+        assert len(out.split()) == 5
+        diffs = [(a, b) for a, b in zip(out.split(), text.split(), strict=True) if a != b]
+        assert len(diffs) <= 1
+        if diffs:
+            typo, word = diffs[0]
+            assert typo[0] == word[0] and abs(len(typo) - len(word)) <= 1
+            changed += 1
+    assert changed > 90
+
+
+def test_add_typo_spares_numbers_colours_and_protected_text() -> None:
+    rng = random.Random(0)
+    text = f"move forward three meters then say {gen._protect('Hello world')} and turn red"
+    for _ in range(200):
+        out = gen.add_typo(rng, text)
+        assert "three" in out and "red" in out and "Hello world" in out and " then " in out
+        assert sum(a != b for a, b in zip(out.split(), text.split(), strict=True)) <= 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Units: the numbers in an input equal the output after conversion
+# ------------------------------------------------------------------------------------------------
+
+_WORD_VALUES = {w: i for i, w in enumerate(gen._ONES)} | {w: 10 * i for i, w in enumerate(gen._TENS) if w}
+
+# Unit names and their factors to the spec's unit, written out here independently of the generator.
+_DISTANCE_UNITS = {
+    "m": 1.0, "meter": 1.0, "meters": 1.0, "metre": 1.0, "metres": 1.0,
+    "cm": 0.01, "centimeter": 0.01, "centimeters": 0.01, "centimetre": 0.01, "centimetres": 0.01,
+    "ft": 0.3048, "foot": 0.3048, "feet": 0.3048, "inch": 0.0254, "inches": 0.0254,
+}  # fmt: skip
+_DURATION_UNITS = {
+    "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,
+    "min": 60.0, "mins": 60.0, "minute": 60.0, "minutes": 60.0,
+}  # fmt: skip
+_ANGLE_UNITS = {"°": 1.0, "deg": 1.0, "degree": 1.0, "degrees": 1.0}
+_SPEED_UNITS = {
+    "m/s": 1.0, "meter per second": 1.0, "meters per second": 1.0, "metre per second": 1.0,
+    "metres per second": 1.0, "cm/s": 0.01, "centimeter per second": 0.01, "centimeters per second": 0.01,
+    "centimetres per second": 0.01,
+}  # fmt: skip
+
+
+def _words_to_number(words: str) -> float:
+    """ "two hundred and forty-five" -> 245; "one point two five" -> 1.25."""
+    if " point " in words:
+        whole, decimals = words.split(" point ")
+        return _words_to_number(whole) + float("0." + "".join(str(_WORD_VALUES[d]) for d in decimals.split()))
+    total = 0
+    for token in words.replace("-", " ").split():
+        if token == "and":
+            continue
+        if token == "hundred":
+            total = (total or 1) * 100
+        elif token == "a":
+            total += 1
+        else:
+            total += _WORD_VALUES[token]
+    return total
+
+
+def _spoken_value(text: str, units: dict[str, float]) -> float:
+    """Value in the spec's unit of a spoken quantity, parsed independently of the generator."""
+    extra = 0.0
+    if text.endswith(" and a half"):  # "a meter and a half"
+        text, extra = text[: -len(" and a half")], 0.5
+    factor = 1.0  # a bare number is in the base unit
+    for name in sorted(units, key=len, reverse=True):
+        if text.endswith(name) and (len(text) == len(name) or not text[-len(name) - 1].isalpha()):
+            text, factor = text[: -len(name)].strip(), units[name]
+            break
+    if text.endswith(" and a half"):  # "two and a half meters"
+        text, extra = text[: -len(" and a half")], 0.5
+    if re.fullmatch(r"-?\d*\.?\d+", text):
+        number = float(text)
+    elif text in ("half a", "half an"):
+        number = 0.5
+    elif text in ("a quarter of a", "a quarter of an"):
+        number = 0.25
+    elif text in ("a", "an"):
+        number = 1.0
+    elif text in ("a couple", "a couple of"):
+        number = 2.0
+    else:
+        number = _words_to_number(text)
+    return round((number + extra) * factor, 2)
+
+
+@pytest.mark.parametrize(
+    ("measure", "units"),
+    [
+        (gen.DISTANCE, _DISTANCE_UNITS),
+        (gen.SHORT_DISTANCE, _DISTANCE_UNITS),
+        (gen.DURATION, _DURATION_UNITS),
+        (gen.ANGLE, _ANGLE_UNITS),
+        (gen.SPEED, _SPEED_UNITS),
+    ],
+)
+def test_measure_text_matches_value(measure: gen.Measure, units: dict[str, float]) -> None:
+    rng = random.Random(0)
+    forms = set()
+    for _ in range(3000):
+        text, value = gen.measure(rng, measure, bare=0.1)
+        assert value > 0
+        assert _spoken_value(text, units) == pytest.approx(value), text
+        forms.add(re.sub(r"[\d.]+", "N", text))
+    assert len(forms) > 10  # digits, words, abbreviations, special forms
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "allowed"),
+    [
+        (0.5, gen.METRE, {"half a meter", "half a metre"}),
+        (2.5, gen.FOOT, {"two and a half feet"}),
+        (
+            1.5,
+            gen.METRE,
+            {"a meter and a half", "a metre and a half", "one and a half meters", "one and a half metres"},
+        ),
+        (2, gen.MINUTE, {"two minutes", "a couple of minutes", "a couple minutes"}),
+        (0.5, gen.INCH, {"half an inch"}),
+    ],
+)
+def test_amount_word_forms(value: float, unit: gen.Unit, allowed: set[str]) -> None:
+    rng = random.Random(0)
+    texts = {gen.amount(rng, value, unit) for _ in range(300)}
+    words = {t for t in texts if not re.search(r"\d", t)}
+    assert words and words <= allowed
+
+
+def test_int_words() -> None:
+    rng = random.Random(0)
+    assert gen.int_words(7, rng) == "seven"
+    assert gen.int_words(45, rng) in ("forty-five", "forty five")
+    assert _words_to_number(gen.int_words(180, rng)) == 180
+    for n in range(0, 400):
+        assert _words_to_number(gen.int_words(n, rng)) == n
+
+
+@pytest.mark.parametrize(
+    ("pattern", "factor"),
+    [
+        (r"(\d+(?:\.\d+)?) ?(?:cm|centimet(?:er|re)s?)\b", 0.01),
+        (r"(\d+(?:\.\d+)?) ?(?:ft|feet|foot)\b", 0.3048),
+        (r"(\d+(?:\.\d+)?) inch(?:es)?\b", 0.0254),
+    ],
+)
+def test_record_distances_converted(records: list[dict[str, str]], pattern: str, factor: float) -> None:
+    hits = 0
+    for text, call in _single(records, pattern, "movement"):
+        if call.name in ("robot.move_forward", "robot.move_backward") and "per second" not in text and "/s" not in text:
+            spoken = float(re.search(pattern, text).group(1))
+            assert call.kwargs["distance"] == round(spoken * factor, 2), text
+            hits += 1
+    assert hits
+
+
+def test_record_minutes_converted(records: list[dict[str, str]]) -> None:
+    pattern = r"(\d+(?:\.\d+)?) ?(?:min|mins|minutes?)\b"
+    hits = _single(records, pattern, "movement")
+    assert hits
+    for text, call in hits:
+        assert call.kwargs["seconds"] == round(float(re.search(pattern, text).group(1)) * 60, 2), text
+
+
+def test_arm_coordinates_in_range(records: list[dict[str, str]]) -> None:
+    moves = [c for r in records for c in _calls(parse_program(r["output"])) if c.name == "robot.arm.move_to"]
+    assert moves
+    for call in moves:
+        assert all(-1 <= call.kwargs[axis] <= 1 for axis in "xyz")
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------------
+
+
+def test_write_json_and_jsonl(tmp_path: Path) -> None:
+    records = gen.generate_records(30, seed=0)
+    json_path = gen.write_dataset(records, tmp_path / "sub" / "data.json")
+    assert json.loads(json_path.read_text(encoding="utf-8")) == records
+    assert json_path.read_text(encoding="utf-8").startswith("[\n  {")
+    jsonl_path = gen.write_dataset(records, tmp_path / "data.jsonl")
+    lines = jsonl_path.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == records
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "sub"]  # no temp files left
+
+
+def test_write_keeps_unicode(tmp_path: Path) -> None:
+    path = gen.write_dataset([{"input": "turn 90° left", "output": "x", "category": "movement"}], tmp_path / "d.json")
+    assert "90°" in path.read_text(encoding="utf-8")
+
+
+def test_write_rejects_other_suffix(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        gen.write_dataset([], tmp_path / "data.csv")
