@@ -64,8 +64,12 @@ class TrainConfig:
     max_length: int = _f(256, "maximum tokens per example; longer prompts are truncated on the left", "data")
     check_api: bool = _f(True, "refuse records whose output is not valid robot API code", "data")
     # Model and LoRA
-    model_name: str = _f(DEFAULT_MODEL, "base model: an alias (smollm2-135m, tiny-llama), a local path or a hub name", "model")
-    trust_remote_code: bool = _f(False, "run the model repository's own Python code (only for repositories you trust)", "model")
+    model_name: str = _f(
+        DEFAULT_MODEL, "base model: an alias (smollm2-135m, tiny-llama), a local path or a hub name", "model"
+    )
+    trust_remote_code: bool = _f(
+        False, "run the model repository's own Python code (only for repositories you trust)", "model"
+    )
     lora_r: int = _f(32, "LoRA rank (higher = more trainable parameters)", "model")
     lora_alpha: int = _f(64, "LoRA scaling factor (effective scale = alpha / r)", "model")
     lora_dropout: float = _f(0.05, "dropout on the LoRA input", "model")
@@ -166,11 +170,15 @@ def _check_numbers(c: TrainConfig) -> None:
 
 def _check_consistency(c: TrainConfig) -> None:
     if c.data_json and (c.train_json or c.val_json):
-        raise ConfigError("--data-json cannot be combined with --train-json/--val-json: pass one dataset or a train/val pair")
+        raise ConfigError(
+            "--data-json cannot be combined with --train-json/--val-json: pass one dataset or a train/val pair"
+        )
     if c.val_json and not c.train_json:
         raise ConfigError("--val-json needs --train-json: pass both, or a single --data-json")
     if c.offload == "all" and c.zero_stage == 2:
-        raise ConfigError("--offload all needs --zero-stage 3: ZeRO-2 cannot offload parameters (use --offload optimizer)")
+        raise ConfigError(
+            "--offload all needs --zero-stage 3: ZeRO-2 cannot offload parameters (use --offload optimizer)"
+        )
     if c.use_gpu is False and c.offload not in (None, "none"):
         raise ConfigError("--offload moves GPU state to the CPU: it needs --use-gpu (or leave --offload out)")
 
@@ -209,9 +217,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if isinstance(value, list) and name == "lora_target_modules":
-        if all(isinstance(v, str) for v in value):
-            return ",".join(value)
+    if isinstance(value, list) and name == "lora_target_modules" and all(isinstance(v, str) for v in value):
+        return ",".join(value)
     if isinstance(value, str):
         return value
     raise ConfigError(f"{where}: expected a string, got {value!r}")

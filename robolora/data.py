@@ -65,7 +65,7 @@ def read_records(path: str | Path) -> list[Any]:
     p = Path(path)
     text = _read_text(p)
     if not text.strip():
-        raise DataError([f"{p}: file is empty; expected a JSON list of {{\"input\", \"output\", \"category\"}} records"])
+        raise DataError([f'{p}: file is empty; expected a JSON list of {{"input", "output", "category"}} records'])
     if _is_jsonl(p, text):
         records, problems = [], []
         for lineno, line in enumerate(text.splitlines(), 1):
@@ -107,12 +107,12 @@ def record_problems(path: str | Path, records: Sequence[Any], check_api: bool = 
 
     problems: list[str] = []
     if not records:
-        return [f"{path}: no records; expected a JSON list of {{\"input\", \"output\", \"category\"}} records"]
+        return [f'{path}: no records; expected a JSON list of {{"input", "output", "category"}} records']
     seen: dict[str, int] = {}
     for i, rec in enumerate(records):
         where = f"{path}: record {i}"
         if not isinstance(rec, dict):
-            problems.append(f"{where}: expected an object with \"input\" and \"output\", got {_kind(rec)}")
+            problems.append(f'{where}: expected an object with "input" and "output", got {_kind(rec)}')
             continue
         for key in ("input", "output"):
             value = rec.get(key)
@@ -291,14 +291,14 @@ def tokenize_records(records: Sequence[dict[str, str]], tokenizer: Any, max_leng
     return datasets.Dataset.from_dict(rows), report
 
 
-def collate(
-    examples: Sequence[dict[str, Any]], pad_id: int, pad_to_multiple_of: int = 1
-) -> dict[str, list[list[int]]]:
+def collate(examples: Sequence[dict[str, Any]], pad_id: int, pad_to_multiple_of: int = 1) -> dict[str, list[list[int]]]:
     """Right-pad a batch to its longest example: ``input_ids`` with ``pad_id``, ``labels`` with -100,
     ``attention_mask`` 1 on real tokens. Returns lists; the worker turns them into tensors.
 
-    >>> collate([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [1, 4], "labels": [-100, 4]}], 0)
-    {'input_ids': [[1, 2, 3], [1, 4, 0]], 'labels': [[-100, 2, 3], [-100, 4, -100]], 'attention_mask': [[1, 1, 1], [1, 1, 0]]}
+    >>> examples = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [1, 4], "labels": [-100, 4]}]
+    >>> batch = collate(examples, pad_id=0)
+    >>> batch["input_ids"], batch["labels"], batch["attention_mask"]
+    ([[1, 2, 3], [1, 4, 0]], [[-100, 2, 3], [-100, 4, -100]], [[1, 1, 1], [1, 1, 0]])
     """
     width = max(len(e["input_ids"]) for e in examples)
     width = -(-width // pad_to_multiple_of) * pad_to_multiple_of

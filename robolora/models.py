@@ -144,7 +144,7 @@ def ensure_alias(name: str) -> Path:
         tmp.chmod(0o755)
         try:
             ALIASES[name].build(tmp)
-            os.replace(tmp, dest)
+            tmp.replace(dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return dest

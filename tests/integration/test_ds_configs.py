@@ -21,8 +21,9 @@ def test_template_resolves_and_deepspeed_accepts_it(stage, offload):
 
     template = load_template(stage, offload)
     assert find_auto(template), "templates leave the run-dependent fields as auto"
-    cfg = resolve(template, micro_batch=4, grad_accum=2, world_size=1, bf16=True, grad_clip=1.0, hidden_size=576,
-                  pin_memory=False)
+    cfg = resolve(
+        template, micro_batch=4, grad_accum=2, world_size=1, bf16=True, grad_clip=1.0, hidden_size=576, pin_memory=False
+    )
     assert find_auto(cfg) == []
     parsed = DeepSpeedConfig(json.loads(json.dumps(cfg)))
     assert parsed.zero_optimization_stage == stage
@@ -39,7 +40,15 @@ def test_template_resolves_and_deepspeed_accepts_it(stage, offload):
 
 
 def test_without_hidden_size_auto_buckets_fall_back_to_deepspeed_defaults():
-    cfg = resolve(load_template(3, "none"), micro_batch=1, grad_accum=1, world_size=2, bf16=False, grad_clip=0.0,
-                  hidden_size=None, pin_memory=True)
+    cfg = resolve(
+        load_template(3, "none"),
+        micro_batch=1,
+        grad_accum=1,
+        world_size=2,
+        bf16=False,
+        grad_clip=0.0,
+        hidden_size=None,
+        pin_memory=True,
+    )
     assert find_auto(cfg) == [] and "reduce_bucket_size" not in cfg["zero_optimization"]
     assert cfg["train_batch_size"] == 2 and cfg["bf16"] == {"enabled": False}

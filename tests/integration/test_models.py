@@ -56,7 +56,7 @@ def test_missing_local_model_names_aliases(tmp_path):
 
 
 def test_directory_without_config_is_refused(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="exists but holds no config.json"):
+    with pytest.raises(ModelNotFoundError, match=r"exists but holds no config\.json"):
         resolve_model(str(tmp_path))
 
 

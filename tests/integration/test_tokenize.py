@@ -42,14 +42,15 @@ def _independent_labels(tokenizer, record):
     assert full.startswith(prompt + record["output"] + tokenizer.eos_token)
     start, end = len(prompt), len(prompt) + len(record["output"]) + len(tokenizer.eos_token)
     enc = tokenizer(full[:end], add_special_tokens=False, return_offsets_mapping=True)
-    labels = [tok if s >= start else IGNORE_INDEX for tok, (s, _) in zip(enc["input_ids"], enc["offset_mapping"])]
+    offsets = enc["offset_mapping"]
+    labels = [tok if s >= start else IGNORE_INDEX for tok, (s, _) in zip(enc["input_ids"], offsets, strict=True)]
     return enc["input_ids"], labels
 
 
 def test_labels_match_independent_computation_token_by_token(tokenizer):
     ds, report = tokenize_records(RECORDS, tokenizer, max_length=256)
     assert (report.examples, report.truncated, report.dropped) == (3, 0, 0)
-    for rec, row in zip(RECORDS, ds):
+    for rec, row in zip(RECORDS, ds, strict=True):
         ids, labels = _independent_labels(tokenizer, rec)
         assert row["input_ids"] == ids
         assert row["labels"] == labels
@@ -87,7 +88,7 @@ def test_response_too_long_is_dropped_and_counted(tokenizer):
 def test_collated_batch_masks_padding(tokenizer):
     ds, _ = tokenize_records(RECORDS, tokenizer, max_length=256)
     batch = collate(list(ds), pad_id=tokenizer.pad_token_id)
-    for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
+    for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True):
         n = sum(mask)
         assert all(lab == IGNORE_INDEX for lab in labels[n:])
         assert all(t == tokenizer.pad_token_id for t in ids[n:])

@@ -29,17 +29,46 @@ def test_guide_defaults():
 def test_every_guide_flag_exists():
     flags = {flag(f.name) for f in dataclasses.fields(TrainConfig)}
     assert set(GUIDE_FLAGS) <= flags
-    for extra in ("--num-workers", "--zero-stage", "--offload", "--ray-address", "--seed",
-                  "--gradient-accumulation-steps", "--lora-dropout", "--early-stopping-patience"):
+    for extra in (
+        "--num-workers",
+        "--zero-stage",
+        "--offload",
+        "--ray-address",
+        "--seed",
+        "--gradient-accumulation-steps",
+        "--lora-dropout",
+        "--early-stopping-patience",
+    ):
         assert extra in flags
 
 
 def test_flags_parse_to_typed_values():
     c = parse_train_args(
-        ["--train-json", "t.json", "--val-json", "v.json", "--lora-r", "64", "--lora-alpha", "128",
-         "--learning-rate", "5e-5", "--gradient-checkpointing", "--no-bf16", "--group-by-length",
-         "--lora-target-modules", "q_proj,v_proj,k_proj,o_proj,gate_proj,up_proj,down_proj",
-         "--lr-scheduler-type", "cosine", "--optim", "adamw_torch_fused", "--zero-stage", "3", "--offload", "all"]
+        [
+            "--train-json",
+            "t.json",
+            "--val-json",
+            "v.json",
+            "--lora-r",
+            "64",
+            "--lora-alpha",
+            "128",
+            "--learning-rate",
+            "5e-5",
+            "--gradient-checkpointing",
+            "--no-bf16",
+            "--group-by-length",
+            "--lora-target-modules",
+            "q_proj,v_proj,k_proj,o_proj,gate_proj,up_proj,down_proj",
+            "--lr-scheduler-type",
+            "cosine",
+            "--optim",
+            "adamw_torch_fused",
+            "--zero-stage",
+            "3",
+            "--offload",
+            "all",
+        ]
     )
     assert (c.lora_r, c.lora_alpha, c.learning_rate) == (64, 128, 5e-5)
     assert c.gradient_checkpointing is True and c.bf16 is False and c.group_by_length is True
@@ -86,19 +115,30 @@ def _error(argv=None, file_text=None, tmp_path=None, name="run.yaml") -> str:
         (["--warmup-ratio", "1.5"], "--warmup-ratio: must be in [0, 1), got 1.5"),
         (["--val-ratio", "0"], "--val-ratio: must be between 0 and 1 (exclusive), got 0.0"),
         (["--max-length", "8"], "--max-length: must be at least 16 tokens, got 8"),
-        (["--lora-target-modules", " , "], "--lora-target-modules: must be a comma-separated list of module names, got ' , '"),
+        (
+            ["--lora-target-modules", " , "],
+            "--lora-target-modules: must be a comma-separated list of module names, got ' , '",
+        ),
         (["--lora-r", "x"], "robolora train: argument --lora-r: invalid int value: 'x' (see `robolora train --help`)"),
-        (["--lr-scheduler-type", "step"],
-         "robolora train: argument --lr-scheduler-type: invalid choice: 'step' (choose from 'linear', 'cosine', "
-         "'constant') (see `robolora train --help`)"),
+        (
+            ["--lr-scheduler-type", "step"],
+            "robolora train: argument --lr-scheduler-type: invalid choice: 'step' (choose from 'linear', 'cosine', "
+            "'constant') (see `robolora train --help`)",
+        ),
         (["--lora-rank", "8"], "robolora train: unrecognized arguments: --lora-rank 8 (see `robolora train --help`)"),
-        (["--data-json", "a.json", "--train-json", "b.json"],
-         "--data-json cannot be combined with --train-json/--val-json: pass one dataset or a train/val pair"),
+        (
+            ["--data-json", "a.json", "--train-json", "b.json"],
+            "--data-json cannot be combined with --train-json/--val-json: pass one dataset or a train/val pair",
+        ),
         (["--val-json", "v.json"], "--val-json needs --train-json: pass both, or a single --data-json"),
-        (["--zero-stage", "2", "--offload", "all"],
-         "--offload all needs --zero-stage 3: ZeRO-2 cannot offload parameters (use --offload optimizer)"),
-        (["--no-use-gpu", "--offload", "optimizer"],
-         "--offload moves GPU state to the CPU: it needs --use-gpu (or leave --offload out)"),
+        (
+            ["--zero-stage", "2", "--offload", "all"],
+            "--offload all needs --zero-stage 3: ZeRO-2 cannot offload parameters (use --offload optimizer)",
+        ),
+        (
+            ["--no-use-gpu", "--offload", "optimizer"],
+            "--offload moves GPU state to the CPU: it needs --use-gpu (or leave --offload out)",
+        ),
     ],
 )
 def test_bad_flags(argv, message):

@@ -8,7 +8,11 @@ import pytest
 
 from robolora.data import IGNORE_INDEX, build_example, collate, load_records, read_records, split_records
 
-GOOD = {"input": "move forward 3 meters", "output": "robot.move_forward(distance=3.0, speed=1.0)", "category": "movement"}
+GOOD = {
+    "input": "move forward 3 meters",
+    "output": "robot.move_forward(distance=3.0, speed=1.0)",
+    "category": "movement",
+}
 PICK = {
     "input": "pick up the red ball",
     "output": 'robot.gripper.pick_up(object_type="ball", color="red", size="medium")',
@@ -36,31 +40,69 @@ BAD = [
     ("empty.json", "", ['{f}: file is empty; expected a JSON list of {{"input", "output", "category"}} records']),
     ("blank.json", "  \n", ['{f}: file is empty; expected a JSON list of {{"input", "output", "category"}} records']),
     ("list.json", [], ['{f}: no records; expected a JSON list of {{"input", "output", "category"}} records']),
-    ("trunc.json", '[{"input": "stop", "output"', ["{f}: not valid JSON (Expecting ':' delimiter at line 1 column 28)"]),
+    (
+        "trunc.json",
+        '[{"input": "stop", "output"',
+        ["{f}: not valid JSON (Expecting ':' delimiter at line 1 column 28)"],
+    ),
     ("obj.json", {"input": "stop"}, ["{f}: expected a JSON list of records at the top level, got an object"]),
     ("bytes.json", b'[{"input": "\xff"}]', ["{f}: byte 12: not valid UTF-8; save the file as UTF-8"]),
-    ("lines.jsonl", '{"input": "stop", "output": "robot.stop()"}\n{"input": oops}\n',
-     ["{f}: line 2: not valid JSON (Expecting value at column 11)"]),
+    (
+        "lines.jsonl",
+        '{"input": "stop", "output": "robot.stop()"}\n{"input": oops}\n',
+        ["{f}: line 2: not valid JSON (Expecting value at column 11)"],
+    ),
     ("notobj.json", ["stop"], ['{f}: record 0: expected an object with "input" and "output", got a string']),
-    ("missing.json", [{"output": "robot.stop()"}],
-     ["{f}: record 0: field 'input': missing; every record needs a non-empty string 'input'"]),
-    ("empty_field.json", [{"input": "  ", "output": "robot.stop()"}],
-     ["{f}: record 0: field 'input': is empty; every record needs a non-empty string 'input'"]),
-    ("nonstr.json", [{"input": "stop", "output": 3}], ["{f}: record 0: field 'output': expected a string, got a number"]),
-    ("nullout.json", [{"input": "stop", "output": None}], ["{f}: record 0: field 'output': expected a string, got null"]),
-    ("cat.json", [{"input": "stop", "output": "robot.stop()", "category": 7}],
-     ["{f}: record 0: field 'category': expected a string, got a number"]),
-    ("emptycat.json", [{"input": "stop", "output": "robot.stop()", "category": ""}],
-     ["{f}: record 0: field 'category': is empty; give a name or leave the field out"]),
-    ("dup.json", [GOOD, PICK, {**GOOD, "input": "Move  forward 3 meters"}],
-     ["{f}: record 2: field 'input': duplicate of record 0; remove one of them"]),
-    ("api.json", [{"input": "fly", "output": "robot.fly(height=3.0)"}],
-     ["{f}: record 0: field 'output': not valid robot API code (line 1: "]),
-    ("many.json", [{"input": 1}, {"output": ""}],
-     ["{f}: record 0: field 'input': expected a string, got a number",
-      "{f}: record 0: field 'output': missing; every record needs a non-empty string 'output'",
-      "{f}: record 1: field 'input': missing; every record needs a non-empty string 'input'",
-      "{f}: record 1: field 'output': is empty; every record needs a non-empty string 'output'"]),
+    (
+        "missing.json",
+        [{"output": "robot.stop()"}],
+        ["{f}: record 0: field 'input': missing; every record needs a non-empty string 'input'"],
+    ),
+    (
+        "empty_field.json",
+        [{"input": "  ", "output": "robot.stop()"}],
+        ["{f}: record 0: field 'input': is empty; every record needs a non-empty string 'input'"],
+    ),
+    (
+        "nonstr.json",
+        [{"input": "stop", "output": 3}],
+        ["{f}: record 0: field 'output': expected a string, got a number"],
+    ),
+    (
+        "nullout.json",
+        [{"input": "stop", "output": None}],
+        ["{f}: record 0: field 'output': expected a string, got null"],
+    ),
+    (
+        "cat.json",
+        [{"input": "stop", "output": "robot.stop()", "category": 7}],
+        ["{f}: record 0: field 'category': expected a string, got a number"],
+    ),
+    (
+        "emptycat.json",
+        [{"input": "stop", "output": "robot.stop()", "category": ""}],
+        ["{f}: record 0: field 'category': is empty; give a name or leave the field out"],
+    ),
+    (
+        "dup.json",
+        [GOOD, PICK, {**GOOD, "input": "Move  forward 3 meters"}],
+        ["{f}: record 2: field 'input': duplicate of record 0; remove one of them"],
+    ),
+    (
+        "api.json",
+        [{"input": "fly", "output": "robot.fly(height=3.0)"}],
+        ["{f}: record 0: field 'output': not valid robot API code (line 1: "],
+    ),
+    (
+        "many.json",
+        [{"input": 1}, {"output": ""}],
+        [
+            "{f}: record 0: field 'input': expected a string, got a number",
+            "{f}: record 0: field 'output': missing; every record needs a non-empty string 'output'",
+            "{f}: record 1: field 'input': missing; every record needs a non-empty string 'input'",
+            "{f}: record 1: field 'output': is empty; every record needs a non-empty string 'output'",
+        ],
+    ),
 ]
 
 
@@ -72,7 +114,7 @@ def test_bad_datasets_exact_errors(run_cli, write_json, name, content, lines):
     assert out == ""
     got = err.splitlines()
     assert len(got) == len(lines)
-    for g, want in zip(got, lines):
+    for g, want in zip(got, lines, strict=True):
         want = "robolora: error: " + want.format(f=path)
         assert g.startswith(want) if want.endswith(": ") else g == want
     assert "Traceback" not in err
@@ -141,8 +183,11 @@ def test_build_example_refuses_a_response_that_cannot_fit():
 
 
 def test_collate_pads_right_with_ignored_labels():
-    batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [5]}], pad_id=0,
-                    pad_to_multiple_of=4)
+    batch = collate(
+        [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [5]}],
+        pad_id=0,
+        pad_to_multiple_of=4,
+    )
     assert batch["input_ids"] == [[5, 6, 7, 0], [5, 0, 0, 0]]
     assert batch["labels"] == [[-100, 6, 7, -100], [5, -100, -100, -100]]
     assert batch["attention_mask"] == [[1, 1, 1, 0], [1, 0, 0, 0]]
