@@ -1,0 +1,53 @@
+"""Distributed side effects in one place: rank info, rank-zero printing, reductions, barriers.
+
+Everything else in the library stays free of ``torch.distributed``; the worker calls these.
+Without an initialised process group they behave as a single process (rank 0 of 1).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def print0(*args: object) -> None:
+    """Print from rank 0 only, flushed so Ray forwards it at once."""
+    if is_main():
+        print(*args, flush=True, file=sys.stdout)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce(values: Sequence[float], device: torch.device, op: str = "sum") -> list[float]:
+    """Reduce a few numbers across ranks in one collective (float64, so token counts stay exact)."""
+    t = torch.tensor(list(values), dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+def broadcast_object(obj: object) -> object:
+    """Rank 0's value of ``obj`` on every rank."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
