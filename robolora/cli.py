@@ -6,6 +6,7 @@
     robolora model prepare smollm2-135m
     robolora robot check 'robot.move_forward(distance=3.0, speed=1.0)'
     robolora config --config examples/smollm2-135m.yaml --lora-r 64
+    robolora train --config examples/smollm2-135m.yaml
 
 Every error a user can fix is printed as ``robolora: error: ...`` with a non-zero exit, no traceback.
 """
@@ -129,6 +130,14 @@ def cmd_robot_check(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from robolora.config import config_from_namespace
+    from robolora.launcher import run_training
+
+    run_training(config_from_namespace(args))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from robolora.config import config_from_namespace
 
@@ -182,6 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     chk = rsub.add_parser("check", help="check robot code (an argument, or - for stdin); print its canonical form")
     chk.add_argument("code")
     chk.set_defaults(func=cmd_robot_check)
+
+    train = sub.add_parser(
+        "train",
+        help="fine-tune with LoRA on Ray Train + DeepSpeed workers (the training guide's train_robot.py)",
+        description="Fine-tune a code LLM with LoRA on robot commands: Ray Train workers, DeepSpeed ZeRO, PEFT.",
+    )
+    add_train_arguments(train)
+    train.set_defaults(func=cmd_train)
 
     cfg = sub.add_parser("config", help="print the resolved training config (defaults < --config file < flags)")
     add_train_arguments(cfg)

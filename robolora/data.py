@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections import Counter, defaultdict
@@ -267,6 +268,7 @@ def tokenize_records(records: Sequence[dict[str, str]], tokenizer: Any, max_leng
     Returns the dataset and a :class:`TokenizeReport`.
     """
     import datasets
+    from datasets.table import InMemoryTable
 
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
@@ -288,7 +290,11 @@ def tokenize_records(records: Sequence[dict[str, str]], tokenizer: Any, max_leng
         rows["labels"].append(ex["labels"])
         rows["length"].append(len(ex["input_ids"]))
         rows["category"].append(rec.get("category") or UNCATEGORIZED)
-    return datasets.Dataset.from_dict(rows), report
+    # An explicit fingerprint spares datasets from hashing the table with dill, which is slow and,
+    # inside Ray workers, prints the bytecode it disassembles.
+    digest = hashlib.sha256(json.dumps([rows["input_ids"], rows["labels"]]).encode()).hexdigest()[:32]
+    table = InMemoryTable.from_pydict(rows)
+    return datasets.Dataset(table, fingerprint=digest), report
 
 
 def collate(examples: Sequence[dict[str, Any]], pad_id: int, pad_to_multiple_of: int = 1) -> dict[str, list[list[int]]]:

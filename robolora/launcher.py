@@ -1,0 +1,453 @@
+"""The driver of a training run: preflight, Ray Train wiring, and the report after the run.
+
+``run_training(cfg)`` checks everything a run needs before any worker starts (the training
+guide's pre-training checklist), then starts a Ray Train ``TorchTrainer`` on a local Ray cluster
+or an existing one, and finally writes the loss curve, the model card and the loss diagnosis.
+
+The output directory is the Ray Train run directory: checkpoints land in
+``<output_dir>/checkpoint-<step>``, and starting the same command again continues from the last
+one. On several nodes it must be shared storage, as Ray Train requires for checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from robolora.config import TrainConfig, save_config
+from robolora.errors import UserError
+from robolora.progress import ProgressWatcher
+from robolora.worker import PROGRESS, RunSpec, train_loop_per_worker
+
+RUN_MARKER = "robolora_run.json"
+#: Fields that may differ when an interrupted run is started again.
+RESUMABLE_CHANGES = {"ray_address", "max_failures", "storage_path", "dataloader_num_workers", "dataloader_pin_memory"}
+
+
+@dataclass
+class Check:
+    """One line of the pre-training checklist."""
+
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"  [{'ok' if self.ok else 'FAIL'}] {self.name}: {self.detail}"
+
+
+# ----------------------------------------------------------------------------- preflight
+
+
+def _fingerprint(cfg: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}
+
+
+def check_output_dir(cfg: TrainConfig) -> tuple[Check, bool]:
+    """Whether the output directory can take this run; returns (check, resuming)."""
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output-dir: {out} is a file; choose a directory")
+    if out.is_dir() and any(out.iterdir()):
+        marker = out / RUN_MARKER
+        if not marker.is_file():
+            raise UserError(
+                f"--output-dir: {out} is not empty and holds no robolora run; choose a new or empty directory"
+            )
+        previous = json.loads(marker.read_text())
+        if previous.get("finished"):
+            raise UserError(
+                f"--output-dir: {out} already holds a finished run; choose another directory "
+                "(or --resume-from it to start a new stage from its adapter)"
+            )
+        given, resolved = previous.get("given", {}), previous.get("resolved", {})
+        # A setting matches if it equals what was asked last time or what the plan made of it, so
+        # both the same flags and the saved config.yaml resume the run.
+        diff = sorted(k for k, v in _fingerprint(cfg).items() if v not in (given.get(k), resolved.get(k)))
+        if diff:
+            shown = ", ".join(f"{k} {resolved.get(k)!r} -> {getattr(cfg, k)!r}" for k in diff[:3])
+            raise UserError(
+                f"--output-dir: {out} holds an unfinished run with other settings ({shown}); "
+                "start it again with the same flags to resume, or choose another directory"
+            )
+        return Check("output directory", True, f"{out} (unfinished run: resuming from its last checkpoint)"), True
+    probe = out if out.is_dir() else next((p for p in out.parents if p.exists()), Path())
+    if not os.access(probe, os.W_OK):
+        raise UserError(f"--output-dir: {out} is not writable (no write permission on {probe})")
+    return Check("output directory", True, f"{out} (new, writable)"), False
+
+
+def load_datasets(cfg: TrainConfig) -> tuple[list[dict[str, str]], list[dict[str, str]], str]:
+    """Validated train and validation records (split off when only one file is given)."""
+    from robolora.data import load_records, split_records
+
+    if cfg.data_json:
+        records = load_records(cfg.data_json, check_api=cfg.check_api)
+        train, val = split_records(records, cfg.val_ratio, cfg.seed)
+        how = f"{cfg.data_json}: {len(records)} records, split {len(train)} train / {len(val)} validation"
+        return train, val, how + f" (stratified by category, seed {cfg.seed})"
+    if cfg.train_json:
+        train = load_records(cfg.train_json, check_api=cfg.check_api)
+        if cfg.val_json:
+            val = load_records(cfg.val_json, check_api=cfg.check_api)
+            return train, val, f"{cfg.train_json}: {len(train)} train; {cfg.val_json}: {len(val)} validation"
+        train, val = split_records(train, cfg.val_ratio, cfg.seed)
+        return train, val, f"{cfg.train_json}: split {len(train)} train / {len(val)} validation"
+    raise UserError("no dataset: pass --data-json FILE, or --train-json FILE [--val-json FILE]")
+
+
+def available_memory(use_gpu: bool) -> tuple[int | None, str]:
+    """Bytes one worker may use: the smallest GPU's total memory, or the host's available memory."""
+    if use_gpu:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            count = pynvml.nvmlDeviceGetCount()
+            sizes = [pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).total for i in range(count)]
+            return (min(sizes), "per GPU") if sizes else (None, "no GPU visible here")
+        except Exception:  # NVML missing on the driver machine: the GPUs may be elsewhere in the cluster
+            return None, "GPU memory not visible from this machine"
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024, "host memory available"
+    return None, "host memory unknown"
+
+
+def bf16_supported(use_gpu: bool) -> bool:
+    """bf16 where the hardware runs it natively (Ampere+ GPUs; CPUs with AVX512-BF16 or AMX)."""
+    import torch
+
+    if use_gpu:
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@dataclass
+class Plan:
+    """How the run is laid out on the cluster."""
+
+    num_workers: int
+    use_gpu: bool
+    cpus_per_worker: int
+    zero_stage: int
+    offload: str
+    bf16: bool
+    reason: str
+
+
+def plan_run(cfg: TrainConfig, cluster_cpus: int, cluster_gpus: int) -> Plan:
+    """Fill in the distributed settings the user left out."""
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else cluster_gpus > 0
+    if use_gpu and cluster_gpus == 0:
+        raise UserError("--use-gpu: the Ray cluster has no GPUs; leave the flag out to train on CPU workers")
+    capacity = cluster_gpus if use_gpu else cluster_cpus
+    workers = cfg.num_workers or (cluster_gpus if use_gpu else min(2, max(1, cluster_cpus)))
+    if workers > capacity:
+        unit = "GPUs" if use_gpu else "CPUs"
+        raise UserError(f"--num-workers {workers}: the Ray cluster has only {capacity} {unit}; use at most {capacity}")
+    cpus = cfg.cpus_per_worker or max(1, cluster_cpus // workers if not use_gpu else 1)
+    bf16 = cfg.bf16 if cfg.bf16 is not None else bf16_supported(use_gpu)
+    reason = "as given" if cfg.num_workers else f"one worker per {'GPU' if use_gpu else 'CPU'} available"
+    return Plan(workers, use_gpu, cpus, cfg.zero_stage or 2, cfg.offload or "none", bf16, reason)
+
+
+def check_memory(cfg: TrainConfig, plan: Plan, model_config: Any) -> Check:
+    from robolora.sizing import GIB, ModelDims, estimate_worker_memory
+
+    try:
+        dims = ModelDims.from_config(model_config)
+    except AttributeError:
+        return Check("memory", True, "not estimated (the model's architecture has no Llama-style dimensions)")
+    est = estimate_worker_memory(
+        dims,
+        lora_r=cfg.lora_r,
+        targets=cfg.target_modules(),
+        micro_batch=cfg.batch_size,
+        seq_len=cfg.max_length,
+        workers=plan.num_workers,
+        zero_stage=plan.zero_stage,
+        offload=plan.offload,
+        bf16=plan.bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        on_gpu=plan.use_gpu,
+    )
+    avail, what = available_memory(plan.use_gpu)
+    need = est.total if plan.use_gpu else est.total * plan.num_workers
+    scope = "per GPU" if plan.use_gpu else f"for {plan.num_workers} workers"
+    if avail is None:
+        return Check("memory", True, f"~{need / GIB:.1f} GiB needed {scope}; {what}")
+    if need > avail:
+        raise UserError(
+            f"memory: this run needs about {need / GIB:.1f} GiB {scope} but {avail / GIB:.1f} GiB is {what}; "
+            "reduce --batch-size or --max-length, add --gradient-checkpointing, use --zero-stage 3 or --offload, "
+            "or pick a smaller --model-name"
+        )
+    return Check("memory", True, f"~{need / GIB:.1f} GiB needed {scope} (worst case), {avail / GIB:.1f} GiB {what}")
+
+
+def check_model(cfg: TrainConfig) -> tuple[Check, Any]:
+    from transformers import AutoConfig
+
+    from robolora.models import _not_found, resolve_model
+
+    source = resolve_model(cfg.model_name)
+    try:
+        model_config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _not_found(cfg.model_name, f"it could not be loaded ({' '.join(str(e).split())[:160]})") from None
+    where = source if source != cfg.model_name else "hub"
+    return Check("base model", True, f"{cfg.model_name} ({model_config.model_type}, {where})"), model_config
+
+
+def check_resume_from(cfg: TrainConfig) -> Check | None:
+    if not cfg.resume_from:
+        return None
+    src = Path(cfg.resume_from)
+    if not (src / "adapter_model.safetensors").is_file() or not (src / "adapter_config.json").is_file():
+        raise UserError(
+            f"--resume-from: {src} holds no adapter (adapter_config.json and adapter_model.safetensors); "
+            "pass a finished run's output directory or one of its checkpoint-<step> folders"
+        )
+    peft_cfg = json.loads((src / "adapter_config.json").read_text())
+    if peft_cfg.get("r") != cfg.lora_r or sorted(peft_cfg.get("target_modules") or []) != sorted(cfg.target_modules()):
+        raise UserError(
+            f"--resume-from: {src} has LoRA r={peft_cfg.get('r')} on {sorted(peft_cfg.get('target_modules') or [])}; "
+            "pass the same --lora-r and --lora-target-modules"
+        )
+    return Check("starting weights", True, f"adapter from {src}")
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def init_ray(cfg: TrainConfig) -> None:
+    """Connect to ``--ray-address``/``$RAY_ADDRESS``, else start a local Ray cluster."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    env = {
+        "env_vars": {
+            # One copy of each worker print (Ray Train would also copy prints into its logger).
+            "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+            "TOKENIZERS_PARALLELISM": "false",
+            "TRANSFORMERS_VERBOSITY": "error",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
+            "ROBOLORA_CACHE": str(Path(os.environ.get("ROBOLORA_CACHE", "")).resolve())
+            if os.environ.get("ROBOLORA_CACHE")
+            else "",
+        }
+    }
+    # Ray's own info lines and transient warnings would bury the progress bar; errors still show,
+    # and everything is in the session's log folder.
+    quiet = ray.LoggingConfig(encoding="TEXT", log_level="ERROR")
+    if address:
+        ray.init(address=address, runtime_env=env, logging_config=quiet)
+    else:
+        # A laptop or a single machine is never preempted; the watcher would only add noise.
+        env["env_vars"]["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+        ray.init(runtime_env=env, include_dashboard=True, dashboard_host="127.0.0.1", logging_config=quiet)
+    # SIGTERM (a scheduler, `kill`) stops a run as cleanly as Ctrl-C; ray.init made it a bare exit.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+
+
+def _write_marker(out: Path, given: TrainConfig, resolved: TrainConfig, finished: bool) -> None:
+    """Record what this directory holds: the settings asked for, the resolved ones, and whether done."""
+    from robolora.fileio import atomic_write_text
+
+    marker = {"given": _fingerprint(given), "resolved": _fingerprint(resolved), "finished": finished}
+    atomic_write_text(out / RUN_MARKER, json.dumps(marker, indent=2))
+
+
+def preflight(cfg: TrainConfig) -> tuple[list[Check], dict[str, Any]]:
+    """The pre-training checklist; raises UserError on the first item that fails."""
+    checks = []
+    train, val, how = load_datasets(cfg)
+    checks.append(Check("dataset", True, how))
+    out_check, resuming = check_output_dir(cfg)
+    checks.append(out_check)
+    resume = check_resume_from(cfg)
+    if resume:
+        checks.append(resume)
+    model_check, model_config = check_model(cfg)
+    checks.append(model_check)
+    return checks, {"train": train, "val": val, "resuming": resuming, "model_config": model_config}
+
+
+def run_training(cfg: TrainConfig, train_loop: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Preflight, train on Ray Train workers, then plot, diagnose and describe the run.
+
+    ``train_loop`` replaces the per-worker function (tests wrap the standard one to probe the model).
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t0 = time.perf_counter()
+    checks, ctx = preflight(cfg)
+    init_ray(cfg)
+    resources = ray.cluster_resources()
+    plan = plan_run(cfg, int(resources.get("CPU", 1)), int(resources.get("GPU", 0)))
+    checks.append(check_memory(cfg, plan, ctx["model_config"]))
+    print("Pre-training checklist")
+    for c in checks:
+        print(c.line())
+    print(
+        f"Plan: {plan.num_workers} {'GPU' if plan.use_gpu else 'CPU'} workers ({plan.reason}), "
+        f"{plan.cpus_per_worker} CPUs each, ZeRO-{plan.zero_stage}, offload {plan.offload}, "
+        f"{'bf16' if plan.bf16 else 'fp32'}",
+        flush=True,
+    )
+    # The saved config is the resolved one: the plan's choices written out, so it reproduces the run.
+    given = cfg
+    cfg = cfg.replace(
+        num_workers=plan.num_workers,
+        use_gpu=plan.use_gpu,
+        cpus_per_worker=plan.cpus_per_worker,
+        zero_stage=plan.zero_stage,
+        offload=plan.offload,
+        bf16=plan.bf16,
+    )
+    out = Path(cfg.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    _write_marker(out, given, cfg, finished=False)
+
+    spec = RunSpec(
+        config=cfg.to_dict(),
+        model_path=cfg.model_name,
+        output_dir=str(out),
+        num_workers=plan.num_workers,
+        zero_stage=plan.zero_stage,
+        offload=plan.offload,
+        use_gpu=plan.use_gpu,
+        bf16=plan.bf16,
+        train_records=ctx["train"],
+        val_records=ctx["val"],
+        resume_weights=str(Path(cfg.resume_from).resolve()) if cfg.resume_from else None,
+        threads_per_worker=plan.cpus_per_worker if not plan.use_gpu else None,
+    )
+    storage = Path(cfg.storage_path).resolve() if cfg.storage_path else out.parent
+    trainer = TorchTrainer(
+        train_loop or train_loop_per_worker,
+        train_loop_config=spec.to_dict(),
+        scaling_config=ScalingConfig(
+            num_workers=plan.num_workers,
+            use_gpu=plan.use_gpu,
+            resources_per_worker={"CPU": plan.cpus_per_worker, **({"GPU": 1} if plan.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=out.name,
+            storage_path=str(storage),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.save_total_limit or None),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    watcher = ProgressWatcher(out)
+    watcher.start()
+    try:
+        result = _fit_interruptibly(trainer)
+    except KeyboardInterrupt:
+        ray.shutdown()  # stops the workers; checkpoints already persisted stay complete
+        raise Interrupted(out) from None
+    except Exception as e:  # Ray wraps worker errors; say what happened and how to go on
+        raise TrainingFailed(out, e) from e
+    finally:
+        watcher.stop()
+    summary = finish_run(cfg, out, plan, time.perf_counter() - t0)
+    _write_marker(out, given, cfg, finished=True)
+    summary["ray_metrics"] = result.metrics
+    return summary
+
+
+def _fit_interruptibly(trainer: Any) -> Any:
+    """``trainer.fit()`` in a thread, so Ctrl-C and SIGTERM reach this process as KeyboardInterrupt
+    (Ray Train would otherwise take over SIGINT and end the run as a failure)."""
+    box: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as e:
+            box["error"] = e
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+class TrainingFailed(UserError):
+    """The workers failed; the output directory keeps its last checkpoint for a resume."""
+
+    exit_code = 1
+
+    def __init__(self, out: Path, error: Exception):
+        cause = error.__cause__ or error
+        text = " ".join(str(cause).split())[-600:]
+        super().__init__(
+            f"training failed: {type(cause).__name__}: {text}\n"
+            f"the last complete checkpoint in {out} is kept; run the same command again to resume from it"
+        )
+
+
+class Interrupted(UserError):
+    """The run was stopped (Ctrl-C or SIGTERM); its last complete checkpoint is kept."""
+
+    exit_code = 130
+
+    def __init__(self, out: Path):
+        super().__init__(
+            f"interrupted: the last complete checkpoint in {out} is kept; run the same command again to resume"
+        )
+
+
+def finish_run(cfg: TrainConfig, out: Path, plan: Plan, wall_s: float) -> dict[str, Any]:
+    """Loss curve, diagnosis and model card from ``metrics.jsonl``; marks the run finished."""
+    from robolora.diagnose import diagnose
+    from robolora.fileio import atomic_write_text
+    from robolora.report import model_card, plot_loss_curve, read_metrics
+
+    rows = read_metrics(out / "metrics.jsonl")
+    diagnosis = diagnose(rows, cfg.to_dict())
+    plot_loss_curve(rows, out / "loss_curve.png", title=f"{cfg.model_name} LoRA r={cfg.lora_r}")
+    summary_path = out / "train_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    tokens = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
+    extra = {
+        "global_batch": cfg.global_batch_size(plan.num_workers),
+        "workers": plan.num_workers,
+        "zero_stage": plan.zero_stage,
+        "offload": plan.offload,
+        "wall_time_s": round(wall_s, 1),
+        "mean_tokens_per_s": round(sum(tokens) / len(tokens), 1) if tokens else None,
+    }
+    atomic_write_text(out / "README.md", model_card(cfg.to_dict(), rows, diagnosis, extra))
+    summary.update(extra, verdict=diagnosis.verdict)
+    atomic_write_text(summary_path, json.dumps(summary, indent=2))
+    (out / PROGRESS).unlink(missing_ok=True)
+    print(diagnosis.text())
+    print(
+        f"Done in {wall_s:.0f} s: adapter in {out} (adapter_model.safetensors), loss curve {out / 'loss_curve.png'}, "
+        f"metrics {out / 'metrics.jsonl'}"
+    )
+    return summary

@@ -1,0 +1,490 @@
+"""The per-worker training loop that Ray Train runs on every worker.
+
+Each worker gets everything through its ``train_loop_config`` (a :class:`RunSpec` as a dict):
+it tokenizes the records, loads the model, applies LoRA, builds a DeepSpeed engine from a
+``ds_configs`` template, and trains on its share of each global batch from the seeded plan
+(:mod:`robolora.sampler`). Rank 0 writes ``metrics.jsonl``, TensorBoard events and the final
+adapter; every rank takes part in checkpoints, which are reported to Ray Train.
+
+The loss is normalised by the number of response tokens in the whole global batch (counted across
+workers before each step), so the gradient is the same however the batch is split over workers
+and micro-steps: a 1-worker and a 2-worker run with the same global batch follow the same curve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import resource
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robolora import dist
+from robolora.config import TrainConfig, from_dict
+from robolora.data import IGNORE_INDEX, collate, tokenize_records
+from robolora.ds_config import load_template, resolve
+from robolora.sampler import plan_epoch, steps_per_epoch
+from robolora.schedule import lr_factor, warmup_steps_for
+
+DS_TAG = "deepspeed"
+METRICS = "metrics.jsonl"
+PROGRESS = "progress.json"
+TRAINER_STATE = "trainer_state.json"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+@dataclass
+class RunSpec:
+    """What the driver resolved before starting the workers (plan, paths, data)."""
+
+    config: dict[str, Any]
+    model_path: str
+    output_dir: str
+    num_workers: int
+    zero_stage: int
+    offload: str
+    use_gpu: bool
+    bf16: bool
+    train_records: list[dict[str, str]]
+    val_records: list[dict[str, str]]
+    resume_weights: str | None = None
+    threads_per_worker: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def memory_mb(device: torch.device) -> float:
+    """Peak memory of this worker: device memory on a GPU, the process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The client optimizer DeepSpeed wraps (ZeRO keeps its fp32 states sharded)."""
+    if cfg.optim == "sgd":
+        return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=0.9, weight_decay=cfg.weight_decay)
+    fused = cfg.optim == "adamw_torch_fused"
+    return torch.optim.AdamW(
+        params,
+        lr=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        fused=fused or None,
+        foreach=None if fused else True,
+    )
+
+
+def _to_tensors(batch: dict[str, list[list[int]]], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in batch.items()}
+
+
+def lora_state_dict(model: Any, zero_stage: int) -> dict[str, torch.Tensor] | None:
+    """The adapter's weights on rank 0 (None elsewhere); under ZeRO-3 they are gathered first.
+
+    Every rank must call this: the gather is a collective.
+    """
+    import deepspeed
+    from peft import get_peft_model_state_dict
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    gather = deepspeed.zero.GatheredParameters(trainable, modifier_rank=None) if zero_stage == 3 else _null()
+    with gather:
+        if not dist.is_main():
+            return None
+        state = get_peft_model_state_dict(model)
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def save_adapter(model: Any, state: dict[str, torch.Tensor], directory: Path) -> None:
+    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (rank 0 only)."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    model.peft_config["default"].save_pretrained(str(directory))
+    save_file(state, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
+
+
+def load_adapter_weights(model: Any, source: str) -> None:
+    """Load LoRA weights (safetensors only) from an adapter or checkpoint directory into a PEFT model."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(source) / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, state)
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"--resume-from {source}: adapter does not match the model ({result.unexpected_keys[:3]})")
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class Trainer:
+    """One worker's view of the run; built and driven by :func:`train_loop_per_worker`."""
+
+    def __init__(self, spec: RunSpec):
+        self.spec = spec
+        self.cfg = from_dict(spec.config)
+        self.rank, self.world = dist.rank(), dist.world_size()
+        self.device = torch.device(f"cuda:{torch.cuda.current_device()}") if spec.use_gpu else torch.device("cpu")
+        self.out = Path(spec.output_dir)
+        self.step = 0
+        self.epoch = 0
+        self.best_eval = math.inf
+        self.evals_without_improvement = 0
+        self.rows: list[dict[str, Any]] = []
+        self.writer: Any = None
+
+    # -- setup
+
+    def setup(self) -> None:
+        from robolora.models import load_tokenizer
+
+        if self.spec.threads_per_worker:
+            torch.set_num_threads(self.spec.threads_per_worker)
+        torch.manual_seed(self.cfg.seed)
+        self.tokenizer = load_tokenizer(self.spec.model_path, trust_remote_code=self.cfg.trust_remote_code)
+        self.train_ds, self.train_report = tokenize_records(
+            self.spec.train_records, self.tokenizer, self.cfg.max_length
+        )
+        self.val_ds, self.val_report = tokenize_records(self.spec.val_records, self.tokenizer, self.cfg.max_length)
+        dist.print0(self.train_report.describe("train", self.cfg.max_length))
+        dist.print0(self.val_report.describe("validation", self.cfg.max_length))
+        self.train_lengths = list(self.train_ds["length"])
+        self.global_batch = self.cfg.global_batch_size(self.world)
+        self.steps_per_epoch = steps_per_epoch(len(self.train_lengths), self.global_batch)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(self.train_lengths)} training examples make no global batch of {self.global_batch}")
+        total = self.steps_per_epoch * self.cfg.num_epochs
+        self.total_steps = min(self.cfg.max_steps, math.ceil(total)) if self.cfg.max_steps > 0 else math.ceil(total)
+        self._build_engine()
+
+    def _build_engine(self) -> None:
+        import deepspeed
+        from peft import LoraConfig, get_peft_model
+
+        from robolora.models import load_model
+
+        dtype = torch.bfloat16 if self.spec.bf16 else torch.float32
+        model = load_model(self.spec.model_path, dtype=dtype, trust_remote_code=self.cfg.trust_remote_code)
+        model.config.use_cache = False
+        if self.cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        torch.manual_seed(self.cfg.seed)  # identical LoRA initialisation on every rank
+        lora = LoraConfig(
+            r=self.cfg.lora_r,
+            lora_alpha=self.cfg.lora_alpha,
+            lora_dropout=self.cfg.lora_dropout,
+            target_modules=self.cfg.target_modules(),
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+        if self.spec.resume_weights:
+            load_adapter_weights(model, self.spec.resume_weights)
+        # LoRA weights train in float32 (DeepSpeed's bf16 mode keeps fp32 master copies anyway).
+        ds_config = resolve(
+            load_template(self.spec.zero_stage, self.spec.offload),
+            micro_batch=self.cfg.batch_size,
+            grad_accum=self.cfg.gradient_accumulation_steps,
+            world_size=self.world,
+            bf16=self.spec.bf16,
+            grad_clip=self.cfg.max_grad_norm,
+            hidden_size=getattr(model.config, "hidden_size", None),
+            pin_memory=self.spec.use_gpu,
+        )
+        # Our client optimizer also serves offloaded states (DeepSpeed would insist on its CPU Adam).
+        ds_config["zero_force_ds_cpu_optimizer"] = False
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = build_optimizer(params, self.cfg)
+        warmup = warmup_steps_for(self.total_steps, self.cfg.warmup_ratio)
+
+        def schedule(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+            def factor(step: int) -> float:
+                return lr_factor(
+                    step, total_steps=self.total_steps, warmup_steps=warmup, kind=self.cfg.lr_scheduler_type
+                )
+
+            return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config, dist_init_required=False
+        )
+        self.model = model
+        self.trainable = sum(p.numel() for p in params)
+        dist.print0(
+            f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters (as held by rank 0), "
+            f"{self.trainable / 1e6:.2f}M trainable; ZeRO-{self.spec.zero_stage}, offload {self.spec.offload}, "
+            f"{'bf16' if self.spec.bf16 else 'fp32'}, {self.world} workers x micro-batch {self.cfg.batch_size} x "
+            f"accumulation {self.cfg.gradient_accumulation_steps} = global batch {self.global_batch}; "
+            f"{self.total_steps} steps ({self.steps_per_epoch} per epoch)"
+        )
+
+    # -- checkpoints
+
+    def restore(self) -> None:
+        """Continue from the last checkpoint Ray Train reports for this run, if any."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            if dist.is_main():
+                (self.out / METRICS).unlink(missing_ok=True)
+            return
+        with checkpoint.as_directory() as d:
+            self.engine.load_checkpoint(
+                d, tag=DS_TAG, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
+            state = json.loads((Path(d) / TRAINER_STATE).read_text())
+            rng = Path(d) / f"rng_rank{self.rank}.pt"
+            if rng.is_file():
+                from safetensors.torch import load_file
+
+                torch.set_rng_state(load_file(str(rng))["cpu"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.best_eval = state.get("best_eval", math.inf)
+        self.evals_without_improvement = state.get("evals_without_improvement", 0)
+        if dist.is_main():
+            self._truncate_metrics(self.step)
+        dist.print0(f"resumed from {checkpoint.path} at step {self.step}")
+
+    def _truncate_metrics(self, step: int) -> None:
+        path = self.out / METRICS
+        if path.is_file():
+            keep = []
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if row.get("step", 0) <= step:
+                    keep.append(line)
+            path.write_text("".join(k + "\n" for k in keep))
+
+    def save_checkpoint(self, metrics: dict[str, Any]) -> None:
+        """Every rank writes its DeepSpeed shard; rank 0 adds the adapter and trainer state; Ray persists
+        the merged directory as ``<output_dir>/checkpoint-<step>``."""
+        import ray.train
+        from safetensors.torch import save_file
+
+        adapter = lora_state_dict(self.model, self.spec.zero_stage)
+        with tempfile.TemporaryDirectory(prefix="robolora-ckpt-") as tmp:
+            d = Path(tmp)
+            state = {
+                "step": self.step,
+                "epoch": self.epoch,
+                "best_eval": self.best_eval,
+                "evals_without_improvement": self.evals_without_improvement,
+            }
+            self.engine.save_checkpoint(tmp, tag=DS_TAG, client_state=state, exclude_frozen_parameters=True)
+            save_file({"cpu": torch.get_rng_state()}, str(d / f"rng_rank{self.rank}.pt"))
+            if adapter is not None:
+                save_adapter(self.model, adapter, d)
+                (d / TRAINER_STATE).write_text(json.dumps(state, indent=2))
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                checkpoint_dir_name=f"checkpoint-{self.step}",
+            )
+
+    # -- evaluation
+
+    def evaluate(self) -> float:
+        """Mean response-token loss over the whole validation set, sharded across workers."""
+        if len(self.val_ds) == 0:
+            return math.nan
+        self.engine.eval()
+        order = sorted(range(len(self.val_ds)), key=lambda i: self.val_ds[i]["length"])
+        bs = self.cfg.batch_size
+        batches = [order[i : i + bs] for i in range(0, len(order), bs)]
+        # Every rank runs the same number of forward passes (ZeRO-3 gathers weights collectively);
+        # a rank short of batches repeats one with all labels ignored, which adds nothing.
+        per_rank = math.ceil(len(batches) / self.world)
+        loss_sum = tokens = 0.0
+        with torch.no_grad():
+            for k in range(per_rank):
+                idx = k * self.world + self.rank
+                rows = [self.val_ds[i] for i in batches[idx if idx < len(batches) else 0]]
+                batch = collate(rows, self.tokenizer.pad_token_id)
+                if idx >= len(batches):
+                    batch["labels"] = [[IGNORE_INDEX] * len(r) for r in batch["labels"]]
+                n = sum(t != IGNORE_INDEX for r in batch["labels"] for t in r[1:])
+                out = self.engine(**_to_tensors(batch, self.device), num_items_in_batch=1)
+                loss_sum += out.loss.float().item() if n else 0.0
+                tokens += n
+        self.engine.train()
+        total, count = dist.all_reduce([loss_sum, tokens], self.device)
+        return total / max(count, 1)
+
+    # -- logging
+
+    def log(self, row: dict[str, Any]) -> None:
+        """Rank 0: one row to metrics.jsonl (the driver prints it) and scalars to TensorBoard."""
+        if not dist.is_main():
+            return
+        self.rows.append(row)
+        with open(self.out / METRICS, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(key, value, row["step"])
+        self.writer.flush()
+
+    def progress(self) -> None:
+        """Rank 0: the step counter the driver's progress bar follows (a tiny file, replaced whole)."""
+        if dist.is_main():
+            tmp = self.out / (PROGRESS + ".tmp")
+            tmp.write_text(json.dumps({"step": self.step, "total_steps": self.total_steps, "epoch": self.epoch}))
+            tmp.replace(self.out / PROGRESS)
+
+    # -- training
+
+    def train(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.engine.train()
+        pad_id = self.tokenizer.pad_token_id
+        start = time.perf_counter()
+        interval = {"loss": 0.0, "tokens": 0.0, "seen": 0.0, "t": time.perf_counter()}
+        last: dict[str, Any] = {}
+        stop = self.step >= self.total_steps
+        while not stop:
+            plan = plan_epoch(
+                self.train_lengths,
+                micro_batch=cfg.batch_size,
+                grad_accum=cfg.gradient_accumulation_steps,
+                world_size=self.world,
+                seed=cfg.seed,
+                epoch=self.epoch,
+                group_by_length=cfg.group_by_length,
+            )
+            first = self.step - self.epoch * self.steps_per_epoch
+            for step_plan in plan[first:]:
+                micro_batches = [collate([self.train_ds[i] for i in m], pad_id) for m in step_plan[self.rank]]
+                local_items = sum(t != IGNORE_INDEX for b in micro_batches for r in b["labels"] for t in r[1:])
+                local_seen = sum(sum(r) for b in micro_batches for r in b["attention_mask"])
+                (global_items,) = dist.all_reduce([local_items], self.device)
+                scale = global_items / (self.world * cfg.gradient_accumulation_steps)
+                for batch in micro_batches:
+                    out = self.engine(**_to_tensors(batch, self.device), num_items_in_batch=scale)
+                    self.engine.backward(out.loss)
+                    self.engine.step()
+                    # out.loss is this micro-batch's summed token loss / scale; kept as a tensor so
+                    # the hot loop does not wait on the device until the next log line.
+                    interval["loss"] = interval["loss"] + out.loss.detach().float() * scale
+                self.step += 1
+                self.progress()
+                interval["tokens"] += local_items
+                interval["seen"] += local_seen
+                row = self._maybe_log(interval)
+                if row:
+                    last.update(row)
+                stop = self._after_step(last)
+                if stop:
+                    break
+            else:
+                self.epoch += 1
+        last["train_runtime_s"] = time.perf_counter() - start
+        return last
+
+    def _epoch_float(self) -> float:
+        return round(self.step / max(1, self.steps_per_epoch), 4)
+
+    def _maybe_log(self, interval: dict[str, float]) -> dict[str, Any] | None:
+        if self.step % self.cfg.logging_steps and self.step != self.total_steps:
+            return None
+        loss = float(interval["loss"])
+        loss_sum, tokens, seen = dist.all_reduce([loss, interval["tokens"], interval["seen"]], self.device)
+        (mem,) = dist.all_reduce([memory_mb(self.device)], self.device, op="max")
+        elapsed = time.perf_counter() - interval["t"]
+        row = {
+            "step": self.step,
+            "epoch": self._epoch_float(),
+            "train_loss": loss_sum / max(tokens, 1),
+            "learning_rate": self.scheduler.get_last_lr()[0],
+            "tokens_per_s": seen / max(elapsed, 1e-9),
+            "memory_mb": mem,
+        }
+        self.log(row)
+        interval.update(loss=0.0, tokens=0.0, seen=0.0, t=time.perf_counter())
+        return row
+
+    def _after_step(self, last: dict[str, Any]) -> bool:
+        """Evaluate, checkpoint and decide whether to stop; returns True to stop."""
+        import ray.train
+
+        done = self.step >= self.total_steps
+        stop_early = False
+        if (self.step % self.cfg.eval_steps == 0 or done) and len(self.val_ds):
+            eval_loss = self.evaluate()
+            last["eval_loss"] = eval_loss
+            self.log({"step": self.step, "epoch": self._epoch_float(), "eval_loss": eval_loss})
+            if eval_loss < self.best_eval - 1e-4:
+                self.best_eval, self.evals_without_improvement = eval_loss, 0
+            else:
+                self.evals_without_improvement += 1
+            patience = self.cfg.early_stopping_patience
+            stop_early = bool(patience) and self.evals_without_improvement >= patience
+            if stop_early and not done:
+                dist.print0(
+                    f"early stopping: no eval improvement in {patience} evaluations (best {self.best_eval:.4f})"
+                )
+        metrics = {k: v for k, v in last.items() if isinstance(v, (int, float))} | {"step": self.step}
+        if self.step % self.cfg.save_steps == 0 or done or stop_early:
+            self.save_checkpoint(metrics)
+        elif self.step % self.cfg.logging_steps == 0:
+            ray.train.report(metrics)
+        return done or stop_early
+
+    def finish(self, last: dict[str, Any]) -> None:
+        """Rank 0 writes the final adapter and tokenizer into the output directory."""
+        adapter = lora_state_dict(self.model, self.spec.zero_stage)
+        if adapter is not None:
+            save_adapter(self.model, adapter, self.out)
+            self.tokenizer.save_pretrained(str(self.out))
+            summary = {**last, "steps": self.step, "total_steps": self.total_steps, "trainable_params": self.trainable}
+            (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        if self.writer is not None:
+            self.writer.close()
+        dist.barrier()
+
+
+def run_worker(config: dict[str, Any]) -> Trainer:
+    """Set up, resume, train and save on this worker; returns the trainer (its engine still live)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Ray Train logs every report at INFO; the driver already shows progress from metrics.jsonl.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    trainer = Trainer(RunSpec(**config))
+    trainer.setup()
+    trainer.restore()
+    last = trainer.train()
+    trainer.finish(last)
+    return trainer
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point: ``config`` is a :class:`RunSpec` as a dict."""
+    run_worker(config)
