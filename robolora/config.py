@@ -179,8 +179,6 @@ def _check_consistency(c: TrainConfig) -> None:
         raise ConfigError(
             "--offload all needs --zero-stage 3: ZeRO-2 cannot offload parameters (use --offload optimizer)"
         )
-    if c.use_gpu is False and c.offload not in (None, "none"):
-        raise ConfigError("--offload moves GPU state to the CPU: it needs --use-gpu (or leave --offload out)")
 
 
 # ----------------------------------------------------------------------------- types

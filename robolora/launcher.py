@@ -23,8 +23,7 @@ from typing import Any
 
 from robolora.config import TrainConfig, save_config
 from robolora.errors import UserError
-from robolora.progress import ProgressWatcher
-from robolora.worker import PROGRESS, RunSpec, train_loop_per_worker
+from robolora.progress import PROGRESS, ProgressWatcher
 
 RUN_MARKER = "robolora_run.json"
 #: Fields that may differ when an interrupted run is started again.
@@ -193,6 +192,19 @@ def check_memory(cfg: TrainConfig, plan: Plan, model_config: Any) -> Check:
     return Check("memory", True, f"~{need / GIB:.1f} GiB needed {scope} (worst case), {avail / GIB:.1f} GiB {what}")
 
 
+def check_batches(cfg: TrainConfig, plan: Plan, num_train: int) -> Check:
+    """At least one optimizer step: the training split must fill one global batch."""
+    global_batch = cfg.global_batch_size(plan.num_workers)
+    if num_train < global_batch:
+        raise UserError(
+            f"dataset: {num_train} training records cannot fill one global batch of {global_batch} "
+            f"(--batch-size {cfg.batch_size} x --gradient-accumulation-steps {cfg.gradient_accumulation_steps} x "
+            f"{plan.num_workers} workers); lower those or add records"
+        )
+    steps = num_train // global_batch
+    return Check("batches", True, f"global batch {global_batch}, {steps} optimizer steps per epoch")
+
+
 def check_model(cfg: TrainConfig) -> tuple[Check, Any]:
     from transformers import AutoConfig
 
@@ -298,11 +310,14 @@ def run_training(cfg: TrainConfig, train_loop: Callable[[dict], None] | None = N
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from robolora.worker import RunSpec, train_loop_per_worker
+
     t0 = time.perf_counter()
     checks, ctx = preflight(cfg)
     init_ray(cfg)
     resources = ray.cluster_resources()
     plan = plan_run(cfg, int(resources.get("CPU", 1)), int(resources.get("GPU", 0)))
+    checks.append(check_batches(cfg, plan, len(ctx["train"])))
     checks.append(check_memory(cfg, plan, ctx["model_config"]))
     print("Pre-training checklist")
     for c in checks:

@@ -16,6 +16,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+METRICS = "metrics.jsonl"
+PROGRESS = "progress.json"
+
 _FIELDS = (
     ("train_loss", "train_loss", ".4f"),
     ("eval_loss", "eval_loss", ".4f"),
@@ -35,10 +38,10 @@ def format_row(row: dict[str, Any], total_steps: int | None) -> str:
 class ProgressWatcher(threading.Thread):
     """Follows ``progress.json`` and ``metrics.jsonl`` in an output directory until stopped."""
 
-    def __init__(self, out: Path, interval_s: float = 0.5, metrics: str = "metrics.jsonl"):
+    def __init__(self, out: Path, interval_s: float = 0.5):
         super().__init__(daemon=True)
         self.out, self.interval_s = out, interval_s
-        self.metrics = out / metrics
+        self.metrics = out / METRICS
         self._stop_event = threading.Event()
         self._offset = self.metrics.stat().st_size if self.metrics.is_file() else 0
         self._bar: Any = None
@@ -48,7 +51,7 @@ class ProgressWatcher(threading.Thread):
         from tqdm import tqdm
 
         try:
-            progress = json.loads((self.out / "progress.json").read_text())
+            progress = json.loads((self.out / PROGRESS).read_text())
         except (OSError, ValueError):
             progress = None
         if progress:

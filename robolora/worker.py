@@ -21,6 +21,7 @@ import os
 import resource
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,11 @@ from robolora import dist
 from robolora.config import TrainConfig, from_dict
 from robolora.data import IGNORE_INDEX, collate, tokenize_records
 from robolora.ds_config import load_template, resolve
+from robolora.progress import METRICS, PROGRESS
 from robolora.sampler import plan_epoch, steps_per_epoch
 from robolora.schedule import lr_factor, warmup_steps_for
 
 DS_TAG = "deepspeed"
-METRICS = "metrics.jsonl"
-PROGRESS = "progress.json"
 TRAINER_STATE = "trainer_state.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -100,7 +100,7 @@ def lora_state_dict(model: Any, zero_stage: int) -> dict[str, torch.Tensor] | No
     from peft import get_peft_model_state_dict
 
     trainable = [p for p in model.parameters() if p.requires_grad]
-    gather = deepspeed.zero.GatheredParameters(trainable, modifier_rank=None) if zero_stage == 3 else _null()
+    gather = deepspeed.zero.GatheredParameters(trainable, modifier_rank=None) if zero_stage == 3 else nullcontext()
     with gather:
         if not dist.is_main():
             return None
@@ -108,12 +108,11 @@ def lora_state_dict(model: Any, zero_stage: int) -> dict[str, torch.Tensor] | No
         return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
 
 
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+def _checkpointing(model: Any) -> bool:
+    """Whether activation checkpointing is on (the property's name changed in transformers 5)."""
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(model.is_gradient_checkpointing)
 
 
 def save_adapter(model: Any, state: dict[str, torch.Tensor], directory: Path) -> None:
@@ -171,6 +170,10 @@ class Trainer:
         dist.print0(self.train_report.describe("train", self.cfg.max_length))
         dist.print0(self.val_report.describe("validation", self.cfg.max_length))
         self.train_lengths = list(self.train_ds["length"])
+        # Plain rows for the DataLoader, and the response tokens of each example (what the loss averages
+        # over; the first position is never a target after the shift).
+        self.train_rows = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in self.train_ds]
+        self.train_label_counts = [sum(t != IGNORE_INDEX for t in r["labels"][1:]) for r in self.train_rows]
         self.global_batch = self.cfg.global_batch_size(self.world)
         self.steps_per_epoch = steps_per_epoch(len(self.train_lengths), self.global_batch)
         if self.steps_per_epoch == 0:
@@ -217,6 +220,7 @@ class Trainer:
         ds_config["zero_force_ds_cpu_optimizer"] = False
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = build_optimizer(params, self.cfg)
+        self.optimizer_name = type(optimizer).__name__
         warmup = warmup_steps_for(self.total_steps, self.cfg.warmup_ratio)
 
         def schedule(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
@@ -366,9 +370,8 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         cfg = self.cfg
         self.engine.train()
-        pad_id = self.tokenizer.pad_token_id
         start = time.perf_counter()
-        interval = {"loss": 0.0, "tokens": 0.0, "seen": 0.0, "t": time.perf_counter()}
+        interval = {"loss": 0.0, "tokens": 0.0, "seen": 0.0, "padded": 0.0, "t": time.perf_counter()}
         last: dict[str, Any] = {}
         stop = self.step >= self.total_steps
         while not stop:
@@ -381,15 +384,20 @@ class Trainer:
                 epoch=self.epoch,
                 group_by_length=cfg.group_by_length,
             )
-            first = self.step - self.epoch * self.steps_per_epoch
-            for step_plan in plan[first:]:
-                micro_batches = [collate([self.train_ds[i] for i in m], pad_id) for m in step_plan[self.rank]]
-                local_items = sum(t != IGNORE_INDEX for b in micro_batches for r in b["labels"] for t in r[1:])
-                local_seen = sum(sum(r) for b in micro_batches for r in b["attention_mask"])
+            steps = plan[self.step - self.epoch * self.steps_per_epoch :]
+            batches = iter(self._loader([micro for step in steps for micro in step[self.rank]]))
+            for step_plan in steps:
+                mine = [i for micro in step_plan[self.rank] for i in micro]
+                local_items = sum(self.train_label_counts[i] for i in mine)
+                local_seen = sum(self.train_lengths[i] for i in mine)
+                local_padded = sum(max(self.train_lengths[i] for i in m) * len(m) for m in step_plan[self.rank])
                 (global_items,) = dist.all_reduce([local_items], self.device)
                 scale = global_items / (self.world * cfg.gradient_accumulation_steps)
-                for batch in micro_batches:
-                    out = self.engine(**_to_tensors(batch, self.device), num_items_in_batch=scale)
+                for _ in range(cfg.gradient_accumulation_steps):
+                    batch = next(batches)
+                    out = self.engine(
+                        **{k: v.to(self.device, non_blocking=True) for k, v in batch.items()}, num_items_in_batch=scale
+                    )
                     self.engine.backward(out.loss)
                     self.engine.step()
                     # out.loss is this micro-batch's summed token loss / scale; kept as a tensor so
@@ -399,16 +407,35 @@ class Trainer:
                 self.progress()
                 interval["tokens"] += local_items
                 interval["seen"] += local_seen
+                interval["padded"] += local_padded
                 row = self._maybe_log(interval)
                 if row:
                     last.update(row)
+                paused = time.perf_counter()
                 stop = self._after_step(last)
+                # tokens/s measures training alone: evaluation and checkpoint time are left out
+                interval["t"] += time.perf_counter() - paused
                 if stop:
                     break
             else:
                 self.epoch += 1
         last["train_runtime_s"] = time.perf_counter() - start
         return last
+
+    def _loader(self, micro_batches: list[list[int]]) -> torch.utils.data.DataLoader:
+        """This rank's micro-batches, in order, collated to tensors by --dataloader-num-workers processes."""
+        pad_id = self.tokenizer.pad_token_id
+
+        def collate_tensors(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+            return {k: torch.tensor(v, dtype=torch.long) for k, v in collate(rows, pad_id).items()}
+
+        return torch.utils.data.DataLoader(
+            self.train_rows,
+            batch_sampler=micro_batches,
+            collate_fn=collate_tensors,
+            num_workers=self.cfg.dataloader_num_workers,
+            pin_memory=self.cfg.dataloader_pin_memory and self.device.type == "cuda",
+        )
 
     def _epoch_float(self) -> float:
         return round(self.step / max(1, self.steps_per_epoch), 4)
@@ -417,7 +444,9 @@ class Trainer:
         if self.step % self.cfg.logging_steps and self.step != self.total_steps:
             return None
         loss = float(interval["loss"])
-        loss_sum, tokens, seen = dist.all_reduce([loss, interval["tokens"], interval["seen"]], self.device)
+        loss_sum, tokens, seen, padded = dist.all_reduce(
+            [loss, interval["tokens"], interval["seen"], interval["padded"]], self.device
+        )
         (mem,) = dist.all_reduce([memory_mb(self.device)], self.device, op="max")
         elapsed = time.perf_counter() - interval["t"]
         row = {
@@ -426,10 +455,11 @@ class Trainer:
             "train_loss": loss_sum / max(tokens, 1),
             "learning_rate": self.scheduler.get_last_lr()[0],
             "tokens_per_s": seen / max(elapsed, 1e-9),
+            "padding_efficiency": seen / max(padded, 1),
             "memory_mb": mem,
         }
         self.log(row)
-        interval.update(loss=0.0, tokens=0.0, seen=0.0, t=time.perf_counter())
+        interval.update(loss=0.0, tokens=0.0, seen=0.0, padded=0.0, t=time.perf_counter())
         return row
 
     def _after_step(self, last: dict[str, Any]) -> bool:
@@ -465,18 +495,38 @@ class Trainer:
         if adapter is not None:
             save_adapter(self.model, adapter, self.out)
             self.tokenizer.save_pretrained(str(self.out))
-            summary = {**last, "steps": self.step, "total_steps": self.total_steps, "trainable_params": self.trainable}
+            summary = {
+                **last,
+                "steps": self.step,
+                "total_steps": self.total_steps,
+                "trainable_params": self.trainable,
+                "optimizer": self.optimizer_name,
+                "precision": "bf16" if self.spec.bf16 else "fp32",
+                "gradient_checkpointing": _checkpointing(self.model.get_base_model()),
+                "max_tokens": self.train_report.max_tokens,
+                "truncated_prompts": self.train_report.truncated,
+                "dropped_records": self.train_report.dropped,
+            }
             (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2))
         if self.writer is not None:
             self.writer.close()
         dist.barrier()
 
 
+def _quiet_ray_train_reports() -> None:
+    """Ray Train logs every report at INFO, under a logger named after its source file; the driver
+    already shows progress from metrics.jsonl, so keep only its warnings."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: its report lines stay
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def run_worker(config: dict[str, Any]) -> Trainer:
     """Set up, resume, train and save on this worker; returns the trainer (its engine still live)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Ray Train logs every report at INFO; the driver already shows progress from metrics.jsonl.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    _quiet_ray_train_reports()
     trainer = Trainer(RunSpec(**config))
     trainer.setup()
     trainer.restore()

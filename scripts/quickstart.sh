@@ -1,22 +1,13 @@
 #!/usr/bin/env bash
-# The main job on the bundled model and the shipped dataset (run through `make quickstart`).
+# The main job (run through `make quickstart`): LoRA-train the bundled SmolLM2-135M-Instruct on the
+# shipped robot dataset with 2 Ray Train workers running DeepSpeed, on the CPU or on GPUs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${VENV:-.venv}/bin
-mkdir -p outputs
+OUT=${OUT:-models/quickstart-$(date +%Y%m%d-%H%M%S)}
 
-echo "== 1. generate a dataset (the shipped one is this command with --num-examples 4000 --seed 0)"
-"$BIN/robolora" data generate --num-examples 4000 --seed 0 --output outputs/robot_dataset.json --force
-cmp -s outputs/robot_dataset.json data/robot_dataset.json && echo "   identical to data/robot_dataset.json"
-
-echo "== 2. validate it: every record's fields, duplicates, and every output against the robot API"
+echo "== validate the dataset: every record's fields, duplicates, every output against the robot API"
 "$BIN/robolora" data validate data/robot_dataset.json
 
-echo "== 3. prepare the bundled model (converted once from GGUF into the cache)"
-"$BIN/robolora" model prepare smollm2-135m
-
-echo "== 4. dataset statistics with the model's tokenizer and chat template"
-"$BIN/robolora" data stats data/robot_dataset.json --model-name smollm2-135m --max-length 256
-
-echo "== 5. the resolved training config for the bundled model"
-"$BIN/robolora" config --config examples/smollm2-135m.yaml
+echo "== train (examples/smollm2-135m.yaml) into $OUT"
+"$BIN/robolora" train --config examples/smollm2-135m.yaml --output-dir "$OUT"

@@ -135,10 +135,6 @@ def _error(argv=None, file_text=None, tmp_path=None, name="run.yaml") -> str:
             ["--zero-stage", "2", "--offload", "all"],
             "--offload all needs --zero-stage 3: ZeRO-2 cannot offload parameters (use --offload optimizer)",
         ),
-        (
-            ["--no-use-gpu", "--offload", "optimizer"],
-            "--offload moves GPU state to the CPU: it needs --use-gpu (or leave --offload out)",
-        ),
     ],
 )
 def test_bad_flags(argv, message):
