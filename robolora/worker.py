@@ -216,8 +216,10 @@ class Trainer:
             hidden_size=getattr(model.config, "hidden_size", None),
             pin_memory=self.spec.use_gpu,
         )
-        # Our client optimizer also serves offloaded states (DeepSpeed would insist on its CPU Adam).
+        # Our client optimizer also serves offloaded states (DeepSpeed would insist on its CPU Adam),
+        # and ZeRO shards SGD's states like Adam's (DeepSpeed only lists Adam variants as tested).
         ds_config["zero_force_ds_cpu_optimizer"] = False
+        ds_config["zero_allow_untested_optimizer"] = True
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = build_optimizer(params, self.cfg)
         self.optimizer_name = type(optimizer).__name__
