@@ -11,10 +11,10 @@ Example:
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import statistics
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from robolora.diagnose import EXCELLENT_LOSS, GOOD_LOSS, Diagnosis, fmt_loss, series
 from robolora.errors import UserError
+from robolora.fileio import atomic_write_bytes
 
 PLOT_PIXELS = (1000, 700)
 PLOT_DPI = 100
@@ -86,17 +87,9 @@ def plot_loss_curve(rows: list[dict], path: str | os.PathLike[str], title: str |
     for ax in (loss_ax, lr_ax):
         ax.grid(alpha=0.3)
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # "x": a new file with the usual permissions, nobody else's
-            canvas.print_png(f)
-        tmp.replace(path)  # os.replace: atomic within one file system
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    buffer = io.BytesIO()
+    canvas.print_png(buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def _duration(seconds: float) -> str:

@@ -32,6 +32,7 @@ from robolora import dist
 from robolora.config import TrainConfig, from_dict
 from robolora.data import IGNORE_INDEX, collate, tokenize_records
 from robolora.ds_config import load_template, resolve
+from robolora.fileio import atomic_write_text
 from robolora.progress import METRICS, PROGRESS
 from robolora.sampler import plan_epoch, steps_per_epoch
 from robolora.schedule import lr_factor, warmup_steps_for
@@ -205,7 +206,8 @@ class Trainer:
         model = get_peft_model(model, lora)
         if self.spec.resume_weights:
             load_adapter_weights(model, self.spec.resume_weights)
-        # LoRA weights train in float32 (DeepSpeed's bf16 mode keeps fp32 master copies anyway).
+        # In bf16 mode DeepSpeed casts the module to bf16 and keeps fp32 master copies of the LoRA
+        # weights in the (sharded) optimizer, so updates do not lose precision.
         ds_config = resolve(
             load_template(self.spec.zero_stage, self.spec.offload),
             micro_batch=self.cfg.batch_size,
@@ -221,6 +223,8 @@ class Trainer:
         ds_config["zero_force_ds_cpu_optimizer"] = False
         ds_config["zero_allow_untested_optimizer"] = True
         params = [p for p in model.parameters() if p.requires_grad]
+        self.trainable = sum(p.numel() for p in params)
+        total = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions the weights
         optimizer = build_optimizer(params, self.cfg)
         self.optimizer_name = type(optimizer).__name__
         warmup = warmup_steps_for(self.total_steps, self.cfg.warmup_ratio)
@@ -237,9 +241,8 @@ class Trainer:
             model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config, dist_init_required=False
         )
         self.model = model
-        self.trainable = sum(p.numel() for p in params)
         dist.print0(
-            f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters (as held by rank 0), "
+            f"model: {total / 1e6:.1f}M parameters, "
             f"{self.trainable / 1e6:.2f}M trainable; ZeRO-{self.spec.zero_stage}, offload {self.spec.offload}, "
             f"{'bf16' if self.spec.bf16 else 'fp32'}, {self.world} workers x micro-batch {self.cfg.batch_size} x "
             f"accumulation {self.cfg.gradient_accumulation_steps} = global batch {self.global_batch}; "
@@ -262,11 +265,14 @@ class Trainer:
                 d, tag=DS_TAG, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=True
             )
             state = json.loads((Path(d) / TRAINER_STATE).read_text())
-            rng = Path(d) / f"rng_rank{self.rank}.pt"
-            if rng.is_file():
+            rng = Path(d) / f"rng_rank{self.rank}.safetensors"
+            if rng.is_file():  # dropout continues where it stopped
                 from safetensors.torch import load_file
 
-                torch.set_rng_state(load_file(str(rng))["cpu"])
+                states = load_file(str(rng))
+                torch.set_rng_state(states["cpu"])
+                if "cuda" in states and self.device.type == "cuda":
+                    torch.cuda.set_rng_state(states["cuda"], self.device)
         self.step, self.epoch = state["step"], state["epoch"]
         self.best_eval = state.get("best_eval", math.inf)
         self.evals_without_improvement = state.get("evals_without_improvement", 0)
@@ -285,7 +291,7 @@ class Trainer:
                     continue
                 if row.get("step", 0) <= step:
                     keep.append(line)
-            path.write_text("".join(k + "\n" for k in keep))
+            atomic_write_text(path, "".join(k + "\n" for k in keep))
 
     def save_checkpoint(self, metrics: dict[str, Any]) -> None:
         """Every rank writes its DeepSpeed shard; rank 0 adds the adapter and trainer state; Ray persists
@@ -303,7 +309,10 @@ class Trainer:
                 "evals_without_improvement": self.evals_without_improvement,
             }
             self.engine.save_checkpoint(tmp, tag=DS_TAG, client_state=state, exclude_frozen_parameters=True)
-            save_file({"cpu": torch.get_rng_state()}, str(d / f"rng_rank{self.rank}.pt"))
+            rng = {"cpu": torch.get_rng_state()}
+            if self.device.type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state(self.device)
+            save_file(rng, str(d / f"rng_rank{self.rank}.safetensors"))
             if adapter is not None:
                 save_adapter(self.model, adapter, d)
                 (d / TRAINER_STATE).write_text(json.dumps(state, indent=2))
