@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from robolora.config import Parser
+from robolora.data import FEW_SHOT_EXAMPLES
 from robolora.errors import UserError
 
 
@@ -138,6 +139,106 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lora_paths(args: argparse.Namespace) -> list[str]:
+    paths = args.lora_path
+    return [paths] if isinstance(paths, str) else list(paths or [])
+
+
+def _generators(args: argparse.Namespace) -> list:
+    """The models to run: each --lora-path, and the base model with --base-only or --compare-base."""
+    from robolora.infer import Generator
+
+    loras = _lora_paths(args)
+    gens = [] if args.base_only else [Generator.load(p) for p in loras]
+    if args.base_only or getattr(args, "compare_base", False):
+        from robolora.infer import adapter_dir, base_model_of
+
+        name = args.model_name or (base_model_of(adapter_dir(loras[0])) if loras else None)
+        gens.append(Generator.load(model_name=name, few_shot=args.few_shot))
+    if not gens:
+        raise UserError("--lora-path: give at least one adapter, or --base-only with --model-name")
+    return gens
+
+
+def _eval_data(args: argparse.Namespace) -> str:
+    """--data-json, else the validation split the run saved beside its adapter."""
+    if args.data_json:
+        return args.data_json
+    for lora in _lora_paths(args):
+        for candidate in (Path(lora) / "val.jsonl", Path(lora).parent / "val.jsonl"):
+            if candidate.is_file():
+                return str(candidate)
+    raise UserError("--data-json: give the records to evaluate on (a run's val.jsonl is used when present)")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from robolora.data import load_records
+    from robolora.evaluate import compare, compare_dict, score, write_predictions
+    from robolora.fileio import atomic_write_text
+
+    data = _eval_data(args)
+    records = load_records(data, check_api=False)[: args.limit or None]
+    reports = {}
+    for gen in _generators(args):
+        generations = gen.generate(
+            [r["input"] for r in records],
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            constrained=args.constrained,
+        )
+        predictions = [g.code for g in generations]
+        report = score(records, predictions)
+        reports[gen.name] = report
+        print(f"\n{gen.name} on {data} ({len(records)} records{', constrained' if args.constrained else ''})")
+        print(report.table())
+        if args.predictions_out:
+            out = Path(args.predictions_out)
+            if len(reports) > 1 or len(_lora_paths(args)) > 1:
+                out = out.with_name(f"{out.stem}.{len(reports)}{out.suffix}")
+            write_predictions(out, records, predictions, report.judgements)
+            print(f"predictions: {out}")
+    if len(reports) > 1:
+        print("\n" + compare(reports))
+    if args.json_out:
+        atomic_write_text(args.json_out, json.dumps(compare_dict(reports), indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from robolora.robot.checker import check
+
+    (gen,) = _generators(args)[:1]
+
+    def answer(command: str) -> None:
+        (g,) = gen.generate([command], constrained=args.constrained, max_new_tokens=args.max_new_tokens)
+        print(g.code or "(no code)")
+        result = check(g.code)
+        if result.api_valid:
+            print("# valid robot code")
+        else:
+            print(f"# {'api error' if result.syntax_ok else 'syntax error'}: {'; '.join(result.errors[:3])}")
+
+    if args.command:
+        answer(args.command)
+        return 0
+    print(f"{gen.name}: type a robot command (empty line or Ctrl-D to quit)")
+    while True:
+        try:
+            command = input("> ").strip()
+        except EOFError:
+            return 0
+        if not command:
+            return 0
+        answer(command)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from robolora.export import export_merged
+
+    export_merged(args.lora_path, args.output)
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from robolora.config import config_from_namespace
 
@@ -199,6 +300,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_train_arguments(train)
     train.set_defaults(func=cmd_train)
+
+    def model_args(p: argparse.ArgumentParser, several: bool) -> None:
+        p.add_argument(
+            "--lora-path",
+            action="append" if several else None,
+            default=[] if several else None,
+            help="a trained adapter: a run's output directory or a checkpoint-<step> folder"
+            + (" (repeat to compare several)" if several else ""),
+        )
+        p.add_argument("--base-only", action="store_true", help="the base model without the adapter")
+        p.add_argument(
+            "--model-name", default=None, help="the base model (default: the one the adapter was trained on)"
+        )
+        p.add_argument(
+            "--few-shot",
+            type=int,
+            default=len(FEW_SHOT_EXAMPLES),
+            help=f"worked examples in the base model's prompt (default: {len(FEW_SHOT_EXAMPLES)})",
+        )
+        p.add_argument("--constrained", action="store_true", help="only let the model emit code the robot API accepts")
+        p.add_argument("--max-new-tokens", type=int, default=160, help="longest program, in tokens (default: 160)")
+
+    ev = sub.add_parser("eval", help="syntax, api-valid, exact and semantic accuracy per category")
+    model_args(ev, several=True)
+    ev.add_argument("--compare-base", action="store_true", help="also evaluate the base model (few-shot)")
+    ev.add_argument("--data-json", default=None, help="records to evaluate on (default: the run's val.jsonl)")
+    ev.add_argument("--predictions-out", default=None, help="write {input, prediction, reference} lines here")
+    ev.add_argument("--json-out", default=None, help="write the scores as JSON here")
+    ev.add_argument("--batch-size", type=int, default=16, help="commands generated together (default: 16)")
+    ev.add_argument("--limit", type=int, default=0, help="evaluate only the first N records")
+    ev.set_defaults(func=cmd_eval)
+
+    demo = sub.add_parser("demo", help="type commands, see the generated robot code and whether it is valid")
+    model_args(demo, several=False)
+    demo.add_argument("--command", default=None, help="one command, then exit")
+    demo.set_defaults(func=cmd_demo, compare_base=False)
+
+    exp = sub.add_parser("export", help="merge an adapter into its base model and save a plain transformers model")
+    exp.add_argument("--lora-path", required=True, help="a run's output directory or a checkpoint-<step> folder")
+    exp.add_argument("--output", required=True, help="a new directory for the merged model")
+    exp.set_defaults(func=cmd_export)
 
     cfg = sub.add_parser("config", help="print the resolved training config (defaults < --config file < flags)")
     add_train_arguments(cfg)

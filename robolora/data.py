@@ -30,6 +30,27 @@ SYSTEM_PROMPT = "You are a robot controller. Translate the user's command into r
 PLAIN_TEMPLATE = "### System:\n{system}\n\n### Command:\n{command}\n\n### Code:\n"
 FIELDS = ("input", "output", "category")
 
+#: Worked examples for a base model's few-shot prompt (one per category, canonical form).
+FEW_SHOT_EXAMPLES = (
+    ("move forward 3 meters", "robot.move_forward(distance=3.0, speed=1.0)"),
+    ("go to the kitchen slowly", 'robot.navigate_to(location="kitchen", speed=0.5)'),
+    ("pick up the red ball", 'robot.gripper.pick_up(object_type="ball", color="red", size="medium")'),
+    ("scan the area within 3 meters", "robot.sensors.scan(radius=3.0)"),
+    ('say "hello"', 'robot.say(text="hello")'),
+    ("turn left then take a photo", "robot.turn_left(angle=90.0)\nrobot.camera.take_photo()"),
+    (
+        "if you see a cup, pick it up, otherwise say no cup",
+        'if robot.sensors.detect(object_type="cup", color="any"):\n'
+        '    robot.gripper.pick_up(object_type="cup", color="any", size="medium")\n'
+        "else:\n"
+        '    robot.say(text="no cup")',
+    ),
+    (
+        "do a square",
+        "for _ in range(4):\n    robot.move_forward(distance=1.0, speed=1.0)\n    robot.turn_right(angle=90.0)",
+    ),
+)
+
 
 # ----------------------------------------------------------------------------- loading and validation
 

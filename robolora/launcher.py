@@ -23,6 +23,7 @@ from typing import Any
 
 from robolora.config import TrainConfig, save_config
 from robolora.errors import UserError
+from robolora.fileio import atomic_write_text
 from robolora.progress import PROGRESS, ProgressWatcher
 
 RUN_MARKER = "robolora_run.json"
@@ -341,6 +342,8 @@ def run_training(cfg: TrainConfig, train_loop: Callable[[dict], None] | None = N
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
+    # The validation split, so `robolora eval --lora-path <output-dir>` judges on held-out records.
+    atomic_write_text(out / "val.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ctx["val"]))
     _write_marker(out, given, cfg, finished=False)
 
     spec = RunSpec(

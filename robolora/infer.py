@@ -1,0 +1,175 @@
+"""Generation: a base model with or without a LoRA adapter, batched, greedy or sampled, optionally
+constrained to code the robot API accepts.
+
+Prompts are rendered exactly as in training (:func:`robolora.data.render_prompt`). A base model
+without an adapter can be given a few worked examples first (few-shot), so comparisons with the
+adapter are fair. Generated text goes through :func:`robolora.evaluate.extract_code`; it is never
+executed.
+
+Example (CPU, the bundled model):
+    gen = Generator.load("models/quickstart-20261125-150000")
+    gen.generate(["move forward 3 meters"])   # -> ['robot.move_forward(distance=3.0, speed=1.0)']
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from robolora.data import FEW_SHOT_EXAMPLES, SYSTEM_PROMPT, render_prompt
+from robolora.errors import UserError
+from robolora.evaluate import extract_code
+
+
+def adapter_dir(path: str | Path) -> Path:
+    """A directory holding an adapter: a run's output directory or one of its checkpoint folders."""
+    p = Path(path)
+    if not (p / "adapter_config.json").is_file() or not (p / "adapter_model.safetensors").is_file():
+        raise UserError(
+            f"--lora-path: {p} holds no adapter (adapter_config.json and adapter_model.safetensors); "
+            "pass a training run's output directory or one of its checkpoint-<step> folders"
+        )
+    return p
+
+
+def base_model_of(lora: Path) -> str:
+    """The base model a run was trained from: its config.yaml (alias or hub name), else PEFT's record."""
+    for candidate in (lora / "config.yaml", lora.parent / "config.yaml"):
+        if candidate.is_file():
+            return yaml.safe_load(candidate.read_text())["model_name"]
+    return json.loads((lora / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+@dataclass
+class Generation:
+    """One generated program: the raw text, the extracted code, its mean token log-probability, and
+    whether the model ended it (False when it ran into ``max_new_tokens``)."""
+
+    raw: str
+    code: str
+    mean_logprob: float
+    finished: bool
+
+
+class Generator:
+    """A model (with an optional adapter) that turns commands into robot code, in batches."""
+
+    def __init__(self, model: Any, tokenizer: Any, few_shot: int = 0, name: str = "model"):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "left"  # generation continues every row from its last real token
+        self.few_shot = few_shot
+        self.name = name
+
+    @classmethod
+    def load(
+        cls,
+        lora_path: str | Path | None = None,
+        *,
+        model_name: str | None = None,
+        few_shot: int = 0,
+        merge: bool = True,
+        dtype: torch.dtype | None = None,
+    ) -> Generator:
+        """The base model named in the adapter's run (or ``model_name``), with the adapter applied.
+
+        ``merge`` folds the LoRA weights into the base weights: the same outputs, faster generation.
+        """
+        from peft import PeftModel
+
+        from robolora.models import load_model, load_tokenizer
+
+        lora = adapter_dir(lora_path) if lora_path else None
+        name = model_name or (base_model_of(lora) if lora else None)
+        if name is None:
+            raise UserError("--model-name: give the base model (or --lora-path to a trained adapter)")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+        model = load_model(name, dtype=dtype).to(device)
+        tokenizer = load_tokenizer(name)
+        if lora is not None:
+            model = PeftModel.from_pretrained(model, str(lora))
+            if merge:
+                model = model.merge_and_unload()
+        label = str(lora) if lora else f"{name} (base{f', {few_shot}-shot' if few_shot else ''})"
+        return cls(model, tokenizer, few_shot=few_shot, name=label)
+
+    def prompt_ids(self, command: str) -> list[int]:
+        """Token ids of the prompt for one command, with few-shot turns first where asked."""
+        tok = self.tokenizer
+        if tok.chat_template:
+            messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+            for question, answer in FEW_SHOT_EXAMPLES[: self.few_shot]:
+                messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            messages.append({"role": "user", "content": command})
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return tok(text, add_special_tokens=False)["input_ids"]
+        shots = "".join(render_prompt(tok, q)[0] + a + "\n\n" for q, a in FEW_SHOT_EXAMPLES[: self.few_shot])
+        return tok(shots + render_prompt(tok, command)[0])["input_ids"]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        commands: list[str],
+        *,
+        batch_size: int = 16,
+        max_new_tokens: int = 160,
+        constrained: bool = False,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> list[Generation]:
+        """Generate code for each command; greedy when ``temperature`` is 0, else sampled."""
+        from transformers import LogitsProcessorList
+
+        tok = self.tokenizer
+        device = next(self.model.parameters()).device
+        torch.manual_seed(seed)
+        # Longest prompts together: less padding per batch.
+        order = sorted(range(len(commands)), key=lambda i: -len(commands[i]))
+        out: dict[int, Generation] = {}
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            prompts = [self.prompt_ids(commands[i]) for i in idx]
+            width = max(map(len, prompts))
+            pad = tok.pad_token_id
+            input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+            attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+            processors = LogitsProcessorList()
+            if constrained:
+                from robolora.robot.constrained import RobotLogitsProcessor
+
+                processors.append(RobotLogitsProcessor(tok, prompt_lengths=width))
+            generated = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                max_new_tokens=max_new_tokens,
+                do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None,
+                top_p=None,
+                top_k=None,
+                logits_processor=processors,
+                pad_token_id=pad,
+                eos_token_id=tok.eos_token_id,
+                output_scores=True,
+                return_dict_in_generate=True,
+            )
+            new = generated.sequences[:, width:]
+            logprobs = self.model.compute_transition_scores(
+                generated.sequences, generated.scores, normalize_logits=True
+            )
+            for row, i in enumerate(idx):
+                ids = new[row].tolist()
+                keep = ids.index(tok.eos_token_id) if tok.eos_token_id in ids else len(ids)
+                ids = [t for t in ids[:keep] if t != pad]
+                raw = tok.decode(ids, skip_special_tokens=False)
+                lp = logprobs[row, :keep]
+                finite = lp[torch.isfinite(lp)]
+                mean = float(finite.mean()) if finite.numel() else float("-inf")
+                finished = tok.eos_token_id in new[row].tolist()
+                out[i] = Generation(raw=raw, code=extract_code(raw), mean_logprob=mean, finished=finished)
+        return [out[i] for i in range(len(commands))]
