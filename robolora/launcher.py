@@ -281,7 +281,6 @@ def init_ray(cfg: TrainConfig) -> None:
 
 def _write_marker(out: Path, given: TrainConfig, resolved: TrainConfig, finished: bool) -> None:
     """Record what this directory holds: the settings asked for, the resolved ones, and whether done."""
-    from robolora.fileio import atomic_write_text
 
     marker = {"given": _fingerprint(given), "resolved": _fingerprint(resolved), "finished": finished}
     atomic_write_text(out / RUN_MARKER, json.dumps(marker, indent=2))
@@ -442,7 +441,6 @@ class Interrupted(UserError):
 def finish_run(cfg: TrainConfig, out: Path, plan: Plan, wall_s: float) -> dict[str, Any]:
     """Loss curve, diagnosis and model card from ``metrics.jsonl``; marks the run finished."""
     from robolora.diagnose import diagnose
-    from robolora.fileio import atomic_write_text
     from robolora.report import model_card, plot_loss_curve, read_metrics
 
     rows = read_metrics(out / "metrics.jsonl")
