@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"worked examples in the base model's prompt (default: {len(FEW_SHOT_EXAMPLES)})",
         )
         p.add_argument("--constrained", action="store_true", help="only let the model emit code the robot API accepts")
-        p.add_argument("--max-new-tokens", type=int, default=160, help="longest program, in tokens (default: 160)")
+        p.add_argument("--max-new-tokens", type=int, default=128, help="longest program, in tokens (default: 128)")
 
     ev = sub.add_parser("eval", help="syntax, api-valid, exact and semantic accuracy per category")
     model_args(ev, several=True)
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-json", default=None, help="records to evaluate on (default: the run's val.jsonl)")
     ev.add_argument("--predictions-out", default=None, help="write {input, prediction, reference} lines here")
     ev.add_argument("--json-out", default=None, help="write the scores as JSON here")
-    ev.add_argument("--batch-size", type=int, default=16, help="commands generated together (default: 16)")
+    ev.add_argument("--batch-size", type=int, default=32, help="commands generated together (default: 32)")
     ev.add_argument("--limit", type=int, default=0, help="evaluate only the first N records")
     ev.set_defaults(func=cmd_eval)
 

@@ -81,15 +81,19 @@ class Generator:
         ``merge`` folds the LoRA weights into the base weights: the same outputs, faster generation.
         """
         from peft import PeftModel
+        from transformers.utils import logging as hf_logging
 
-        from robolora.models import load_model, load_tokenizer
+        from robolora.models import bf16_supported, load_model, load_tokenizer
+
+        hf_logging.disable_progress_bar()
 
         lora = adapter_dir(lora_path) if lora_path else None
         name = model_name or (base_model_of(lora) if lora else None)
         if name is None:
             raise UserError("--model-name: give the base model (or --lora-path to a trained adapter)")
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+        # Decoding reads every weight once per token: bf16 halves that traffic where it runs natively.
+        dtype = dtype or (torch.bfloat16 if bf16_supported(device == "cuda") else torch.float32)
         model = load_model(name, dtype=dtype).to(device)
         tokenizer = load_tokenizer(name)
         if lora is not None:
@@ -117,8 +121,8 @@ class Generator:
         self,
         commands: list[str],
         *,
-        batch_size: int = 16,
-        max_new_tokens: int = 160,
+        batch_size: int = 32,
+        max_new_tokens: int = 128,
         constrained: bool = False,
         temperature: float = 0.0,
         seed: int = 0,

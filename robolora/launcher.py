@@ -121,15 +121,6 @@ def available_memory(use_gpu: bool) -> tuple[int | None, str]:
     return None, "host memory unknown"
 
 
-def bf16_supported(use_gpu: bool) -> bool:
-    """bf16 where the hardware runs it natively (Ampere+ GPUs; CPUs with AVX512-BF16 or AMX)."""
-    import torch
-
-    if use_gpu:
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 @dataclass
 class Plan:
     """How the run is laid out on the cluster."""
@@ -154,6 +145,8 @@ def plan_run(cfg: TrainConfig, cluster_cpus: int, cluster_gpus: int) -> Plan:
         unit = "GPUs" if use_gpu else "CPUs"
         raise UserError(f"--num-workers {workers}: the Ray cluster has only {capacity} {unit}; use at most {capacity}")
     cpus = cfg.cpus_per_worker or max(1, cluster_cpus // workers if not use_gpu else 1)
+    from robolora.models import bf16_supported
+
     bf16 = cfg.bf16 if cfg.bf16 is not None else bf16_supported(use_gpu)
     reason = "as given" if cfg.num_workers else f"one worker per {'GPU' if use_gpu else 'CPU'} available"
     return Plan(workers, use_gpu, cpus, cfg.zero_stage or 2, cfg.offload or "none", bf16, reason)

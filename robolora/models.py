@@ -180,6 +180,15 @@ def resolve_model(name: str) -> str:
     return name  # a hub name
 
 
+def bf16_supported(use_gpu: bool) -> bool:
+    """bf16 where the hardware runs it natively (Ampere+ GPUs; CPUs with AVX512-BF16 or AMX)."""
+    import torch
+
+    if use_gpu:
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
     """The tokenizer of a model (pad token set to EOS where it has none)."""
     from transformers import AutoTokenizer
