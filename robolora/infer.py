@@ -45,6 +45,25 @@ def base_model_of(lora: Path) -> str:
     return json.loads((lora / "adapter_config.json").read_text())["base_model_name_or_path"]
 
 
+def longest_complete_program(text: str) -> str:
+    r"""The longest run of whole lines of ``text`` that the robot grammar accepts as a program.
+
+    Constrained decoding keeps every prefix inside the grammar, but a model that runs into
+    ``max_new_tokens`` stops mid-statement; its complete lines are still a valid program.
+
+    >>> longest_complete_program('robot.stop()\nrobot.turn_left(angle=9')
+    'robot.stop()'
+    """
+    from robolora.robot.grammar import accepts
+
+    lines = text.split("\n")
+    for end in range(len(lines), 0, -1):
+        candidate = "\n".join(lines[:end])
+        if accepts(candidate):
+            return candidate
+    return ""
+
+
 @dataclass
 class Generation:
     """One generated program: the raw text, the extracted code, its mean token log-probability, and
@@ -175,5 +194,8 @@ class Generator:
                 finite = lp[torch.isfinite(lp)]
                 mean = float(finite.mean()) if finite.numel() else float("-inf")
                 finished = tok.eos_token_id in new[row].tolist()
-                out[i] = Generation(raw=raw, code=extract_code(raw), mean_logprob=mean, finished=finished)
+                code = extract_code(raw)
+                if constrained and not finished:
+                    code = longest_complete_program(raw)
+                out[i] = Generation(raw=raw, code=code, mean_logprob=mean, finished=finished)
         return [out[i] for i in range(len(commands))]

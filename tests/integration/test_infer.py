@@ -48,8 +48,8 @@ def test_constrained_decoding_keeps_even_a_random_model_in_the_grammar(adapter):
     assert not all(is_valid_prefix(g.raw) for g in free)  # the barely trained model writes anything
     for g in constrained:
         assert is_valid_prefix(g.raw), g.raw
-        if g.finished:  # a program it ended is valid robot code by construction
-            assert check(g.code).api_valid, g.code
+        # valid by construction: the program it ended, or the whole lines it wrote before the budget ran out
+        assert check(g.code).api_valid or (not g.finished and g.code == ""), (g.raw, g.code)
 
 
 def test_eval_writes_table_json_and_predictions(adapter, tmp_path, capsys):
