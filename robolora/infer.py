@@ -119,7 +119,9 @@ class Generator:
             model = PeftModel.from_pretrained(model, str(lora))
             if merge:
                 model = model.merge_and_unload()
-        label = str(lora) if lora else f"{name} (base{f', {few_shot}-shot' if few_shot else ''})"
+        # A short label for tables: the run folder (and checkpoint), not the whole path.
+        short = f"{lora.parent.name}/{lora.name}" if lora and lora.name.startswith("checkpoint-") else None
+        label = (short or lora.name) if lora else f"{name} (base{f', {few_shot}-shot' if few_shot else ''})"
         return cls(model, tokenizer, few_shot=few_shot, name=label)
 
     def prompt_ids(self, command: str) -> list[int]:
