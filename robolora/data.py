@@ -265,6 +265,15 @@ def build_example(prompt_ids: list[int], response_ids: list[int], eos_id: int, m
     }
 
 
+def target_count(labels: Sequence[int]) -> int:
+    """Tokens the loss is taken over: labels other than -100, after the shift by one position.
+
+    >>> target_count([-100, -100, 8, 9, 2])
+    3
+    """
+    return sum(t != IGNORE_INDEX for t in labels[1:])
+
+
 @dataclass
 class TokenizeReport:
     """How many examples were tokenized, had their prompt truncated, or were dropped as too long."""

@@ -24,17 +24,7 @@ import yaml
 from robolora.data import FEW_SHOT_EXAMPLES, SYSTEM_PROMPT, render_prompt
 from robolora.errors import UserError
 from robolora.evaluate import extract_code
-
-
-def adapter_dir(path: str | Path) -> Path:
-    """A directory holding an adapter: a run's output directory or one of its checkpoint folders."""
-    p = Path(path)
-    if not (p / "adapter_config.json").is_file() or not (p / "adapter_model.safetensors").is_file():
-        raise UserError(
-            f"--lora-path: {p} holds no adapter (adapter_config.json and adapter_model.safetensors); "
-            "pass a training run's output directory or one of its checkpoint-<step> folders"
-        )
-    return p
+from robolora.models import adapter_dir
 
 
 def base_model_of(lora: Path) -> str:

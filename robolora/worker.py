@@ -30,7 +30,7 @@ import torch
 
 from robolora import dist
 from robolora.config import TrainConfig, from_dict
-from robolora.data import IGNORE_INDEX, collate, tokenize_records
+from robolora.data import IGNORE_INDEX, collate, target_count, tokenize_records
 from robolora.ds_config import load_template, resolve
 from robolora.fileio import atomic_write_text
 from robolora.progress import METRICS, PROGRESS
@@ -171,10 +171,9 @@ class Trainer:
         dist.print0(self.train_report.describe("train", self.cfg.max_length))
         dist.print0(self.val_report.describe("validation", self.cfg.max_length))
         self.train_lengths = list(self.train_ds["length"])
-        # Plain rows for the DataLoader, and the response tokens of each example (what the loss averages
-        # over; the first position is never a target after the shift).
+        # Plain rows for the DataLoader, and the response tokens of each example (what the loss averages over).
         self.train_rows = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in self.train_ds]
-        self.train_label_counts = [sum(t != IGNORE_INDEX for t in r["labels"][1:]) for r in self.train_rows]
+        self.train_label_counts = [target_count(r["labels"]) for r in self.train_rows]
         self.global_batch = self.cfg.global_batch_size(self.world)
         self.steps_per_epoch = steps_per_epoch(len(self.train_lengths), self.global_batch)
         if self.steps_per_epoch == 0:
@@ -343,7 +342,7 @@ class Trainer:
                 batch = collate(rows, self.tokenizer.pad_token_id)
                 if idx >= len(batches):
                     batch["labels"] = [[IGNORE_INDEX] * len(r) for r in batch["labels"]]
-                n = sum(t != IGNORE_INDEX for r in batch["labels"] for t in r[1:])
+                n = sum(target_count(r) for r in batch["labels"])
                 out = self.engine(**_to_tensors(batch, self.device), num_items_in_batch=1)
                 loss_sum += out.loss.float().item() if n else 0.0
                 tokens += n
@@ -438,7 +437,7 @@ class Trainer:
         pad_id = self.tokenizer.pad_token_id
 
         def collate_tensors(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-            return {k: torch.tensor(v, dtype=torch.long) for k, v in collate(rows, pad_id).items()}
+            return _to_tensors(collate(rows, pad_id), torch.device("cpu"))  # moved to the device in the loop
 
         return torch.utils.data.DataLoader(
             self.train_rows,
