@@ -7,6 +7,9 @@
     robolora robot check 'robot.move_forward(distance=3.0, speed=1.0)'
     robolora config --config examples/smollm2-135m.yaml --lora-r 64
     robolora train --config examples/smollm2-135m.yaml
+    robolora plan --model 13B --gpus 8x40GB
+    robolora submit --address http://HEAD:8265 -- train --config examples/codellama-7b.yaml --output-dir /mnt/shared/r1
+    robolora jobs status raysubmit_XXXX --address http://HEAD:8265
 
 Every error a user can fix is printed as ``robolora: error: ...`` with a non-zero exit, no traceback.
 """
@@ -247,6 +250,82 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from robolora.config import config_from_namespace
+    from robolora.errors import ConfigError
+    from robolora.launcher import local_gpus, model_dims, workload
+    from robolora.sizing import GIB, GpuInventory, closest_guide_row, guide_table, parse_gpus, plan_memory
+
+    keys = ("model_name", "max_length", "batch_size", "lora_r", "lora_target_modules", "gradient_checkpointing")
+    given = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    cfg = config_from_namespace(argparse.Namespace(config=args.config, **given))
+    if args.nodes < 1:
+        raise ConfigError(f"--nodes: must be a positive integer, got {args.nodes}")
+    dims, label = model_dims(cfg)
+    work = workload(cfg, dims, bf16=cfg.bf16 is not False)
+    if not dims.lora_params(work.lora_r, work.targets):
+        raise ConfigError(
+            f"--lora-target-modules: none of {cfg.lora_target_modules!r} is a linear module of a Llama-style layer; "
+            f"use names from {','.join(dims.module_shapes())}"
+        )
+    gpus = parse_gpus(args.gpus, args.nodes) if args.gpus else local_gpus(args.nodes)
+    if gpus is None:
+        row = closest_guide_row(dims)
+        gpus = GpuInventory(
+            args.nodes,
+            row.recommended_gb * GIB,
+            args.nodes,
+            source=f"no GPU visible here, so the training guide's recommended {row.recommended_gb} GB for {row.size}; "
+            "pass --gpus NxSIZE for yours",
+        )
+    plan = plan_memory(work, gpus, zero_stage=cfg.zero_stage, offload=cfg.offload)
+    print(plan.report(label))
+    print()
+    print(guide_table(work))
+    return 0 if plan.fits else 1
+
+
+# ----------------------------------------------------------------------------- Ray Jobs
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from robolora.jobs import parse_env, submit
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    return submit(
+        command,
+        address=args.address,
+        working_dir=args.working_dir,
+        env=parse_env(args.env),
+        job_id=args.job_id,
+        wait=not args.no_wait,
+    )
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from robolora import jobs
+
+    if args.jobs_command == "list":
+        rows = jobs.list_jobs(args.address)
+        for r in rows:
+            print(f"{r['job_id']:<28} {r['status']:<10} {r['run_time']:>8}  {r['entrypoint']}")
+        if not rows:
+            print("no jobs submitted to this cluster yet")
+        return 0
+    if args.jobs_command == "status":
+        info = jobs.job_status(args.job_id, args.address)
+        print(f"{info['job_id']}: {info['status']}" + (f" after {info['run_time']}" if info["run_time"] else ""))
+        print(f"  entrypoint: {info['entrypoint']}")
+        if info["message"]:
+            print(f"  message: {info['message']}")
+        return 0
+    if args.jobs_command == "logs":
+        return jobs.job_logs(args.job_id, args.address, follow_logs=args.follow)
+    status = jobs.stop_job(args.job_id, args.address)
+    print(f"{args.job_id}: {status}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -346,6 +425,80 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="print the resolved training config (defaults < --config file < flags)")
     add_train_arguments(cfg)
     cfg.set_defaults(func=cmd_config)
+
+    plan = sub.add_parser(
+        "plan",
+        help="per-GPU memory and the ZeRO stage, offload and batch split that fit; the guide's VRAM table beside it",
+        description="Plan a run's layout from the model's size, the sequence length, the batch, LoRA and the GPUs: "
+        "per-GPU memory of every ZeRO layout, the simplest one that fits and why. Exits 1 when nothing fits.",
+    )
+    plan.add_argument(
+        "--model",
+        "--model-name",
+        dest="model_name",
+        default=None,
+        help="a size (7B, 13B, 34B: CodeLlama's dimensions, no download), an alias, a path or a hub name "
+        "(default: the config's model)",
+    )
+    plan.add_argument(
+        "--gpus", default=None, help="the GPUs of one node as COUNTxSIZE, e.g. 8x80GB (default: this machine's)"
+    )
+    plan.add_argument("--nodes", type=int, default=1, help="nodes with those GPUs each (default: 1)")
+    plan.add_argument("--max-length", type=int, default=None, help="tokens per example (default: the config's)")
+    plan.add_argument("--batch-size", type=int, default=None, help="examples per GPU and micro-step (default: config)")
+    plan.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default: the config's)")
+    plan.add_argument("--lora-target-modules", default=None, help="comma-separated modules (default: the config's)")
+    plan.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="plan with it on (default: off, turned on only where nothing fits without)",
+    )
+    plan.add_argument("--config", default=None, help="a training config (YAML or JSON); the flags here override it")
+    plan.set_defaults(func=cmd_plan)
+
+    address_help = (
+        "the Ray dashboard URL of the cluster's head, e.g. http://HEAD_IP:8265 "
+        "(default: $RAY_API_SERVER_ADDRESS or $RAY_ADDRESS)"
+    )
+    submit = sub.add_parser(
+        "submit",
+        help="run a robolora command as a Ray Job on a running cluster and follow its logs",
+        description="Run `robolora ARGS...` as a Ray Job on a running cluster: the working directory is uploaded, "
+        "the cluster's token (RAY_AUTH_TOKEN or ~/.ray/auth_token) authenticates, and the command's exit follows "
+        "the job's (0 SUCCEEDED, 1 FAILED or STOPPED). Example: "
+        "robolora submit --address http://HEAD:8265 -- train --config examples/codellama-7b.yaml "
+        "--output-dir /mnt/shared/robolora/run-1",
+    )
+    submit.add_argument("--address", default=None, help=address_help)
+    submit.add_argument(
+        "--working-dir", default=None, help="the directory the job runs in, uploaded (default: the current one)"
+    )
+    submit.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="an environment variable for the job (repeat)"
+    )
+    submit.add_argument("--job-id", default=None, help="the job's ID (default: Ray makes one)")
+    submit.add_argument("--no-wait", action="store_true", help="print the job's ID and return once it is submitted")
+    submit.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the robolora command to run")
+    submit.set_defaults(func=cmd_submit)
+
+    jobs = sub.add_parser("jobs", help="status, logs, stop and list of Ray Jobs on a cluster")
+    jsub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True, parser_class=Parser)
+    for name, text in (
+        ("status", "the job's status, entrypoint and message"),
+        ("logs", "the job's logs so far"),
+        ("stop", "stop the job and wait until it has stopped"),
+        ("list", "every job submitted to the cluster"),
+    ):
+        p = jsub.add_parser(name, help=text)
+        if name != "list":
+            p.add_argument("job_id", metavar="ID", help="the job's ID (raysubmit_...)")
+        if name == "logs":
+            p.add_argument(
+                "--follow", action="store_true", help="keep printing until the job ends; exit with its status"
+            )
+        p.add_argument("--address", default=None, help=address_help)
+        p.set_defaults(func=cmd_jobs)
     return parser
 
 

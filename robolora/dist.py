@@ -44,6 +44,15 @@ def all_reduce(values: Sequence[float], device: torch.device, op: str = "sum") -
     return t.tolist()
 
 
+def gather_objects(obj: object) -> list[object]:
+    """Every rank's ``obj``, indexed by rank, on every rank (small picklable values only)."""
+    if not dist.is_initialized():
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_object(obj: object) -> object:
     """Rank 0's value of ``obj`` on every rank."""
     if not dist.is_initialized():

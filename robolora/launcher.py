@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,18 @@ from robolora.config import TrainConfig, save_config
 from robolora.errors import UserError
 from robolora.fileio import atomic_write_text
 from robolora.progress import PROGRESS, ProgressWatcher
+from robolora.sizing import GIB, GpuInventory, ModelDims, Workload, known_model, plan_memory
 
 RUN_MARKER = "robolora_run.json"
 #: Fields that may differ when an interrupted run is started again.
-RESUMABLE_CHANGES = {"ray_address", "max_failures", "storage_path", "dataloader_num_workers", "dataloader_pin_memory"}
+RESUMABLE_CHANGES = {
+    "ray_address",
+    "max_failures",
+    "storage_path",
+    "dataloader_num_workers",
+    "dataloader_pin_memory",
+    "placement_strategy",
+}
 
 
 @dataclass
@@ -103,18 +111,28 @@ def load_datasets(cfg: TrainConfig) -> tuple[list[dict[str, str]], list[dict[str
     raise UserError("no dataset: pass --data-json FILE, or --train-json FILE [--val-json FILE]")
 
 
+def local_gpus(nodes: int = 1) -> GpuInventory | None:
+    """This machine's GPUs (sized by the smallest), counted ``nodes`` times; None where NVML sees none."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        sizes = [pynvml.nvmlDeviceGetMemoryInfo(h).total for h in handles]
+        name = pynvml.nvmlDeviceGetName(handles[0]) if handles else ""
+    except Exception:  # no NVML (no driver, a CPU-only machine): the GPUs may be elsewhere in the cluster
+        return None
+    if not sizes:
+        return None
+    name = name.decode() if isinstance(name, bytes) else name
+    return GpuInventory(len(sizes) * nodes, min(sizes), nodes, source=f"this machine: {len(sizes)} x {name}")
+
+
 def available_memory(use_gpu: bool) -> tuple[int | None, str]:
     """Bytes one worker may use: the smallest GPU's total memory, or the host's available memory."""
     if use_gpu:
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            count = pynvml.nvmlDeviceGetCount()
-            sizes = [pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).total for i in range(count)]
-            return (min(sizes), "per GPU") if sizes else (None, "no GPU visible here")
-        except Exception:  # NVML missing on the driver machine: the GPUs may be elsewhere in the cluster
-            return None, "GPU memory not visible from this machine"
+        gpus = local_gpus()
+        return (gpus.memory, "per GPU") if gpus else (None, "GPU memory not visible from this machine")
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) * 1024, "host memory available"
@@ -132,10 +150,67 @@ class Plan:
     offload: str
     bf16: bool
     reason: str
+    batch_size: int
+    gradient_accumulation_steps: int
+    gradient_checkpointing: bool
+    #: Why the memory planner chose the layout (GPU runs whose memory is known).
+    memory: str = ""
 
 
-def plan_run(cfg: TrainConfig, cluster_cpus: int, cluster_gpus: int) -> Plan:
-    """Fill in the distributed settings the user left out."""
+def _dims_of(model_config: Any) -> ModelDims | None:
+    try:
+        return ModelDims.from_config(model_config) if model_config is not None else None
+    except AttributeError:  # not a Llama-style architecture
+        return None
+
+
+def workload(cfg: TrainConfig, dims: ModelDims, bf16: bool = True) -> Workload:
+    """What the memory planner needs from a training config, for a model of ``dims``."""
+    layers = cfg.lora_layer_indices(dims.layers)
+    return Workload(
+        dims,
+        seq_len=cfg.max_length,
+        batch_size=cfg.batch_size,
+        grad_accum=cfg.gradient_accumulation_steps,
+        lora_r=cfg.lora_r,
+        targets=tuple(cfg.target_modules()),
+        lora_layers=tuple(layers) if layers else None,
+        lora_dropout=cfg.lora_dropout > 0,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        bf16=bf16,
+    )
+
+
+def model_dims(cfg: TrainConfig) -> tuple[ModelDims, str]:
+    """The model's dimensions and a label: sizes and CodeLlama names without a download, else from its config."""
+    known = known_model(cfg.model_name)
+    if known:
+        return known
+    check, model_config = check_model(cfg)
+    dims = _dims_of(model_config)
+    if dims is None:
+        raise UserError(
+            f"--model-name: {cfg.model_name} ({model_config.model_type}) has no Llama-style dimensions to plan with"
+        )
+    return dims, check.detail
+
+
+def plan_run(
+    cfg: TrainConfig,
+    cluster_cpus: int,
+    cluster_gpus: int,
+    model_config: Any = None,
+    gpu_memory: int | None = None,
+    nodes: int = 1,
+) -> Plan:
+    """Fill in the distributed settings the user left out.
+
+    On GPUs whose memory is known (``gpu_memory`` bytes each, over ``nodes``) the memory planner picks
+    the ZeRO stage and offload that were left out, lowers the micro-batch (raising accumulation, so
+    the global batch stays) and turns on gradient checkpointing only where the run would not fit
+    otherwise, and refuses a run that cannot fit at all. Otherwise ZeRO-2 without offload is the
+    default and :func:`check_memory` compares the estimate with what is available.
+    """
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else cluster_gpus > 0
     if use_gpu and cluster_gpus == 0:
         raise UserError("--use-gpu: the Ray cluster has no GPUs; leave the flag out to train on CPU workers")
@@ -149,28 +224,60 @@ def plan_run(cfg: TrainConfig, cluster_cpus: int, cluster_gpus: int) -> Plan:
 
     bf16 = cfg.bf16 if cfg.bf16 is not None else bf16_supported(use_gpu)
     reason = "as given" if cfg.num_workers else f"one worker per {'GPU' if use_gpu else 'CPU'} available"
-    return Plan(workers, use_gpu, cpus, cfg.zero_stage or 2, cfg.offload or "none", bf16, reason)
+    stage = cfg.zero_stage or (3 if cfg.offload == "all" else 2)
+    plan = Plan(
+        workers,
+        use_gpu,
+        cpus,
+        stage,
+        cfg.offload or "none",
+        bf16,
+        reason,
+        cfg.batch_size,
+        cfg.gradient_accumulation_steps,
+        cfg.gradient_checkpointing,
+    )
+    dims = _dims_of(model_config)
+    if not use_gpu or gpu_memory is None or dims is None:
+        return plan
+    gpus = GpuInventory(workers, gpu_memory, max(1, min(nodes, workers)))
+    memory = plan_memory(workload(cfg, dims, bf16), gpus, zero_stage=cfg.zero_stage, offload=cfg.offload)
+    if not memory.fits:
+        raise UserError(memory.refusal())
+    c = memory.choice
+    return replace(
+        plan,
+        zero_stage=c.zero_stage,
+        offload=c.offload,
+        batch_size=c.micro_batch,
+        gradient_accumulation_steps=c.grad_accum,
+        gradient_checkpointing=c.gradient_checkpointing,
+        memory=memory.reason,
+    )
 
 
 def check_memory(cfg: TrainConfig, plan: Plan, model_config: Any) -> Check:
-    from robolora.sizing import GIB, ModelDims, estimate_worker_memory
+    """The estimate for the plan against the memory available (per GPU, or the host for CPU workers)."""
+    from robolora.sizing import estimate_worker_memory
 
-    try:
-        dims = ModelDims.from_config(model_config)
-    except AttributeError:
+    dims = _dims_of(model_config)
+    if dims is None:
         return Check("memory", True, "not estimated (the model's architecture has no Llama-style dimensions)")
+    layers = cfg.lora_layer_indices(dims.layers)
     est = estimate_worker_memory(
         dims,
         lora_r=cfg.lora_r,
         targets=cfg.target_modules(),
-        micro_batch=cfg.batch_size,
+        micro_batch=plan.batch_size,
         seq_len=cfg.max_length,
         workers=plan.num_workers,
         zero_stage=plan.zero_stage,
         offload=plan.offload,
         bf16=plan.bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing=plan.gradient_checkpointing,
         on_gpu=plan.use_gpu,
+        lora_layers=layers,
+        lora_dropout=cfg.lora_dropout > 0,
     )
     avail, what = available_memory(plan.use_gpu)
     need = est.total if plan.use_gpu else est.total * plan.num_workers
@@ -210,7 +317,12 @@ def check_model(cfg: TrainConfig) -> tuple[Check, Any]:
     except (OSError, ValueError) as e:
         raise _not_found(cfg.model_name, f"it could not be loaded ({' '.join(str(e).split())[:160]})") from None
     where = source if source != cfg.model_name else "hub"
-    return Check("base model", True, f"{cfg.model_name} ({model_config.model_type}, {where})"), model_config
+    detail = f"{cfg.model_name} ({model_config.model_type}, {where})"
+    num_layers = getattr(model_config, "num_hidden_layers", None)
+    if cfg.lora_layers and num_layers:
+        layers = cfg.lora_layer_indices(num_layers)  # raises ConfigError when the model lacks them
+        detail += f"; LoRA on {len(layers or range(num_layers))} of its {num_layers} layers"
+    return Check("base model", True, detail), model_config
 
 
 def check_resume_from(cfg: TrainConfig) -> Check | None:
@@ -259,6 +371,9 @@ def init_ray(cfg: TrainConfig) -> None:
     # and everything is in the session's log folder.
     quiet = ray.LoggingConfig(encoding="TEXT", log_level="ERROR")
     if address:
+        # Inside a Ray Job (robolora submit, a KubeRay RayJob) the job's runtime env may set the same
+        # variables (ROBOLORA_CACHE); Ray refuses to merge the two unless told to.
+        os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
         ray.init(address=address, runtime_env=env, logging_config=quiet)
     else:
         # A laptop or a single machine is never preempted; the watcher would only add noise.
@@ -306,7 +421,10 @@ def run_training(cfg: TrainConfig, train_loop: Callable[[dict], None] | None = N
     checks, ctx = preflight(cfg)
     init_ray(cfg)
     resources = ray.cluster_resources()
-    plan = plan_run(cfg, int(resources.get("CPU", 1)), int(resources.get("GPU", 0)))
+    gpus = int(resources.get("GPU", 0))
+    gpu_nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU"))
+    gpu_memory = available_memory(True)[0] if gpus else None
+    plan = plan_run(cfg, int(resources.get("CPU", 1)), gpus, ctx["model_config"], gpu_memory, max(1, gpu_nodes))
     checks.append(check_batches(cfg, plan, len(ctx["train"])))
     checks.append(check_memory(cfg, plan, ctx["model_config"]))
     print("Pre-training checklist")
@@ -315,7 +433,9 @@ def run_training(cfg: TrainConfig, train_loop: Callable[[dict], None] | None = N
     print(
         f"Plan: {plan.num_workers} {'GPU' if plan.use_gpu else 'CPU'} workers ({plan.reason}), "
         f"{plan.cpus_per_worker} CPUs each, ZeRO-{plan.zero_stage}, offload {plan.offload}, "
-        f"{'bf16' if plan.bf16 else 'fp32'}",
+        f"{'bf16' if plan.bf16 else 'fp32'}, micro-batch {plan.batch_size} x accumulation "
+        f"{plan.gradient_accumulation_steps}{', gradient checkpointing' if plan.gradient_checkpointing else ''}"
+        + (f"\n  memory: {plan.memory}" if plan.memory else ""),
         flush=True,
     )
     # The saved config is the resolved one: the plan's choices written out, so it reproduces the run.
@@ -327,6 +447,9 @@ def run_training(cfg: TrainConfig, train_loop: Callable[[dict], None] | None = N
         zero_stage=plan.zero_stage,
         offload=plan.offload,
         bf16=plan.bf16,
+        batch_size=plan.batch_size,
+        gradient_accumulation_steps=plan.gradient_accumulation_steps,
+        gradient_checkpointing=plan.gradient_checkpointing,
     )
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -357,6 +480,7 @@ def run_training(cfg: TrainConfig, train_loop: Callable[[dict], None] | None = N
             num_workers=plan.num_workers,
             use_gpu=plan.use_gpu,
             resources_per_worker={"CPU": plan.cpus_per_worker, **({"GPU": 1} if plan.use_gpu else {})},
+            placement_strategy=cfg.placement_strategy,
         ),
         run_config=RunConfig(
             name=out.name,

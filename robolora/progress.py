@@ -25,6 +25,10 @@ _FIELDS = (
     ("learning_rate", "lr", ".2e"),
     ("tokens_per_s", "tokens/s", ".0f"),
     ("memory_mb", "mem_mb", ".0f"),
+    ("gpu_mem_used_mb_max", "gpu_mem_mb", ".0f"),
+    ("gpu_util_pct_mean", "gpu_util%", ".0f"),
+    ("gpu_temp_c_max", "gpu_temp_c", ".0f"),
+    ("gpu_power_w_total", "gpu_power_w", ".0f"),
 )
 
 

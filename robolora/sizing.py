@@ -1,38 +1,61 @@
-"""Memory math for LoRA training under DeepSpeed ZeRO: pure functions on model dimensions.
+"""Memory math and planning for LoRA training under DeepSpeed ZeRO: pure functions on model dimensions.
 
-Per worker, for a decoder-only model with ``P`` frozen parameters and ``L`` LoRA parameters:
+Per worker (one GPU, or one CPU process) for a decoder with ``F`` frozen parameters, ``T`` trainable
+(LoRA) parameters and ``N`` workers, weights held in ``w`` bytes (2 in bf16, 4 in fp32):
 
-* frozen weights: ``P * w`` bytes (``w`` = 2 in bf16, 4 in fp32), divided by the workers under
-  ZeRO-3 (ZeRO-2 only shards the trainable states, so every worker holds all frozen weights);
-  none on the device with parameter offload;
-* LoRA weights ``L * w``, their gradients ``L * w``, fp32 master copy (bf16 only) ``4 L`` and Adam's
-  two moments ``8 L``: the last three sharded across workers by ZeRO-2 and ZeRO-3, and moved to the
-  host with optimizer offload;
-* activations kept for the backward pass, per layer ``tokens * hidden * ACT_FACTOR * w`` (about 34
-  hidden-sized values per token per layer for a Llama block with a 2.7x MLP, plus attention scores
-  ``heads * seq * tokens * w``), or only the layer inputs with gradient checkpointing;
-* logits for the loss in fp32, ``tokens * vocab * 4`` twice (values and gradient);
-* a fixed margin for the framework, the allocator and communication buckets.
+* weights ``(F + T) * w``: every worker holds all of them under ZeRO-2, which shards only what the
+  optimizer owns; ZeRO-3 divides them by ``N``; parameter offload moves them to the host;
+* gradients and optimizer states of the ``T`` trainable parameters, counted as DeepSpeed's own
+  estimators count them (``estimate_zero2_model_states_mem_needs``: 18 bytes per trainable parameter
+  in bf16 besides its 16-bit weight), divided by ``N`` under both stages and moved to the host by
+  optimizer offload;
+* under ZeRO-3, the largest module gathered whole while it runs (and its gradient, if it trains);
+* activations kept for the backward pass, or only each layer's input with gradient checkpointing;
+* logits, at the response positions only (the training loop applies the LM head there alone);
+* a fixed margin for the CUDA context, the allocator and DeepSpeed's communication buckets.
+
+:func:`plan_memory` then picks the simplest layout that fits a GPU inventory.
 
 Example:
-    >>> dims = ModelDims(vocab=32016, hidden=4096, layers=32, heads=32, kv_heads=32, intermediate=11008)
-    >>> round(dims.params() / 1e9, 2)  # CodeLlama-7B
-    6.74
+    >>> dims = SIZES["7B"]  # CodeLlama-7B
+    >>> round(dims.params() / 1e9, 2), dims.lora_params(32, ["q_proj", "v_proj"])
+    (6.74, 16777216)
+    >>> plan = plan_memory(Workload(dims, seq_len=256, batch_size=4), parse_gpus("4x24GB"))
+    >>> plan.fits, plan.choice.zero_stage, plan.choice.offload, plan.choice.micro_batch
+    (True, 2, 'none', 4)
+    >>> plan_memory(Workload(SIZES["13B"]), parse_gpus("1x24GB")).choice.label
+    'ZeRO-3 + full offload'
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
+from robolora.errors import ConfigError
+
 GIB = 2**30
-#: Hidden-sized activation values kept per token per layer without checkpointing (Korthikanti et al.
-#: count 34 for a GPT block with a 4x MLP; a Llama MLP at 2.7x with SwiGLU is close to that).
-ACT_FACTOR = 34
-#: CUDA context, allocator fragmentation, communication buckets (bytes).
+#: CUDA context, allocator fragmentation, DeepSpeed's reduce and all-gather buckets (bytes).
 MARGIN_GPU = int(1.5 * GIB)
 #: The Python process with torch, transformers, Ray and DeepSpeed imported (bytes).
 MARGIN_CPU = int(1.2 * GIB)
+#: Share of a batch's positions where the LM head runs. The training loop computes logits only where
+#: the next token is a response token (``TargetLogitsLM`` in worker.py), not at every position. In the
+#: shipped robot dataset the code is 37% of an example's characters on average and 62% at most, and
+#: a batch is padded to its longest example, which lowers the share further; half covers all but a
+#: batch of the very longest answers, and the logits are small next to weights and activations.
+RESPONSE_SHARE = 0.5
+#: Bytes per trainable parameter that ZeRO keeps for the optimizer, whatever the stage: the fp32
+#: master weight (4) and Adam's two fp32 moments (8). DeepSpeed makes its own fp32 partition even when
+#: the model is fp32. SGD would need less; the planner sizes for the default AdamW.
+OPTIMIZER_BYTES = 4 + 8
+#: Bytes per element of the head's logits: the output in the compute dtype is added separately; then
+#: two fp32 tensors are alive at a time (the fp32 copy and the log-softmax kept for the backward pass,
+#: later the log-softmax and its gradient).
+LOGIT_FP32_BYTES = 8
 
 
 @dataclass(frozen=True)
@@ -84,32 +107,200 @@ class ModelDims:
         head = 0 if self.tied_embeddings else self.vocab * self.hidden
         return self.vocab * self.hidden + self.layers * per_layer + self.hidden + head
 
-    def lora_params(self, r: int, targets: list[str]) -> int:
-        """LoRA parameters: ``r * (in + out)`` for each targeted module in each layer."""
+    def largest_module_params(self) -> int:
+        """Parameters of the biggest single module: what ZeRO-3 gathers whole at once."""
+        return max(self.vocab * self.hidden, *(a * b for a, b in self.module_shapes().values()))
+
+    def lora_params(self, r: int, targets: Sequence[str], layers: Sequence[int] | None = None) -> int:
+        """LoRA parameters: ``r * (in + out)`` for each targeted module in each adapted layer."""
         shapes = self.module_shapes()
-        return self.layers * sum(r * sum(shapes[t]) for t in targets if t in shapes)
+        count = len(layers) if layers else self.layers
+        return count * sum(r * sum(shapes[t]) for t in targets if t in shapes)
+
+
+#: CodeLlama's dimensions by size, as in the models' config.json, so sizes plan without a download.
+SIZES: dict[str, ModelDims] = {
+    "7B": ModelDims(vocab=32016, hidden=4096, layers=32, heads=32, kv_heads=32, intermediate=11008),
+    "13B": ModelDims(vocab=32016, hidden=5120, layers=40, heads=40, kv_heads=40, intermediate=13824),
+    "34B": ModelDims(vocab=32000, hidden=8192, layers=48, heads=64, kv_heads=8, intermediate=22016),
+}
+#: Registry aliases whose dimensions are fixed (the bundled SmolLM2-135M-Instruct).
+ALIAS_DIMS: dict[str, ModelDims] = {
+    "smollm2-135m": ModelDims(
+        vocab=49152, hidden=576, layers=30, heads=9, kv_heads=3, intermediate=1536, tied_embeddings=True
+    ),
+}
+_CODELLAMA = re.compile(r"(?:.*/)?codellama-(\d+)b(?:-(?:python|instruct))?(?:-hf)?", re.IGNORECASE)
+
+
+def known_model(name: str) -> tuple[ModelDims, str] | None:
+    """Dimensions and a label for a size name (7B, 13B, 34B), a CodeLlama hub name or a fixed alias.
+
+    >>> known_model("codellama/CodeLlama-13b-Python-hf")[1]
+    'codellama/CodeLlama-13b-Python-hf (CodeLlama-13B dimensions)'
+    >>> known_model("gpt2") is None
+    True
+    """
+    text = name.strip()
+    if text.upper() in SIZES:
+        return SIZES[text.upper()], f"{text.upper()} (CodeLlama-{text.upper()} dimensions)"
+    match = _CODELLAMA.fullmatch(text)
+    if match and f"{match[1]}B" in SIZES:
+        return SIZES[f"{match[1]}B"], f"{text} (CodeLlama-{match[1]}B dimensions)"
+    if text in ALIAS_DIMS:
+        return ALIAS_DIMS[text], text
+    return None
+
+
+# ----------------------------------------------------------------------------- per-worker memory
 
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes per worker by component."""
+    """Bytes per worker by component; ``host`` is what offload keeps in host memory instead."""
 
     frozen_weights: int
-    lora_states: int
+    lora_weights: int
+    gradients: int
+    optimizer_states: int
+    gathered: int
     activations: int
     logits: int
     margin: int
+    host: int = 0
+
+    @property
+    def model_states(self) -> int:
+        """Weights, gradients, optimizer states and ZeRO-3's gathered module: what DeepSpeed estimates."""
+        return self.frozen_weights + self.lora_weights + self.gradients + self.optimizer_states + self.gathered
 
     @property
     def total(self) -> int:
-        return self.frozen_weights + self.lora_states + self.activations + self.logits + self.margin
+        return self.model_states + self.activations + self.logits + self.margin
+
+
+COMPONENTS = (
+    ("frozen_weights", "frozen weights"),
+    ("lora_weights", "LoRA weights"),
+    ("gradients", "LoRA gradients"),
+    ("optimizer_states", "optimizer states"),
+    ("gathered", "ZeRO-3 gathered module"),
+    ("activations", "activations"),
+    ("logits", "logits"),
+    ("margin", "margin"),
+)
+
+
+def model_states(
+    frozen_params: int,
+    trainable_params: int,
+    largest_module: int,
+    largest_trainable: int,
+    *,
+    workers: int,
+    zero_stage: int,
+    offload: str,
+    bf16: bool = True,
+    on_gpu: bool = True,
+) -> MemoryEstimate:
+    """Weights, gradients, optimizer states and ZeRO-3's gathered module of one worker.
+
+    With every parameter trainable this is DeepSpeed's own estimate: ``2P + 18P/N`` under ZeRO-2,
+    ``18P/N + 4L`` under ZeRO-3 (``L`` the largest module), ``2P/N + 4L`` with optimizer offload and
+    ``4L`` with parameter offload.
+
+    Example (ZeRO-2, 4 workers, all of 1000 parameters trainable: 2 * 1000 + 18 * 1000 / 4):
+        >>> model_states(0, 1000, 100, 100, workers=4, zero_stage=2, offload="none").model_states
+        6500
+    """
+    w = 2 if bf16 else 4
+    n = workers
+    sharded = zero_stage == 3  # ZeRO-3 partitions the weights too, frozen or not
+    frozen = math.ceil(frozen_params * w / n) if sharded else frozen_params * w
+    lora = math.ceil(trainable_params * w / n) if sharded else trainable_params * w
+    # ZeRO-2 keeps its gradient partition in the model's dtype and makes an fp32 copy for the step;
+    # ZeRO-3 reduces straight into an fp32 partition (DeepSpeed's gradient_accumulation_dtype).
+    grad_bytes = w + 4 if zero_stage == 2 and bf16 else 4
+    gradients = math.ceil(trainable_params * grad_bytes / n)
+    optimizer = math.ceil(trainable_params * OPTIMIZER_BYTES / n)
+    # ZeRO-3 all-gathers a module's weights before it runs and frees them after; the biggest one sets
+    # the peak (DeepSpeed counts 4 bytes per parameter: the 16-bit weight and its 16-bit gradient).
+    gathered = (largest_module + largest_trainable) * w if zero_stage == 3 else 0
+    host = 0
+    if on_gpu and offload != "none":  # on the CPU there is nowhere else to move them
+        # The host receives the gradients straight into its fp32 partition and runs the optimizer there.
+        host += math.ceil(trainable_params * 4 / n) + optimizer
+        gradients = optimizer = 0
+        if offload == "all":
+            host += frozen + lora
+            frozen = lora = 0
+    return MemoryEstimate(frozen, lora, gradients, optimizer, gathered, 0, 0, 0, host)
+
+
+def layer_activation_bytes(dims: ModelDims, *, w: int, lora_r: int, targets: Sequence[str], lora_dropout: bool) -> int:
+    """Bytes one decoder layer keeps per token for its backward pass (without checkpointing).
+
+    Counted from what autograd saves in a Llama block run by transformers with SDPA attention:
+
+    * each RMSNorm keeps its input upcast to fp32 (4 bytes) and hands a ``w``-byte result to the
+      projections, which keep it: ``2 * (4 + w) * h``;
+    * SDPA keeps q, k and v (k and v repeated to every head under a padding mask, so ``h`` wide each)
+      and its output, and o_proj keeps its own contiguous copy: ``5 * w * h``;
+    * the MLP keeps the gate and up outputs, SiLU(gate) and the product entering down_proj: ``4 * w * i``;
+    * each LoRA module keeps its dropped-out input and the mask (``(w + 1) * in``, none without dropout)
+      and the rank-``r`` intermediate.
+
+    Korthikanti et al. count 34 bytes per hidden unit for a GPT block with a 4x MLP; a CodeLlama-7B
+    block comes to 43.5, and 55.6 with LoRA on q, k, v and o.
+
+    >>> layer_activation_bytes(SIZES["7B"], w=2, lora_r=32, targets=[], lora_dropout=True)
+    178176
+    """
+    h, i = dims.hidden, dims.intermediate
+    shapes = dims.module_shapes()
+    base = 2 * (4 + w) * h + 5 * w * h + 4 * w * i
+    lora = sum((w + 1) * shapes[t][0] * lora_dropout + lora_r * w for t in targets if t in shapes)
+    return base + lora
+
+
+def activation_memory(
+    dims: ModelDims,
+    *,
+    tokens: int,
+    seq_len: int,
+    w: int,
+    lora_r: int,
+    targets: Sequence[str],
+    lora_layers: Sequence[int] | None,
+    lora_dropout: bool,
+    gradient_checkpointing: bool,
+    on_gpu: bool,
+) -> int:
+    """Activation bytes of one micro-batch of ``tokens`` positions (micro-batch x sequence length)."""
+    lora_count = len(lora_layers) if lora_layers else dims.layers
+    plain = layer_activation_bytes(dims, w=w, lora_r=lora_r, targets=[], lora_dropout=lora_dropout)
+    adapted = layer_activation_bytes(dims, w=w, lora_r=lora_r, targets=targets, lora_dropout=lora_dropout)
+    if not on_gpu:
+        # SDPA's fused kernels on the GPU keep only the output and the log-sum-exp; on the CPU with a
+        # padding mask it may run the math kernel, which keeps the attention probabilities.
+        plain += dims.heads * seq_len * w
+        adapted += dims.heads * seq_len * w
+    if gradient_checkpointing:
+        # Each layer keeps only its input (the worker makes the embeddings require grad, so every layer
+        # is in the graph), and one layer's activations exist again while it is recomputed.
+        return tokens * (dims.layers * dims.hidden * w + adapted)
+    # Without checkpointing only the layers from the lowest adapted one up are in the autograd graph:
+    # nothing below them needs a gradient.
+    lowest = min(lora_layers) if lora_layers else 0
+    in_graph = dims.layers - lowest
+    return tokens * (lora_count * adapted + (in_graph - lora_count) * plain)
 
 
 def estimate_worker_memory(
     dims: ModelDims,
     *,
     lora_r: int,
-    targets: list[str],
+    targets: Sequence[str],
     micro_batch: int,
     seq_len: int,
     workers: int,
@@ -118,25 +309,435 @@ def estimate_worker_memory(
     bf16: bool,
     gradient_checkpointing: bool,
     on_gpu: bool,
+    lora_layers: Sequence[int] | None = None,
+    lora_dropout: bool = True,
+    response_share: float = RESPONSE_SHARE,
 ) -> MemoryEstimate:
     """Peak memory of one worker's device (the GPU, or the host when training on the CPU)."""
     w = 2 if bf16 else 4
-    frozen = dims.params() * w
-    if zero_stage == 3:
-        frozen //= workers
-    if offload == "all" and on_gpu:
-        frozen = 0
-    lora = dims.lora_params(lora_r, targets)
-    sharded = lora * (w + (4 if bf16 else 0) + 8)  # gradients, fp32 master, Adam moments
-    sharded //= workers
-    if offload != "none" and on_gpu:
-        sharded = 0
-    lora_states = lora * w + sharded
+    lora = dims.lora_params(lora_r, targets, lora_layers)
+    # The largest module is a frozen one (LoRA's A and B are smaller than what they adapt), so ZeRO-3
+    # gathers no gradient with it.
+    states = model_states(
+        dims.params(),
+        lora,
+        dims.largest_module_params(),
+        0,
+        workers=workers,
+        zero_stage=zero_stage,
+        offload=offload,
+        bf16=bf16,
+        on_gpu=on_gpu,
+    )
     tokens = micro_batch * seq_len
-    if gradient_checkpointing:
-        per_layer = tokens * dims.hidden * w
-    else:
-        per_layer = tokens * dims.hidden * ACT_FACTOR * w + dims.heads * seq_len * tokens * w
-    activations = dims.layers * per_layer
-    logits = 2 * tokens * dims.vocab * 4
-    return MemoryEstimate(frozen, lora_states, activations, logits, MARGIN_GPU if on_gpu else MARGIN_CPU)
+    activations = activation_memory(
+        dims,
+        tokens=tokens,
+        seq_len=seq_len,
+        w=w,
+        lora_r=lora_r,
+        targets=targets,
+        lora_layers=lora_layers,
+        lora_dropout=lora_dropout,
+        gradient_checkpointing=gradient_checkpointing,
+        on_gpu=on_gpu,
+    )
+    logits = math.ceil(tokens * response_share) * dims.vocab * (w + LOGIT_FP32_BYTES)
+    margin = MARGIN_GPU if on_gpu else MARGIN_CPU
+    return replace(states, activations=activations, logits=logits, margin=margin)
+
+
+# ----------------------------------------------------------------------------- GPU inventory
+
+
+@dataclass(frozen=True)
+class GpuInventory:
+    """The GPUs a run may use: ``count`` in all (across ``nodes``), each with ``memory`` bytes."""
+
+    count: int
+    memory: int
+    nodes: int = 1
+    source: str = ""
+
+    @property
+    def per_node(self) -> int:
+        return math.ceil(self.count / self.nodes)
+
+    def describe(self) -> str:
+        where = f"{self.nodes} nodes x {self.per_node}" if self.nodes > 1 else f"{self.count}"
+        return f"{where} GPU{'s' if self.count > 1 else ''} of {self.memory / GIB:.1f} GiB"
+
+
+_GPUS = re.compile(r"(\d+)\s*[x×*]\s*(\d+(?:\.\d+)?)\s*(?:gib|gb|g)?", re.IGNORECASE)
+
+
+def parse_gpus(text: str, nodes: int = 1) -> GpuInventory:
+    """``COUNTxSIZE`` per node (``8x80GB``; a card's GB taken as GiB, as cards are sized) times ``nodes``.
+
+    >>> parse_gpus("8x80GB", nodes=2).describe()
+    '2 nodes x 8 GPUs of 80.0 GiB'
+    """
+    if nodes < 1:
+        raise ConfigError(f"--nodes: must be a positive integer, got {nodes}")
+    match = _GPUS.fullmatch(text.strip())
+    if not match or int(match[1]) < 1 or float(match[2]) <= 0:
+        raise ConfigError(f"--gpus: {text!r} is not COUNTxSIZE; write the GPUs of one node as e.g. 8x80GB or 4x24GB")
+    count, size = int(match[1]), float(match[2])
+    return GpuInventory(count * nodes, int(size * GIB), nodes, source="as given")
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one run trains, apart from the hardware: the model, LoRA, sequence length and batch.
+
+    ``gradient_checkpointing`` is what was asked for; the planner turns it on when nothing fits without.
+    """
+
+    dims: ModelDims
+    seq_len: int = 256
+    batch_size: int = 4
+    grad_accum: int = 1
+    lora_r: int = 32
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    lora_layers: tuple[int, ...] | None = None
+    lora_dropout: bool = True
+    gradient_checkpointing: bool = False
+    bf16: bool = True
+
+    def estimate(
+        self, workers: int, zero_stage: int, offload: str, micro_batch: int, checkpointing: bool
+    ) -> MemoryEstimate:
+        """The per-GPU estimate of one layout."""
+        return estimate_worker_memory(
+            self.dims,
+            lora_r=self.lora_r,
+            targets=self.targets,
+            micro_batch=micro_batch,
+            seq_len=self.seq_len,
+            workers=workers,
+            zero_stage=zero_stage,
+            offload=offload,
+            bf16=self.bf16,
+            gradient_checkpointing=checkpointing,
+            on_gpu=True,
+            lora_layers=self.lora_layers,
+            lora_dropout=self.lora_dropout,
+        )
+
+
+#: Layouts from the fewest moving parts to the most. Offload comes last: every step then moves states
+#: (and with "all", every weight) across PCIe. ZeRO-2 comes before ZeRO-3: under LoRA a step's
+#: compute is small next to ZeRO-3's all-gathers of the frozen weights in every forward and backward
+#: pass, so a smaller micro-batch or recomputation costs less than sharding the weights. ZeRO-2 with
+#: optimizer offload moves only the small LoRA states but keeps every weight on every GPU, so it helps
+#: where ZeRO-3 has nothing to shard: a single GPU.
+STRATEGIES: tuple[tuple[int, str], ...] = ((2, "none"), (3, "none"), (2, "optimizer"), (3, "optimizer"), (3, "all"))
+_LABELS = {"none": "", "optimizer": " + optimizer offload", "all": " + full offload"}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One layout with its batch split, its per-GPU estimate and the memory it must fit in."""
+
+    zero_stage: int
+    offload: str
+    micro_batch: int
+    grad_accum: int
+    gradient_checkpointing: bool
+    estimate: MemoryEstimate
+    budget: int
+
+    @property
+    def fits(self) -> bool:
+        return self.estimate.total <= self.budget
+
+    @property
+    def label(self) -> str:
+        return f"ZeRO-{self.zero_stage}{_LABELS[self.offload]}"
+
+    def describe(self) -> str:
+        ckpt = "on" if self.gradient_checkpointing else "off"
+        return (
+            f"{self.label}, micro-batch {self.micro_batch} x accumulation {self.grad_accum}, "
+            f"gradient checkpointing {ckpt}"
+        )
+
+
+def micro_batches(batch_size: int, grad_accum: int) -> list[int]:
+    """Micro-batches that keep ``batch_size * grad_accum`` examples per worker and step, largest first.
+
+    >>> micro_batches(8, 1), micro_batches(6, 2)
+    ([8, 4, 2, 1], [6, 4, 3, 2, 1])
+    """
+    per_step = batch_size * grad_accum
+    return [m for m in range(batch_size, 0, -1) if per_step % m == 0]
+
+
+def strategies_for(zero_stage: int | None, offload: str | None) -> list[tuple[int, str]]:
+    """The layouts left open by a ZeRO stage and an offload mode that were given (None: open)."""
+    allowed = [(s, o) for s, o in STRATEGIES if zero_stage in (None, s) and offload in (None, o)]
+    if not allowed:
+        raise ConfigError(
+            f"--offload {offload} needs --zero-stage 3: ZeRO-{zero_stage} cannot offload parameters "
+            "(use --offload optimizer)"
+        )
+    return allowed
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The chosen layout, the best option of every layout considered, why, and what to change if none fits."""
+
+    work: Workload
+    gpus: GpuInventory
+    choice: Option
+    alternatives: tuple[Option, ...]
+    reason: str
+    fixes: tuple[str, ...] = ()
+
+    @property
+    def fits(self) -> bool:
+        return self.choice.fits
+
+    def flags(self) -> str:
+        """The training flags that reproduce this plan."""
+        c = self.choice
+        ckpt = " --gradient-checkpointing" if c.gradient_checkpointing else ""
+        return (
+            f"--num-workers {self.gpus.count} --zero-stage {c.zero_stage} --offload {c.offload} "
+            f"--batch-size {c.micro_batch} --gradient-accumulation-steps {c.grad_accum}{ckpt}"
+        )
+
+    def refusal(self) -> str:
+        """One line saying that nothing fits, what it would take, and which flags to change."""
+        e = self.choice.estimate
+        parts = sorted(((getattr(e, k), label) for k, label in COMPONENTS), reverse=True)[:2]
+        biggest = ", ".join(f"{label} {b / GIB:.1f}" for b, label in parts)
+        return (
+            f"memory: nothing fits {self.gpus.describe()}: even {self.choice.describe()} needs "
+            f"{e.total / GIB:.1f} GiB per GPU ({biggest}); try " + ", or ".join(self.fixes)
+        )
+
+    def report(self, model: str) -> str:
+        """The plan as ``robolora plan`` prints it: the inputs, the component table, the choice and why."""
+        work, gpus, dims = self.work, self.gpus, self.work.dims
+        lora = dims.lora_params(work.lora_r, work.targets, work.lora_layers)
+        adapted = len(work.lora_layers) if work.lora_layers else dims.layers
+        global_batch = work.batch_size * work.grad_accum * gpus.count
+        lines = [
+            f"Model: {model}: {dims.params() / 1e9:.2f}B parameters, {dims.layers} layers, hidden {dims.hidden}, "
+            f"vocab {dims.vocab}",
+            f"LoRA: r={work.lora_r} on {','.join(work.targets)} in {adapted} of {dims.layers} layers: "
+            f"{lora / 1e6:.1f}M trainable parameters ({lora / dims.params():.2%})",
+            f"GPUs: {gpus.describe()}" + (f" ({gpus.source})" if gpus.source else ""),
+            f"Batch: max length {work.seq_len}, {work.batch_size} per GPU x accumulation {work.grad_accum} x "
+            f"{gpus.count} GPU{'s' if gpus.count > 1 else ''} = global batch {global_batch}, "
+            f"{'bf16' if work.bf16 else 'fp32'}",
+            "",
+            self.table(),
+            "(* chosen; +opt: optimizer states on the host; +all: weights too; "
+            "each layout at its best batch split that fits, else its most frugal one)",
+            "",
+        ]
+        if self.fits:
+            nodes = f"{gpus.nodes} node{'s' if gpus.nodes > 1 else ''}"
+            lines += [
+                f"Plan: {gpus.count} worker{'s' if gpus.count > 1 else ''} on {nodes}: {self.choice.describe()}",
+                f"Why: {self.reason}",
+                f"Flags: {self.flags()}",
+            ]
+        else:
+            lines += [f"Plan: {self.refusal()}"]
+        return "\n".join(lines)
+
+    def table(self) -> str:
+        """The per-GPU components of every layout considered, in GiB; the chosen one starred."""
+        short = {"none": "", "optimizer": "+opt", "all": "+all"}
+        star = {True: "*", False: ""}
+        cols = [(f"ZeRO-{o.zero_stage}{short[o.offload]}{star[o is self.choice]}", o) for o in self.alternatives]
+        width = max(11, *(len(n) + 1 for n, _ in cols))
+        rows = [("per GPU, GiB", [n for n, _ in cols])]
+        rows.append(("micro-batch x accum.", [f"{o.micro_batch} x {o.grad_accum}" for _, o in cols]))
+        rows.append(("gradient checkpointing", ["on" if o.gradient_checkpointing else "off" for _, o in cols]))
+        for key, label in COMPONENTS:
+            rows.append((label, [f"{getattr(o.estimate, key) / GIB:.2f}" for _, o in cols]))
+        rows.append(("total", [f"{o.estimate.total / GIB:.2f}" for _, o in cols]))
+        rows.append((f"fits {self.gpus.memory / GIB:.1f}", ["yes" if o.fits else "no" for _, o in cols]))
+        per_node = self.gpus.per_node
+        rows.append(("host per node (offload)", [f"{o.estimate.host * per_node / GIB:.2f}" for _, o in cols]))
+        return "\n".join(f"{label:<24}" + "".join(f"{v:>{width}}" for v in values) for label, values in rows)
+
+
+def _option(work: Workload, gpus: GpuInventory, stage: int, offload: str, micro: int, ckpt: bool) -> Option:
+    accum = work.batch_size * work.grad_accum // micro
+    estimate = work.estimate(gpus.count, stage, offload, micro, ckpt)
+    return Option(stage, offload, micro, accum, ckpt, estimate, gpus.memory)
+
+
+def _candidates(work: Workload, gpus: GpuInventory, stage: int, offload: str) -> Iterator[Option]:
+    """One layout's batch splits in order of preference: checkpointing off first, larger micro-batches first."""
+    for ckpt in (True,) if work.gradient_checkpointing else (False, True):
+        for micro in micro_batches(work.batch_size, work.grad_accum):
+            yield _option(work, gpus, stage, offload, micro, ckpt)
+
+
+def plan_memory(
+    work: Workload,
+    gpus: GpuInventory,
+    *,
+    zero_stage: int | None = None,
+    offload: str | None = None,
+    suggest: bool = True,
+) -> MemoryPlan:
+    """Pick the simplest layout that fits every GPU of ``gpus``, all of them used as workers.
+
+    A ZeRO stage or offload mode that was given is kept. Within a layout the micro-batch is lowered
+    (with accumulation raised, so the global batch stays) and then gradient checkpointing turned on,
+    only as far as needed. When nothing fits, the plan's ``choice`` is the most frugal option and
+    ``fixes`` lists the flags that would make it fit (``suggest=False`` skips working those out).
+    """
+    best: list[Option] = []
+    for stage, off in strategies_for(zero_stage, offload):
+        options = list(_candidates(work, gpus, stage, off))
+        best.append(next((o for o in options if o.fits), options[-1]))
+    choice = next((o for o in best if o.fits), None)
+    if choice is None:
+        choice = min(best, key=lambda o: o.estimate.total)
+        fixes = _fixes(work, gpus, zero_stage, offload) if suggest else ()
+        return MemoryPlan(work, gpus, choice, tuple(best), "nothing fits", tuple(fixes))
+    reason = _reason(work, choice, best)
+    if zero_stage is not None or offload is not None:
+        given = [f for f, v in (("--zero-stage", zero_stage), ("--offload", offload)) if v is not None]
+        reason += f"; {' and '.join(given)} as given"
+    return MemoryPlan(work, gpus, choice, tuple(best), reason)
+
+
+def _reason(work: Workload, choice: Option, best: list[Option]) -> str:
+    spare = (choice.budget - choice.estimate.total) / GIB
+    text = (
+        f"{choice.label} is the simplest layout that fits: {choice.estimate.total / GIB:.1f} of "
+        f"{choice.budget / GIB:.1f} GiB per GPU ({spare:.1f} spare)"
+    )
+    before = best[: best.index(choice)]
+    if before:
+        text += "; " + ", ".join(f"{o.label} needs {o.estimate.total / GIB:.1f} GiB at best" for o in before)
+    if choice.micro_batch < work.batch_size:
+        text += (
+            f"; micro-batch lowered from {work.batch_size} to {choice.micro_batch} with accumulation "
+            f"{work.grad_accum} -> {choice.grad_accum}, which keeps the global batch"
+        )
+    if choice.gradient_checkpointing and not work.gradient_checkpointing:
+        text += "; gradient checkpointing turned on to keep only each layer's input"
+    return text
+
+
+def _fixes(work: Workload, gpus: GpuInventory, zero_stage: int | None, offload: str | None) -> list[str]:
+    """Flags that would make a plan fit: an open layout, a shorter sequence, more GPUs, a smaller model."""
+
+    def fits(w: Workload, g: GpuInventory, stage: int | None = zero_stage, off: str | None = offload) -> bool:
+        return plan_memory(w, g, zero_stage=stage, offload=off, suggest=False).fits
+
+    fixes = []
+    if zero_stage is not None or offload is not None:
+        free = plan_memory(work, gpus, suggest=False)
+        if free.fits:
+            c = free.choice
+            fixes.append(f"--zero-stage {c.zero_stage} --offload {c.offload} (or leave both out for the planner)")
+    lo, hi = 16, work.seq_len - 1  # the longest sequence that fits: the largest lo with fits(lo)
+    if hi >= lo and fits(replace(work, seq_len=lo), gpus):
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(replace(work, seq_len=mid), gpus) else (lo, mid - 1)
+        fixes.append(f"--max-length {lo}")
+    # The fewest GPUs of this size that fit (more GPUs only help where ZeRO-3 may shard the weights).
+    low, count = gpus.count, gpus.count * 2
+    while count <= 4096 and not fits(work, replace(gpus, count=count)):
+        low, count = count, count * 2
+    if count <= 4096:
+        while count - low > 1:
+            mid = (low + count) // 2
+            low, count = (low, mid) if fits(work, replace(gpus, count=mid)) else (mid, count)
+        fixes.append(f"{count} GPUs of {gpus.memory / GIB:.0f} GiB")
+    fixes.append("a smaller --model-name")
+    return fixes
+
+
+# ----------------------------------------------------------------------------- the training guide's table
+
+
+@dataclass(frozen=True)
+class GuideRow:
+    """One row of the training guide's GPU memory table (its GB read as GiB, as cards are sized)."""
+
+    size: str
+    minimum_gb: int
+    recommended_gb: int
+    batch: tuple[int, int]
+
+
+#: The training guide's table, section "Hardware Requirements" > "GPU Memory Requirements".
+GUIDE_VRAM: tuple[GuideRow, ...] = (
+    GuideRow("7B", 16, 24, (4, 8)),
+    GuideRow("13B", 24, 40, (2, 4)),
+    GuideRow("34B", 48, 80, (1, 2)),
+)
+
+
+@dataclass(frozen=True)
+class GuideCheck:
+    """The planner beside one guide row: its smallest batch with checkpointing on the minimum VRAM,
+    its largest batch without checkpointing on the recommended VRAM, one GPU, no offload."""
+
+    row: GuideRow
+    low: MemoryEstimate
+    high: MemoryEstimate
+    verdict: str
+
+
+def check_guide(row: GuideRow, work: Workload) -> GuideCheck:
+    """How the guide's figures for ``row`` compare with this planner for ``work``'s LoRA and length."""
+    dims = SIZES[row.size]
+    low = replace(work, dims=dims, batch_size=row.batch[0], grad_accum=1).estimate(1, 2, "none", row.batch[0], True)
+    high = replace(work, dims=dims, batch_size=row.batch[1], grad_accum=1).estimate(1, 2, "none", row.batch[1], False)
+    notes = []
+    for name, gb, est, batch, ckpt in (
+        ("minimum", row.minimum_gb, low, row.batch[0], True),
+        ("recommended", row.recommended_gb, high, row.batch[1], False),
+    ):
+        if est.total <= gb * GIB:
+            continue
+        one = GpuInventory(1, gb * GIB)
+        fit = plan_memory(
+            replace(work, dims=dims, batch_size=batch, grad_accum=1, gradient_checkpointing=ckpt), one, suggest=False
+        )
+        how = f"one {gb} GB GPU needs {fit.choice.describe()}" if fit.fits else f"it does not fit one {gb} GB GPU"
+        notes.append(f"{name} optimistic by {(est.total - gb * GIB) / GIB:.1f} GiB ({how})")
+    return GuideCheck(row, low, high, "; ".join(notes) or "holds")
+
+
+def guide_table(work: Workload) -> str:
+    """The guide's 7B/13B/34B table beside the planner's figures for the same settings."""
+    lines = [
+        'The training guide\'s "GPU Memory Requirements" beside this planner: one GPU, no offload, '
+        f"{'bf16' if work.bf16 else 'fp32'}, max length {work.seq_len}, "
+        f"LoRA r={work.lora_r} on {','.join(work.targets)}",
+        "(guide minimum vs the planner at the row's smallest batch with gradient checkpointing, guide recommended "
+        "vs its largest batch without; the guide's GB read as GiB)",
+        f"{'size':<6}{'guide min':>10}{'planner':>22}{'guide rec':>11}{'planner':>22}",
+    ]
+    verdicts = []
+    for row in GUIDE_VRAM:
+        c = check_guide(row, work)
+        low = f"{c.low.total / GIB:.1f} GiB (batch {row.batch[0]})"
+        high = f"{c.high.total / GIB:.1f} GiB (batch {row.batch[1]})"
+        lines.append(f"{row.size:<6}{row.minimum_gb:>7} GB{low:>22}{row.recommended_gb:>8} GB{high:>22}")
+        verdicts.append(f"  {row.size}: {c.verdict}")
+    return "\n".join(lines + verdicts)
+
+
+def closest_guide_row(dims: ModelDims) -> GuideRow:
+    """The guide row whose model size is nearest (in parameters) to ``dims``."""
+    return min(GUIDE_VRAM, key=lambda r: abs(math.log(SIZES[r.size].params() / dims.params())))

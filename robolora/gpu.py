@@ -1,0 +1,117 @@
+"""Device monitoring for each worker: NVML figures on a GPU, process memory on the CPU.
+
+Every worker samples its own device at each logging step; rank 0 writes the samples of all workers
+beside the training metrics (``metrics.jsonl`` and TensorBoard). On a GPU a sample holds the memory
+used on the device, utilisation, temperature and power draw from NVML (``pynvml``, from the
+``nvidia-ml-py`` package). Without a GPU or without NVML it holds the process's resident memory and the
+monitor says once why. Monitoring never stops a run: a failing NVML call leaves its field out.
+
+Example (on a machine without a GPU):
+    >>> monitor = DeviceMonitor(gpu_index=None)
+    >>> sorted(monitor.sample())
+    ['rss_mb']
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from typing import Any
+
+#: Fields of a GPU sample, in the order they are printed.
+GPU_FIELDS = ("gpu_mem_used_mb", "gpu_util_pct", "gpu_temp_c", "gpu_power_w")
+
+
+def process_rss_mb() -> float:
+    """The process's current resident memory (its peak where the current value cannot be read)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+class DeviceMonitor:
+    """Samples one worker's device; ``note`` says why GPU figures are missing, if they are."""
+
+    def __init__(self, gpu_index: int | None):
+        self.handle: Any = None
+        self.note: str | None = None
+        if gpu_index is None:
+            self.note = "no GPU in this worker: logging its process memory (rss_mb) instead of NVML figures"
+            return
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.handle = _nvml_handle(pynvml, gpu_index)
+            self._nvml = pynvml
+        except Exception as e:  # ImportError, NVMLError: no driver, no library, no such device
+            self.handle = None
+            self.note = f"NVML is not available ({type(e).__name__}: {e}); logging process memory (rss_mb) instead"
+
+    def sample(self) -> dict[str, float]:
+        """The device's figures now; never raises."""
+        if self.handle is None:
+            return {"rss_mb": round(process_rss_mb(), 1)}
+        nvml, h = self._nvml, self.handle
+        readers = {
+            "gpu_mem_used_mb": lambda: nvml.nvmlDeviceGetMemoryInfo(h).used / 2**20,
+            "gpu_util_pct": lambda: nvml.nvmlDeviceGetUtilizationRates(h).gpu,
+            "gpu_temp_c": lambda: nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU),
+            "gpu_power_w": lambda: nvml.nvmlDeviceGetPowerUsage(h) / 1000,  # milliwatts
+        }
+        out = {}
+        for key, read in readers.items():
+            try:
+                out[key] = round(float(read()), 1)
+            except Exception:  # a field this GPU or driver does not report
+                continue
+        return out
+
+
+def _nvml_handle(pynvml: Any, gpu_index: int) -> Any:
+    """The NVML handle of torch's CUDA device ``gpu_index``.
+
+    NVML numbers every GPU in the machine while torch numbers only the visible ones
+    (``CUDA_VISIBLE_DEVICES``, which Ray sets per worker), so match by UUID where torch reports it.
+    """
+    import torch
+
+    uuid = getattr(torch.cuda.get_device_properties(gpu_index), "uuid", None)
+    if uuid is not None:
+        return pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if gpu_index < len(visible):
+        v = visible[gpu_index]
+        return pynvml.nvmlDeviceGetHandleByIndex(int(v)) if v.isdigit() else pynvml.nvmlDeviceGetHandleByUUID(v)
+    return pynvml.nvmlDeviceGetHandleByIndex(gpu_index)
+
+
+def summarize(samples: list[dict[str, float]]) -> dict[str, Any]:
+    """One metrics row's device fields from every worker's sample (index = rank).
+
+    The peak memory and temperature, the mean utilisation and the total power go into flat
+    scalars; each worker's own figures stay under ``devices``.
+
+    >>> summarize([{"rss_mb": 900.0}, {"rss_mb": 1000.0}])
+    {'devices': [{'rss_mb': 900.0}, {'rss_mb': 1000.0}], 'rss_mb_max': 1000.0}
+    """
+    row: dict[str, Any] = {"devices": samples}
+
+    def values(key: str) -> list[float]:
+        return [s[key] for s in samples if key in s]
+
+    for key, how, name in (
+        ("rss_mb", max, "rss_mb_max"),
+        ("gpu_mem_used_mb", max, "gpu_mem_used_mb_max"),
+        ("gpu_util_pct", lambda v: round(sum(v) / len(v), 1), "gpu_util_pct_mean"),
+        ("gpu_temp_c", max, "gpu_temp_c_max"),
+        ("gpu_power_w", lambda v: round(sum(v), 1), "gpu_power_w_total"),
+    ):
+        if values(key):
+            row[name] = how(values(key))
+    return row
