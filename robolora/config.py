@@ -33,6 +33,7 @@ ALL_LINEAR_MODULES = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 SCHEDULERS = ("linear", "cosine", "constant")
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd")
 OFFLOAD = ("none", "optimizer", "all")
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 GROUPS = {
     "data": "Data",
@@ -74,6 +75,12 @@ class TrainConfig:
     lora_alpha: int = _f(64, "LoRA scaling factor (effective scale = alpha / r)", "model")
     lora_dropout: float = _f(0.05, "dropout on the LoRA input", "model")
     lora_target_modules: str = _f("q_proj,k_proj,v_proj,o_proj", "comma-separated module names to adapt", "model")
+    lora_layers: str = _f(
+        "",
+        "decoder layers that get LoRA: empty for all, 'top:N' for the last N (backward stops below them), "
+        "or indices and ranges such as '0-3,8'",
+        "model",
+    )
     # Training
     output_dir: str = _f("./models/robot-lora", "where the adapter, checkpoints, metrics and plots go", "train")
     num_epochs: float = _f(3.0, "passes over the training data", "train")
@@ -109,6 +116,13 @@ class TrainConfig:
     ray_address: str | None = _f(None, "an existing Ray cluster (default: $RAY_ADDRESS, else a local one)", "dist")
     storage_path: str | None = _f(None, "Ray Train storage for checkpoints (default: <output-dir>/ray)", "dist")
     max_failures: int = _f(0, "worker-group restarts allowed before the run fails", "dist")
+    placement_strategy: str = _f(
+        "PACK",
+        "how Ray places the workers: PACK on as few nodes as possible, SPREAD across nodes, STRICT_SPREAD each "
+        "on its own node (needs as many nodes as workers), STRICT_PACK all on one node",
+        "dist",
+        PLACEMENTS,
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -122,6 +136,10 @@ class TrainConfig:
     def target_modules(self) -> list[str]:
         """The LoRA target module names as a list."""
         return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
+
+    def lora_layer_indices(self, num_layers: int) -> list[int] | None:
+        """The decoder layers that get LoRA in a model with ``num_layers`` layers (None: all of them)."""
+        return parse_layers(self.lora_layers, num_layers)
 
     def global_batch_size(self, num_workers: int) -> int:
         """Examples per optimizer step across all workers."""
@@ -139,6 +157,36 @@ class TrainConfig:
 def flag(name: str) -> str:
     """The command-line flag of a field: ``lora_r`` -> ``--lora-r``."""
     return "--" + name.replace("_", "-")
+
+
+def parse_layers(spec: str, num_layers: int) -> list[int] | None:
+    """Layer indices from a ``--lora-layers`` value; None means every layer.
+
+    >>> parse_layers("top:3", 30), parse_layers("0-2,7", 30), parse_layers("", 30)
+    ([27, 28, 29], [0, 1, 2, 7], None)
+    """
+    text = spec.replace(" ", "")
+    if text in ("", "all"):
+        return None
+    bad = ConfigError(
+        f"--lora-layers: {spec!r} is not a layer selection; use 'top:N', or indices and ranges such as '0-3,8'"
+    )
+    if text.startswith("top:"):
+        if not text[4:].isdigit() or int(text[4:]) < 1:
+            raise bad
+        count = int(text[4:])
+        if count > num_layers:
+            raise ConfigError(f"--lora-layers: top:{count} asks for more than the model's {num_layers} layers")
+        return list(range(num_layers - count, num_layers))
+    layers: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()) or int(hi or lo) < int(lo):
+            raise bad
+        layers.update(range(int(lo), int(hi or lo) + 1))
+    if max(layers) >= num_layers:
+        raise ConfigError(f"--lora-layers: layer {max(layers)} does not exist; the model has layers 0-{num_layers - 1}")
+    return sorted(layers)
 
 
 def _check_numbers(c: TrainConfig) -> None:
@@ -162,6 +210,7 @@ def _check_numbers(c: TrainConfig) -> None:
     need(c.max_steps == -1 or c.max_steps >= 1, "max_steps", "-1 or a positive integer")
     need(c.max_length >= 16, "max_length", "at least 16 tokens")
     need(bool(c.target_modules()), "lora_target_modules", "a comma-separated list of module names")
+    parse_layers(c.lora_layers, 10**6)  # the syntax now; the layer count once the model is known
     need(bool(c.output_dir.strip()), "output_dir", "a directory path")
     need(bool(c.model_name.strip()), "model_name", "a model alias, path or hub name")
     for name in ("num_workers", "cpus_per_worker"):

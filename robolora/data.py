@@ -26,7 +26,11 @@ from robolora.errors import DataError
 
 IGNORE_INDEX = -100
 UNCATEGORIZED = "uncategorized"
-SYSTEM_PROMPT = "You are a robot controller. Translate the user's command into robot API code."
+#: The system turn of every training and inference prompt. Short on purpose: each of its tokens is
+#: computed for every example in every step, and a trained adapter needs no instructions.
+SYSTEM_PROMPT = "Write robot API code."
+#: The system turn of a base model's few-shot prompt, which has to explain the task.
+BASE_SYSTEM_PROMPT = "You are a robot controller. Translate the user's command into robot API code."
 PLAIN_TEMPLATE = "### System:\n{system}\n\n### Command:\n{command}\n\n### Code:\n"
 FIELDS = ("input", "output", "category")
 

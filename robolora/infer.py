@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import yaml
 
-from robolora.data import FEW_SHOT_EXAMPLES, SYSTEM_PROMPT, render_prompt
+from robolora.data import BASE_SYSTEM_PROMPT, FEW_SHOT_EXAMPLES, SYSTEM_PROMPT, render_prompt
 from robolora.errors import UserError
 from robolora.evaluate import extract_code
 from robolora.models import adapter_dir
@@ -117,15 +117,16 @@ class Generator:
     def prompt_ids(self, command: str) -> list[int]:
         """Token ids of the prompt for one command, with few-shot turns first where asked."""
         tok = self.tokenizer
+        system = BASE_SYSTEM_PROMPT if self.few_shot else SYSTEM_PROMPT
         if tok.chat_template:
-            messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+            messages = [{"role": "system", "content": system}]
             for question, answer in FEW_SHOT_EXAMPLES[: self.few_shot]:
                 messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
             messages.append({"role": "user", "content": command})
             text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             return tok(text, add_special_tokens=False)["input_ids"]
-        shots = "".join(render_prompt(tok, q)[0] + a + "\n\n" for q, a in FEW_SHOT_EXAMPLES[: self.few_shot])
-        return tok(shots + render_prompt(tok, command)[0])["input_ids"]
+        shots = "".join(render_prompt(tok, q, system)[0] + a + "\n\n" for q, a in FEW_SHOT_EXAMPLES[: self.few_shot])
+        return tok(shots + render_prompt(tok, command, system)[0])["input_ids"]
 
     @torch.no_grad()
     def generate(

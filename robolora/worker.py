@@ -21,6 +21,7 @@ import os
 import resource
 import tempfile
 import time
+import types
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from robolora.config import TrainConfig, from_dict
 from robolora.data import IGNORE_INDEX, collate, target_count, tokenize_records
 from robolora.ds_config import load_template, resolve
 from robolora.fileio import atomic_write_text
+from robolora.gpu import DeviceMonitor, summarize
 from robolora.progress import METRICS, PROGRESS
 from robolora.sampler import plan_epoch, steps_per_epoch
 from robolora.schedule import lr_factor, warmup_steps_for
@@ -90,6 +92,48 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch
 
 def _to_tensors(batch: dict[str, list[list[int]]], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in batch.items()}
+
+
+class TargetLogitsLM(torch.nn.Module):
+    """A causal LM whose loss computes logits only where a response token is predicted.
+
+    With response-only labels most positions (system turn, command) carry no loss, yet a plain
+    ``forward(labels=...)`` runs the vocabulary-sized LM head and its softmax at every position. This
+    wrapper runs the decoder, keeps the hidden states whose next token is a target, and applies the
+    head to those alone: the same loss and gradients, with far less head and softmax work.
+    Models with anything between the decoder and the head (logit scaling or soft-capping) keep
+    the plain forward.
+    """
+
+    def __init__(self, model: Any):
+        super().__init__()
+        self.model = model
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        config = base.config
+        simple = not any(getattr(config, k, None) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
+        decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+        head = base.get_output_embeddings()
+        self._parts = (decoder, head) if simple and decoder is not None and head is not None else None
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        num_items_in_batch: float | torch.Tensor = 1,
+    ) -> Any:
+        """``.loss`` is the summed cross-entropy of the targets divided by ``num_items_in_batch``."""
+        if self._parts is None:
+            return self.model(
+                input_ids=input_ids, attention_mask=attention_mask, labels=labels, num_items_in_batch=num_items_in_batch
+            )
+        decoder, head = self._parts
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        logits = head(hidden[:, :-1][keep]).float()
+        loss = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum") / num_items_in_batch
+        return types.SimpleNamespace(loss=loss)
 
 
 def lora_state_dict(model: Any, zero_stage: int) -> dict[str, torch.Tensor] | None:
@@ -162,6 +206,9 @@ class Trainer:
 
         if self.spec.threads_per_worker:
             torch.set_num_threads(self.spec.threads_per_worker)
+        self.monitor = DeviceMonitor(self.device.index if self.device.type == "cuda" else None)
+        if self.monitor.note:
+            dist.print0(f"device monitoring: {self.monitor.note}")
         torch.manual_seed(self.cfg.seed)
         self.tokenizer = load_tokenizer(self.spec.model_path, trust_remote_code=self.cfg.trust_remote_code)
         self.train_ds, self.train_report = tokenize_records(
@@ -200,6 +247,7 @@ class Trainer:
             lora_alpha=self.cfg.lora_alpha,
             lora_dropout=self.cfg.lora_dropout,
             target_modules=self.cfg.target_modules(),
+            layers_to_transform=self.cfg.lora_layer_indices(model.config.num_hidden_layers),
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
@@ -237,7 +285,11 @@ class Trainer:
             return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config, dist_init_required=False
+            model=TargetLogitsLM(model),
+            optimizer=optimizer,
+            lr_scheduler=schedule,
+            config=ds_config,
+            dist_init_required=False,
         )
         self.model = model
         dist.print0(
@@ -366,6 +418,9 @@ class Trainer:
         for key, value in row.items():
             if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                 self.writer.add_scalar(key, value, row["step"])
+        for rank, sample in enumerate(row.get("devices", [])):
+            for key, value in sample.items():
+                self.writer.add_scalar(f"device/rank{rank}/{key}", value, row["step"])
         self.writer.flush()
 
     def progress(self) -> None:
@@ -467,6 +522,7 @@ class Trainer:
             "tokens_per_s": seen / max(elapsed, 1e-9),
             "padding_efficiency": seen / max(padded, 1),
             "memory_mb": mem,
+            **summarize(dist.gather_objects(self.monitor.sample())),
         }
         self.log(row)
         interval.update(loss=0.0, tokens=0.0, seen=0.0, padded=0.0, t=time.perf_counter())

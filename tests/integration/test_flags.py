@@ -22,6 +22,7 @@ CUSTOM = {
     "lora_alpha": 32,
     "lora_dropout": 0.1,
     "lora_target_modules": "q_proj,v_proj",
+    "lora_layers": "top:1",
     # Training
     "batch_size": 2,
     "gradient_accumulation_steps": 2,
@@ -64,9 +65,9 @@ def runs(ray_session, small_dataset, tmp_path_factory):
 
 
 def test_lora_flags_shape_the_adapter(runs):
-    for name, r, alpha, dropout, modules in (
-        ("default", 8, 16, 0.0, {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
-        ("custom", 4, 32, 0.1, {"q_proj", "v_proj"}),
+    for name, r, alpha, dropout, modules, layers in (
+        ("default", 8, 16, 0.0, {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, {0, 1}),
+        ("custom", 4, 32, 0.1, {"q_proj", "v_proj"}, {1}),  # top:1 of the tiny model's 2 layers
     ):
         cfg = json.loads((runs[name] / "adapter_config.json").read_text())
         assert (cfg["r"], cfg["lora_alpha"], cfg["lora_dropout"], set(cfg["target_modules"])) == (
@@ -77,6 +78,7 @@ def test_lora_flags_shape_the_adapter(runs):
         )
         weights = load_file(str(runs[name] / "adapter_model.safetensors"))
         assert {k.split(".")[-3] for k in weights} == modules
+        assert {int(k.split("layers.")[1].split(".")[0]) for k in weights} == layers
         assert all(r in t.shape for t in weights.values())
 
 

@@ -62,3 +62,38 @@ def test_directory_without_config_is_refused(tmp_path):
 
 def test_hub_names_pass_through():
     assert resolve_model("codellama/CodeLlama-7b-Python-hf") == "codellama/CodeLlama-7b-Python-hf"
+
+
+def test_target_logits_loss_matches_the_plain_forward():
+    """The head-only-at-targets loss equals transformers' own loss, and so do the LoRA gradients."""
+    from peft import LoraConfig, get_peft_model
+
+    from robolora.data import IGNORE_INDEX
+    from robolora.worker import TargetLogitsLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        load_model("tiny-llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    ids = torch.randint(5, 200, (3, 12))
+    labels = ids.clone()
+    labels[:, :7] = IGNORE_INDEX
+    labels[2, :] = IGNORE_INDEX  # a row without targets adds nothing
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    lora = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(fn):
+        model.zero_grad()
+        loss = fn()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in lora]
+
+    n = int((labels[:, 1:] != IGNORE_INDEX).sum())
+    plain = loss_and_grads(lambda: model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=n).loss)
+    wrapped = TargetLogitsLM(model)
+    assert wrapped._parts is not None  # the fast path, not the fallback
+    ours = loss_and_grads(lambda: wrapped(ids, mask, labels, num_items_in_batch=n).loss)
+    torch.testing.assert_close(ours[0], plain[0])
+    for a, b in zip(ours[1], plain[1], strict=True):
+        torch.testing.assert_close(a, b)

@@ -10,7 +10,7 @@ import ray.cloudpickle
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.integration.conftest import series
+from tests.integration.conftest import metric_rows, series
 
 PROBE = [[1, 520, 2041, 288, 3702, 17, 1120, 446, 30, 2]]
 
@@ -79,6 +79,13 @@ def test_one_and_two_workers_follow_the_same_curve(train_run):
     assert loss2[8] < loss2[1] - 0.2, "the loss falls on a learnable dataset"
     evals = series(two, "eval_loss")
     assert evals[8] < evals[4]
+    # every logged step carries each worker's device sample (process memory here, NVML on GPUs)
+    for out, workers in ((one, 1), (two, 2)):
+        logged = [r for r in metric_rows(out) if "train_loss" in r]
+        assert logged and all(len(r["devices"]) == workers for r in logged)
+        gpu = torch.cuda.is_available()
+        key = "gpu_mem_used_mb" if gpu else "rss_mb"
+        assert all(s[key] > (0 if gpu else 100) for r in logged for s in r["devices"])
 
 
 def _flags(values: dict) -> list[str]:

@@ -130,6 +130,14 @@ def _error(argv=None, file_text=None, tmp_path=None, name="run.yaml") -> str:
             ["--data-json", "a.json", "--train-json", "b.json"],
             "--data-json cannot be combined with --train-json/--val-json: pass one dataset or a train/val pair",
         ),
+        (
+            ["--lora-layers", "top:0"],
+            "--lora-layers: 'top:0' is not a layer selection; use 'top:N', or indices and ranges such as '0-3,8'",
+        ),
+        (
+            ["--lora-layers", "5-2"],
+            "--lora-layers: '5-2' is not a layer selection; use 'top:N', or indices and ranges such as '0-3,8'",
+        ),
         (["--val-json", "v.json"], "--val-json needs --train-json: pass both, or a single --data-json"),
         (
             ["--zero-stage", "2", "--offload", "all"],
@@ -164,6 +172,17 @@ def test_bad_config_files(tmp_path, text, message):
 
 def test_missing_config_file(tmp_path):
     assert _error(["--config", str(tmp_path / "nope.yaml")]) == f"--config: {tmp_path / 'nope.yaml'}: no such file"
+
+
+def test_lora_layers_against_the_model():
+    cfg = parse_train_args(["--lora-layers", "top:15"])
+    assert cfg.lora_layer_indices(30) == list(range(15, 30))
+    assert parse_train_args([]).lora_layer_indices(30) is None
+    assert parse_train_args(["--lora-layers", "0-1, 4"]).lora_layer_indices(6) == [0, 1, 4]
+    with pytest.raises(ConfigError, match="more than the model's 2 layers"):
+        cfg.lora_layer_indices(2)
+    with pytest.raises(ConfigError, match="layer 4 does not exist; the model has layers 0-1"):
+        parse_train_args(["--lora-layers", "0,4"]).lora_layer_indices(2)
 
 
 def test_replace_validates():
