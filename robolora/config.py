@@ -93,6 +93,9 @@ class TrainConfig:
     warmup_ratio: float = _f(0.1, "share of steps with linear warmup", "train")
     lr_scheduler_type: str = _f("linear", "learning-rate schedule after warmup", "train", SCHEDULERS)
     optim: str = _f("adamw_torch", "optimizer", "train", OPTIMIZERS)
+    loraplus_lr_ratio: float = _f(
+        0.0, "LoRA+: the LoRA B matrices' learning rate as a multiple of --learning-rate (0: off; 16 is typical)", "train"
+    )
     seed: int = _f(42, "seed for the split, shuffling, LoRA initialisation and dropout", "train")
     resume_from: str | None = _f(None, "start from this checkpoint or adapter (a new stage on new data)", "train")
     early_stopping_patience: int = _f(0, "stop after this many evaluations without improvement (0: off)", "train")
@@ -200,7 +203,7 @@ def _check_numbers(c: TrainConfig) -> None:
         need(getattr(c, name) >= 1, name, "a positive number of steps")
     for name in ("learning_rate", "num_epochs"):
         need(math.isfinite(getattr(c, name)) and getattr(c, name) > 0, name, "a positive number")
-    for name in ("weight_decay", "max_grad_norm"):
+    for name in ("weight_decay", "max_grad_norm", "loraplus_lr_ratio"):
         need(math.isfinite(getattr(c, name)) and getattr(c, name) >= 0, name, "a number >= 0")
     for name in ("dataloader_num_workers", "save_total_limit", "early_stopping_patience", "max_failures"):
         need(getattr(c, name) >= 0, name, "an integer >= 0")

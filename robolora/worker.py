@@ -76,7 +76,21 @@ def memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def param_groups(named: list[tuple[str, torch.nn.Parameter]], cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The trainable parameters as optimizer groups: with LoRA+ the B matrices learn ``ratio`` times faster.
+
+    LoRA+ (Hayou et al., 2024): A and B play different roles, and a larger step for B lets the adapter
+    learn faster at the same stability. Without it there is one group.
+    """
+    ratio = cfg.loraplus_lr_ratio
+    if not ratio:
+        return [{"params": [p for _, p in named]}]
+    b = [p for n, p in named if ".lora_B." in n]
+    rest = [p for n, p in named if ".lora_B." not in n]
+    return [{"params": rest}, {"params": b, "lr": cfg.learning_rate * ratio}]
+
+
+def build_optimizer(params: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
     """The client optimizer DeepSpeed wraps (ZeRO keeps its fp32 states sharded)."""
     if cfg.optim == "sgd":
         return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=0.9, weight_decay=cfg.weight_decay)
@@ -118,11 +132,16 @@ class TargetLogitsLM(torch.nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        labels: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
         num_items_in_batch: float | torch.Tensor = 1,
     ) -> Any:
-        """``.loss`` is the summed cross-entropy of the targets divided by ``num_items_in_batch``."""
+        """``.loss`` is the summed cross-entropy of the targets divided by ``num_items_in_batch``.
+
+        Without labels this is the model's own forward (all the logits).
+        """
+        if labels is None:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask)
         if self._parts is None:
             return self.model(
                 input_ids=input_ids, attention_mask=attention_mask, labels=labels, num_items_in_batch=num_items_in_batch
@@ -269,10 +288,11 @@ class Trainer:
         # and ZeRO shards SGD's states like Adam's (DeepSpeed only lists Adam variants as tested).
         ds_config["zero_force_ds_cpu_optimizer"] = False
         ds_config["zero_allow_untested_optimizer"] = True
-        params = [p for p in model.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        params = [p for _, p in named]
         self.trainable = sum(p.numel() for p in params)
         total = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions the weights
-        optimizer = build_optimizer(params, self.cfg)
+        optimizer = build_optimizer(param_groups(named, self.cfg), self.cfg)
         self.optimizer_name = type(optimizer).__name__
         warmup = warmup_steps_for(self.total_steps, self.cfg.warmup_ratio)
 

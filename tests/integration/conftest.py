@@ -70,3 +70,15 @@ def metric_rows(out: Path) -> list[dict]:
 
 def series(out: Path, key: str) -> dict[int, float]:
     return {r["step"]: r[key] for r in metric_rows(out) if key in r}
+
+
+def cli_flags(values: dict) -> list[str]:
+    """Command-line flags for config values: ``{"lora_r": 4, "bf16": False}`` -> ``--lora-r 4 --no-bf16``."""
+    flags = []
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags += [flag, str(value)]
+    return flags

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from robolora.config import from_dict
-from tests.integration.conftest import TINY, metric_rows
+from tests.integration.conftest import TINY, cli_flags, metric_rows
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_CLUSTER = REPO / "cluster" / "local_cluster.sh"
@@ -134,17 +134,6 @@ def job_cluster():
         shutil.rmtree(state, ignore_errors=True)
 
 
-def _flags(values: dict) -> list[str]:
-    flags = []
-    for key, value in values.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + flag[2:])
-        else:
-            flags += [flag, str(value)]
-    return flags
-
-
 def test_submit_trains_as_a_ray_job_with_token_auth(job_cluster, small_dataset, tmp_path, run_cli, monkeypatch):
     url, token_file = job_cluster
     token = token_file.read_text().strip()
@@ -163,7 +152,7 @@ def test_submit_trains_as_a_ray_job_with_token_auth(job_cluster, small_dataset, 
     }
     cmd = [*ROBOLORA, "submit", "--address", url, "--working-dir", str(REPO), "--job-id", "robolora-test"]
     done = subprocess.run(
-        [*cmd, "--", "train", *_flags(train)], env=env, capture_output=True, text=True, timeout=400, check=False
+        [*cmd, "--", "train", *cli_flags(train)], env=env, capture_output=True, text=True, timeout=400, check=False
     )
     printed = done.stdout + done.stderr
     assert done.returncode == 0, printed[-4000:]

@@ -10,7 +10,7 @@ import ray.cloudpickle
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.integration.conftest import metric_rows, series
+from tests.integration.conftest import cli_flags, metric_rows, series
 
 PROBE = [[1, 520, 2041, 288, 3702, 17, 1120, 446, 30, 2]]
 
@@ -88,17 +88,6 @@ def test_one_and_two_workers_follow_the_same_curve(train_run):
         assert all(s[key] > (0 if gpu else 100) for r in logged for s in r["devices"])
 
 
-def _flags(values: dict) -> list[str]:
-    flags = []
-    for key, value in values.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + flag[2:])
-        else:
-            flags += [flag, str(value)]
-    return flags
-
-
 def test_resume_after_interruption_gives_the_same_losses(train_run, small_dataset, tmp_path):
     import os
     import signal
@@ -114,7 +103,7 @@ def test_resume_after_interruption_gives_the_same_losses(train_run, small_datase
         "-m",
         "robolora.cli",
         "train",
-        *_flags({**TINY, "save_steps": 3, "data_json": small_dataset, "output_dir": out}),
+        *cli_flags({**TINY, "save_steps": 3, "data_json": small_dataset, "output_dir": out}),
     ]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     deadline = time.time() + 240
