@@ -94,7 +94,7 @@ class TrainConfig:
     lr_scheduler_type: str = _f("linear", "learning-rate schedule after warmup", "train", SCHEDULERS)
     optim: str = _f("adamw_torch", "optimizer", "train", OPTIMIZERS)
     loraplus_lr_ratio: float = _f(
-        0.0, "LoRA+: the LoRA B matrices' learning rate as a multiple of --learning-rate (0: off; 16 is typical)", "train"
+        0.0, "LoRA+: the B matrices' learning rate as a multiple of --learning-rate (0: off; 16 is typical)", "train"
     )
     seed: int = _f(42, "seed for the split, shuffling, LoRA initialisation and dropout", "train")
     resume_from: str | None = _f(None, "start from this checkpoint or adapter (a new stage on new data)", "train")
