@@ -476,7 +476,9 @@ class Trainer:
                 local_items = sum(self.train_label_counts[i] for i in mine)
                 local_seen = sum(self.train_lengths[i] for i in mine)
                 local_padded = sum(max(self.train_lengths[i] for i in m) * len(m) for m in step_plan[self.rank])
-                (global_items,) = dist.all_reduce([local_items], self.device)
+                # Every rank holds the whole plan and every example's target count: the global batch's
+                # count needs no collective (which would make each step wait for the slowest rank twice).
+                global_items = sum(self.train_label_counts[i] for rank in step_plan for m in rank for i in m)
                 scale = global_items / (self.world * cfg.gradient_accumulation_steps)
                 for _ in range(cfg.gradient_accumulation_steps):
                     batch = next(batches)
