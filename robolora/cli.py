@@ -179,10 +179,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from robolora.data import load_records
     from robolora.evaluate import compare, compare_dict, score, write_predictions
     from robolora.fileio import atomic_write_text
+    from robolora.infer import ensemble
 
     data = _eval_data(args)
     records = load_records(data, check_api=False)[: args.limit or None]
+    loras = _lora_paths(args)
+    if args.ensemble and len(loras) < 2:
+        raise UserError("--ensemble: give at least two --lora-path adapters to vote")
     reports = {}
+    members = []
+
+    def report(name: str, generations: list) -> None:
+        if name in reports:  # two adapters with the same folder name
+            name = f"{name} #{sum(n.split(' #')[0] == name for n in reports) + 1}"
+        predictions = [g.code for g in generations]
+        reports[name] = score(records, predictions)
+        print(f"\n{name} on {data} ({len(records)} records{', constrained' if args.constrained else ''})")
+        print(reports[name].table())
+        if args.predictions_out:
+            out = Path(args.predictions_out)
+            if len(loras) > 1 or args.compare_base:
+                out = out.with_name(f"{out.stem}.{len(reports)}{out.suffix}")
+            write_predictions(out, records, predictions, reports[name].judgements)
+            print(f"predictions: {out}")
+
     for gen in _generators(args):
         generations = gen.generate(
             [r["input"] for r in records],
@@ -190,17 +210,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             max_new_tokens=args.max_new_tokens,
             constrained=args.constrained,
         )
-        predictions = [g.code for g in generations]
-        report = score(records, predictions)
-        reports[gen.name] = report
-        print(f"\n{gen.name} on {data} ({len(records)} records{', constrained' if args.constrained else ''})")
-        print(report.table())
-        if args.predictions_out:
-            out = Path(args.predictions_out)
-            if len(reports) > 1 or len(_lora_paths(args)) > 1:
-                out = out.with_name(f"{out.stem}.{len(reports)}{out.suffix}")
-            write_predictions(out, records, predictions, report.judgements)
-            print(f"predictions: {out}")
+        if gen.adapter:
+            members.append(generations)
+        report(gen.name, generations)
+    if args.ensemble:
+        report(f"ensemble of {len(members)} (vote)", ensemble(members))
     if len(reports) > 1:
         print("\n" + compare(reports))
     if args.json_out:
@@ -209,12 +223,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from robolora.infer import ensemble
     from robolora.robot.checker import check
 
-    (gen,) = _generators(args)[:1]
+    gens = _generators(args)
+    if args.base_only:
+        gens = gens[-1:]
 
     def answer(command: str) -> None:
-        (g,) = gen.generate([command], constrained=args.constrained, max_new_tokens=args.max_new_tokens)
+        outs = [g.generate([command], constrained=args.constrained, max_new_tokens=args.max_new_tokens) for g in gens]
+        (g,) = ensemble(outs) if len(outs) > 1 else outs[0]
+        if len(outs) > 1:
+            agree = sum(o[0].code.strip() == g.code.strip() for o in outs)
+            print(f"# the vote of {len(outs)} adapters ({agree} wrote this program)")
         print(g.code or "(no code)")
         result = check(g.code)
         if result.api_valid:
@@ -225,7 +246,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.command:
         answer(args.command)
         return 0
-    print(f"{gen.name}: type a robot command (empty line or Ctrl-D to quit)")
+    print(f"{', '.join(g.name for g in gens)}: type a robot command (empty line or Ctrl-D to quit)")
     while True:
         try:
             command = input("> ").strip()
@@ -405,6 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="syntax, api-valid, exact and semantic accuracy per category")
     model_args(ev, several=True)
     ev.add_argument("--compare-base", action="store_true", help="also evaluate the base model (few-shot)")
+    ev.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="also score the adapters' vote: per command the program most of them wrote (canonical form), "
+        "ties to the surest",
+    )
     ev.add_argument("--data-json", default=None, help="records to evaluate on (default: the run's val.jsonl)")
     ev.add_argument("--predictions-out", default=None, help="write {input, prediction, reference} lines here")
     ev.add_argument("--json-out", default=None, help="write the scores as JSON here")
@@ -412,8 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=0, help="evaluate only the first N records")
     ev.set_defaults(func=cmd_eval)
 
-    demo = sub.add_parser("demo", help="type commands, see the generated robot code and whether it is valid")
-    model_args(demo, several=False)
+    demo = sub.add_parser(
+        "demo",
+        help="type commands, see the generated robot code and whether it is valid (several adapters vote)",
+    )
+    model_args(demo, several=True)
     demo.add_argument("--command", default=None, help="one command, then exit")
     demo.set_defaults(func=cmd_demo, compare_base=False)
 

@@ -65,15 +65,56 @@ class Generation:
     finished: bool
 
 
+def vote(candidates: list[tuple[str, float]]) -> int:
+    """The ensemble's answer among members' ``(code, mean_logprob)``: the index of its pick.
+
+    The program most members wrote wins, compared in canonical form (defaults written out, keyword
+    order and float spelling ignored); a tie goes to the program whose writers were surer (the higher
+    mean log-probability). Invalid code votes for nothing, unless no member wrote valid code; the
+    pick within the winning program is its surest writer.
+
+    >>> vote([("robot.stop()", -0.1), ("robot.turn_left(angle=90)", -0.4), ("robot.turn_left(angle=90.0)", -0.3)])
+    2
+    >>> vote([("robot.stop()", -0.5), ("robot.go_home()", -0.2), ("robot.fly()", -0.01)])
+    1
+    """
+    from robolora.robot.checker import RobotCodeError, canonicalize
+
+    groups: dict[str, list[int]] = {}
+    for i, (code, _) in enumerate(candidates):
+        try:
+            groups.setdefault(canonicalize(code), []).append(i)
+        except RobotCodeError:
+            continue
+    if not groups:
+        return max(range(len(candidates)), key=lambda i: candidates[i][1])
+
+    def strength(members: list[int]) -> tuple[int, float]:
+        return len(members), sum(candidates[i][1] for i in members) / len(members)
+
+    best = max(groups.values(), key=strength)
+    return max(best, key=lambda i: candidates[i][1])
+
+
+def ensemble(member_generations: list[list[Generation]]) -> list[Generation]:
+    """Per command, the generation :func:`vote` picks among the members' (index = command)."""
+    picks = []
+    for row in zip(*member_generations, strict=True):
+        picks.append(row[vote([(g.code, g.mean_logprob) for g in row])])
+    return picks
+
+
 class Generator:
     """A model (with an optional adapter) that turns commands into robot code, in batches."""
 
-    def __init__(self, model: Any, tokenizer: Any, few_shot: int = 0, name: str = "model"):
+    def __init__(self, model: Any, tokenizer: Any, few_shot: int = 0, name: str = "model", adapter: str | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"  # generation continues every row from its last real token
         self.few_shot = few_shot
         self.name = name
+        #: The adapter directory (None for a base model).
+        self.adapter = adapter
 
     @classmethod
     def load(
@@ -112,7 +153,7 @@ class Generator:
         # A short label for tables: the run folder (and checkpoint), not the whole path.
         short = f"{lora.parent.name}/{lora.name}" if lora and lora.name.startswith("checkpoint-") else None
         label = (short or lora.name) if lora else f"{name} (base{f', {few_shot}-shot' if few_shot else ''})"
-        return cls(model, tokenizer, few_shot=few_shot, name=label)
+        return cls(model, tokenizer, few_shot=few_shot, name=label, adapter=str(lora) if lora else None)
 
     def prompt_ids(self, command: str) -> list[int]:
         """Token ids of the prompt for one command, with few-shot turns first where asked."""

@@ -77,6 +77,26 @@ def test_eval_writes_table_json_and_predictions(adapter, tmp_path, capsys):
     assert overall["n"] == 6 and set(overall) >= {"syntax_rate", "api_valid_rate", "exact_rate", "semantic_rate"}
 
 
+def test_ensemble_of_identical_members_scores_as_each_member(adapter, tmp_path, capsys):
+    scores = tmp_path / "scores.json"
+    lora = ["--lora-path", str(adapter)] * 3
+    args = ["eval", *lora, "--ensemble", "--limit", "6", "--max-new-tokens", "24", "--json-out", str(scores)]
+    assert main(args) == 0
+    assert "ensemble of 3 (vote)" in capsys.readouterr().out
+    overall = json.loads(scores.read_text())["overall"]
+    assert list(overall) == ["run", "run #2", "run #3", "ensemble of 3 (vote)"]
+    member, *others = overall.values()
+    assert all(o == member for o in others)  # a unanimous vote is each member's answer
+    assert main(["eval", "--lora-path", str(adapter), "--ensemble"]) == 2
+
+
+def test_demo_votes_with_several_adapters(adapter, capsys):
+    args = ["demo", "--lora-path", str(adapter), "--lora-path", str(adapter), "--command", "stop"]
+    assert main([*args, "--max-new-tokens", "12", "--constrained"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "# the vote of 2 adapters (2 wrote this program)" and out[-1].startswith("# ")
+
+
 def test_export_merges_into_a_plain_model(adapter, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
