@@ -8,6 +8,7 @@
     robolora config --config examples/smollm2-135m.yaml --lora-r 64
     robolora train --config examples/smollm2-135m.yaml
     robolora plan --model 13B --gpus 8x40GB
+    robolora pipeline --config curriculum.yaml
     robolora submit --address http://HEAD:8265 -- train --config examples/codellama-7b.yaml --output-dir /mnt/shared/r1
     robolora jobs status raysubmit_XXXX --address http://HEAD:8265
 
@@ -257,6 +258,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         answer(command)
 
 
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from robolora.pipeline import run_pipeline
+
+    run_pipeline(args.config)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from robolora.export import export_merged
 
@@ -446,6 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(demo, several=True)
     demo.add_argument("--command", default=None, help="one command, then exit")
     demo.set_defaults(func=cmd_demo, compare_base=False)
+
+    pipe = sub.add_parser(
+        "pipeline",
+        help="multi-stage training (curricula): stages with their own data and settings, each from the last's adapter",
+    )
+    pipe.add_argument("--config", required=True, help="the pipeline file: output_dir, shared settings, stages")
+    pipe.set_defaults(func=cmd_pipeline)
 
     exp = sub.add_parser("export", help="merge an adapter into its base model and save a plain transformers model")
     exp.add_argument("--lora-path", required=True, help="a run's output directory or a checkpoint-<step> folder")

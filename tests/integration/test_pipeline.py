@@ -1,0 +1,38 @@
+"""A two-stage pipeline on the tiny model: the second stage starts from the first one's adapter."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from robolora.cli import main
+from tests.integration.conftest import TINY, series
+
+
+def test_two_stages_chain_and_a_rerun_skips_them(ray_session, small_dataset, tmp_path, capsys):
+    shared = {**TINY, "data_json": str(small_dataset), "max_steps": 2, "save_steps": 2, "eval_steps": 2}
+    spec = {
+        "output_dir": str(tmp_path / "curriculum"),
+        "shared": shared,
+        "stages": [{"name": "first", "learning_rate": 1e-2}, {"name": "second", "learning_rate": 1e-3}],
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["pipeline", "--config", str(path)]) == 0
+    first, second = tmp_path / "curriculum" / "first", tmp_path / "curriculum" / "second"
+    for out in (first, second):
+        assert json.loads((out / "robolora_run.json").read_text())["finished"] is True
+    saved = yaml.safe_load((second / "config.yaml").read_text())
+    assert saved["resume_from"] == str(first) and saved["learning_rate"] == 1e-3
+    # the second stage continued from the first one's weights: its first loss is the first stage's last level,
+    # not the untrained start
+    assert series(second, "train_loss")[1] < series(first, "train_loss")[1] - 0.1
+    a, b = load_file(str(first / "adapter_model.safetensors")), load_file(str(second / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+    capsys.readouterr()
+    assert main(["pipeline", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "stage 1/2 first: finished earlier" in out and "stage 2/2 second: finished earlier" in out
