@@ -258,26 +258,16 @@ def plan_run(
 
 def check_memory(cfg: TrainConfig, plan: Plan, model_config: Any) -> Check:
     """The estimate for the plan against the memory available (per GPU, or the host for CPU workers)."""
-    from robolora.sizing import estimate_worker_memory
-
     dims = _dims_of(model_config)
     if dims is None:
         return Check("memory", True, "not estimated (the model's architecture has no Llama-style dimensions)")
-    layers = cfg.lora_layer_indices(dims.layers)
-    est = estimate_worker_memory(
-        dims,
-        lora_r=cfg.lora_r,
-        targets=cfg.target_modules(),
-        micro_batch=plan.batch_size,
-        seq_len=cfg.max_length,
-        workers=plan.num_workers,
-        zero_stage=plan.zero_stage,
-        offload=plan.offload,
-        bf16=plan.bf16,
-        gradient_checkpointing=plan.gradient_checkpointing,
+    est = workload(cfg, dims, plan.bf16).estimate(
+        plan.num_workers,
+        plan.zero_stage,
+        plan.offload,
+        plan.batch_size,
+        plan.gradient_checkpointing,
         on_gpu=plan.use_gpu,
-        lora_layers=layers,
-        lora_dropout=cfg.lora_dropout > 0,
     )
     avail, what = available_memory(plan.use_gpu)
     need = est.total if plan.use_gpu else est.total * plan.num_workers

@@ -408,9 +408,9 @@ class Workload:
     bf16: bool = True
 
     def estimate(
-        self, workers: int, zero_stage: int, offload: str, micro_batch: int, checkpointing: bool
+        self, workers: int, zero_stage: int, offload: str, micro_batch: int, checkpointing: bool, on_gpu: bool = True
     ) -> MemoryEstimate:
-        """The per-GPU estimate of one layout."""
+        """The per-worker estimate of one layout (per GPU, or per CPU worker's host share)."""
         return estimate_worker_memory(
             self.dims,
             lora_r=self.lora_r,
@@ -422,7 +422,7 @@ class Workload:
             offload=offload,
             bf16=self.bf16,
             gradient_checkpointing=checkpointing,
-            on_gpu=True,
+            on_gpu=on_gpu,
             lora_layers=self.lora_layers,
             lora_dropout=self.lora_dropout,
         )
