@@ -293,27 +293,33 @@ def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
     return TrainConfig(**checked)
 
 
-def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML or JSON config file into a flat dict of field values (not yet validated)."""
+def read_mapping(path: str | os.PathLike, flag: str = "--config") -> dict[str, Any]:
+    """A YAML or JSON file that holds one mapping (an empty file is an empty mapping)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"--config: {p}: no such file") from None
+        raise ConfigError(f"{flag}: {p}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--config: {p}: cannot be read ({e.__class__.__name__}: {e})") from None
+        raise ConfigError(f"{flag}: {p}: cannot be read ({e.__class__.__name__}: {e})") from None
     try:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         detail = " ".join(str(e).split())
-        raise ConfigError(f"--config: {p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {detail}") from None
+        raise ConfigError(f"{flag}: {p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {detail}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"--config: {p}: expected a mapping of keys to values, got a {type(data).__name__}")
+        raise ConfigError(f"{flag}: {p}: expected a mapping of keys to values, got a {type(data).__name__}")
+    return data
+
+
+def load_config_file(path: str | os.PathLike, flag: str = "--config") -> dict[str, Any]:
+    """Read a YAML or JSON config file into a flat dict of field values (not yet validated)."""
+    data = read_mapping(path, flag)
     for key in data:
         if not isinstance(key, str) or key not in _FIELDS:
-            raise _unknown_key(key, str(p))
+            raise _unknown_key(key, str(path))
     return data
 
 

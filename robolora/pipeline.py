@@ -28,9 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from robolora.config import TrainConfig, from_dict
+from robolora.config import TrainConfig, from_dict, read_mapping
 from robolora.errors import ConfigError
 
 KEYS = ("output_dir", "shared", "stages")
@@ -44,16 +42,7 @@ class Stage:
 
 def load_pipeline(path: str | Path) -> list[Stage]:
     """Read and validate a pipeline file (YAML or JSON)."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--config: {p}: cannot be read ({e.__class__.__name__})") from None
-    try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"--config: {p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}") from None
-    return build_stages(data, source=str(p))
+    return build_stages(read_mapping(path), source=str(path))
 
 
 def build_stages(data: Any, source: str) -> list[Stage]:
