@@ -17,10 +17,14 @@ class DataError(UserError):
     """A dataset file has problems; ``problems`` holds one ``file: record N: field: message`` line each."""
 
     def __init__(self, problems: list[str], limit: int = 20):
-        self.problems = problems
+        self.problems, self.limit = problems, limit
         shown = problems[:limit]
         more = f"\n... and {len(problems) - limit} more" if len(problems) > limit else ""
         super().__init__("\n".join(shown) + more)
+
+    def __reduce__(self) -> tuple:
+        # Rebuilt from its problems, not its message, when it crosses processes (a Ray worker's error).
+        return type(self), (self.problems, self.limit)
 
 
 class ModelNotFoundError(UserError):
