@@ -9,6 +9,7 @@
     robolora train --config examples/smollm2-135m.yaml
     robolora plan --model 13B --gpus 8x40GB
     robolora pipeline --config curriculum.yaml
+    robolora sweep --config examples/sweep-smollm2.yaml --max-concurrent 2
     robolora submit --address http://HEAD:8265 -- train --config examples/codellama-7b.yaml --output-dir /mnt/shared/r1
     robolora jobs status raysubmit_XXXX --address http://HEAD:8265
 
@@ -201,7 +202,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             out = Path(args.predictions_out)
             if len(loras) > 1 or args.compare_base:
                 out = out.with_name(f"{out.stem}.{len(reports)}{out.suffix}")
-            write_predictions(out, records, predictions, reports[name].judgements)
+            write_predictions(
+                out, records, predictions, reports[name].judgements, [g.mean_logprob for g in generations]
+            )
             print(f"predictions: {out}")
 
     for gen in _generators(args):
@@ -262,6 +265,13 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     from robolora.pipeline import run_pipeline
 
     run_pipeline(args.config)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from robolora.sweep import run_sweep
+
+    run_sweep(args.config, max_concurrent=args.max_concurrent, dry_run=args.dry_run)
     return 0
 
 
@@ -461,6 +471,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pipe.add_argument("--config", required=True, help="the pipeline file: output_dir, shared settings, stages")
     pipe.set_defaults(func=cmd_pipeline)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="train variants of a config concurrently on Ray Tune, compare them, link the best, score their vote",
+    )
+    sw.add_argument("--config", required=True, help="the sweep file: output_dir, base, shared, variants and/or grid")
+    sw.add_argument(
+        "--max-concurrent", type=int, default=None, help="variants training at once (default: what the cluster holds)"
+    )
+    sw.add_argument("--dry-run", action="store_true", help="list the variants and their resources, then stop")
+    sw.set_defaults(func=cmd_sweep)
 
     exp = sub.add_parser("export", help="merge an adapter into its base model and save a plain transformers model")
     exp.add_argument("--lora-path", required=True, help="a run's output directory or a checkpoint-<step> folder")

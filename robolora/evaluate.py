@@ -241,18 +241,20 @@ def write_predictions(
     records: Sequence[dict[str, Any]],
     predictions: Sequence[str],
     judgements: Sequence[Judgement] | None = None,
+    logprobs: Sequence[float] | None = None,
 ) -> Path:
     """Write one JSON line per record, atomically: ``input``, ``prediction``, ``reference``, ``category``.
 
     With judgements, each line also holds ``syntax``, ``api_valid``, ``exact``, ``semantic`` and
-    ``errors``.
+    ``errors``; with logprobs, the prediction's ``mean_logprob`` (what an ensemble vote weighs).
 
     Raises:
         ValueError: the lists differ in length.
     """
     _same_length(records, predictions)
-    if judgements is not None:
-        _same_length(records, judgements, "judgements")
+    for what, other in (("judgements", judgements), ("logprobs", logprobs)):
+        if other is not None:
+            _same_length(records, other, what)
     lines = []
     for i, (rec, pred) in enumerate(zip(records, predictions, strict=True)):
         row: dict[str, Any] = {
@@ -264,6 +266,8 @@ def write_predictions(
         if judgements is not None:
             j = judgements[i]
             row |= {metric: getattr(j, metric) for metric in METRICS} | {"errors": j.errors}
+        if logprobs is not None:
+            row["mean_logprob"] = logprobs[i]
         # ASCII escapes: a generation may hold lone surrogates, which UTF-8 cannot encode.
         lines.append(json.dumps(row) + "\n")
     return atomic_write_text(path, "".join(lines))

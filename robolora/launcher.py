@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -396,10 +396,17 @@ def preflight(cfg: TrainConfig) -> tuple[list[Check], dict[str, Any]]:
     return checks, {"train": train, "val": val, "resuming": resuming, "model_config": model_config}
 
 
-def run_training(cfg: TrainConfig, train_loop: Callable[[dict], None] | None = None) -> dict[str, Any]:
+def run_training(
+    cfg: TrainConfig,
+    train_loop: Callable[[dict], None] | None = None,
+    callbacks: Sequence[Any] = (),
+    watch: bool = True,
+) -> dict[str, Any]:
     """Preflight, train on Ray Train workers, then plot, diagnose and describe the run.
 
-    ``train_loop`` replaces the per-worker function (tests wrap the standard one to probe the model).
+    ``train_loop`` replaces the per-worker function (tests wrap the standard one to probe the model);
+    ``callbacks`` are Ray Train callbacks (a sweep passes Tune's reporter); ``watch`` shows the
+    progress bar and log lines.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -478,10 +485,12 @@ def run_training(cfg: TrainConfig, train_loop: Callable[[dict], None] | None = N
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.save_total_limit or None),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=list(callbacks),
         ),
     )
     watcher = ProgressWatcher(out)
-    watcher.start()
+    if watch:
+        watcher.start()
     try:
         result = _fit_interruptibly(trainer)
     except KeyboardInterrupt:
@@ -490,7 +499,8 @@ def run_training(cfg: TrainConfig, train_loop: Callable[[dict], None] | None = N
     except Exception as e:  # Ray wraps worker errors; say what happened and how to go on
         raise TrainingFailed(out, e) from e
     finally:
-        watcher.stop()
+        if watch:
+            watcher.stop()
     summary = finish_run(cfg, out, plan, time.perf_counter() - t0)
     _write_marker(out, given, cfg, finished=True)
     summary["ray_metrics"] = result.metrics

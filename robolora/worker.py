@@ -428,6 +428,7 @@ class Trainer:
         """Rank 0: one row to metrics.jsonl (the driver prints it) and scalars to TensorBoard."""
         if not dist.is_main():
             return
+        row = {**row, "time": round(time.time(), 3)}  # wall clock: when it was logged (runs side by side)
         self.rows.append(row)
         with open(self.out / METRICS, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -436,7 +437,7 @@ class Trainer:
 
             self.writer = SummaryWriter(str(self.out / "tensorboard"))
         for key, value in row.items():
-            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+            if key not in ("step", "time") and isinstance(value, (int, float)) and math.isfinite(value):
                 self.writer.add_scalar(key, value, row["step"])
         for rank, sample in enumerate(row.get("devices", [])):
             for key, value in sample.items():
