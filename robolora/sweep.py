@@ -1,0 +1,717 @@
+"""Sweeps: variants of one training config, trained concurrently by Ray Tune, compared and voted.
+
+A sweep file holds a base config, the settings every variant shares, and the variants: an explicit
+list, a grid over any training field, or both (each listed variant crossed with the grid)::
+
+    output_dir: models/sweep
+    base: examples/smollm2-135m.yaml       # a training config file, or a mapping (optional)
+    shared: {num_epochs: 0.5}              # on top of the base, for every variant
+    variants:
+      - {name: r16, lora_r: 16, lora_alpha: 32}
+      - {name: r32}
+    grid: {learning_rate: [1.0e-3, 2.0e-3]}
+    metric: semantic                       # picks best/: semantic, exact, api_valid, syntax or eval_loss
+    max_concurrent: 2                      # default: as many as the cluster holds side by side
+    evaluate: {constrained: true, limit: 0, batch_size: 32, max_new_tokens: 128}   # or false
+
+Every variant trains into ``<output_dir>/<name>`` as its own Ray Train run inside a Ray Tune trial;
+then its adapter generates code for its validation split (``eval.json``, ``eval_predictions.jsonl``).
+At the end the sweep writes ``comparison.txt``/``.csv``, ``loss_curves.png`` and ``sweep.json``,
+links the best variant as ``best/`` and scores the members' majority vote (``ensemble_eval.json``).
+A failing variant is reported and the others go on; running the same sweep again keeps the
+finished variants and continues the others from their last checkpoints.
+
+Example:
+    >>> sweep = build_sweep({"output_dir": "out", "shared": {"data_json": "d.json"},
+    ...     "variants": [{"name": "a"}, {"name": "b", "lora_r": 8}], "grid": {"learning_rate": [1e-3, 2e-3]}},
+    ...     source="s.yaml")
+    >>> for v in sweep.variants:
+    ...     print(v.name, v.config.lora_r, v.config.learning_rate)
+    a_learning_rate-0.001 32 0.001
+    a_learning_rate-0.002 32 0.002
+    b_learning_rate-0.001 8 0.001
+    b_learning_rate-0.002 8 0.002
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from robolora.config import TrainConfig, from_dict, load_config_file, read_mapping
+from robolora.errors import ConfigError, UserError
+from robolora.fileio import atomic_write_bytes, atomic_write_text
+
+KEYS = ("output_dir", "base", "shared", "variants", "grid", "metric", "max_concurrent", "evaluate")
+#: The metrics a sweep can rank by, and whether higher is better.
+METRICS = {"semantic": True, "exact": True, "api_valid": True, "syntax": True, "eval_loss": False}
+#: Training fields the sweep sets itself, or that one sweep cannot vary.
+FIXED = ("output_dir", "ray_address")
+#: Names a variant cannot take: the sweep's own entries in its folder.
+RESERVED = ("best", "logs", "tune", "ensemble")
+#: Fields holding paths, made absolute before they reach a trial (Tune runs trials in other folders).
+PATH_FIELDS = ("data_json", "train_json", "val_json", "resume_from", "storage_path")
+NAME = re.compile(r"[A-Za-z0-9][\w.-]*")
+#: What a trial reserves for itself (it drives a Train run and evaluates through a Ray task).
+TRIAL_MEMORY = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How each variant's adapter is judged after training (``robolora eval``'s options)."""
+
+    constrained: bool = True
+    limit: int = 0
+    batch_size: int = 32
+    max_new_tokens: int = 128
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    #: What this variant sets on top of the base and shared settings.
+    changes: dict[str, Any]
+    config: TrainConfig
+
+
+@dataclass(frozen=True)
+class Sweep:
+    output_dir: Path
+    variants: list[Variant]
+    metric: str = "semantic"
+    max_concurrent: int | None = None
+    evaluate: EvalSettings | None = field(default_factory=EvalSettings)
+
+
+# ----------------------------------------------------------------------------- the sweep file (pure)
+
+
+def _value_name(value: Any) -> str:
+    text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    return re.sub(r"[^\w.]+", "-", text).strip("-") or "x"
+
+
+def grid_points(grid: dict[str, list[Any]], source: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every combination of a grid as ``(name, changes)``; the name spells the values out.
+
+    >>> grid_points({"lora_r": [8, 16], "lora_target_modules": ["q_proj,v_proj"]}, "s.yaml")
+    [('lora_r-8_lora_target_modules-q_proj-v_proj', {'lora_r': 8, 'lora_target_modules': 'q_proj,v_proj'}), \
+('lora_r-16_lora_target_modules-q_proj-v_proj', {'lora_r': 16, 'lora_target_modules': 'q_proj,v_proj'})]
+    """
+    if not isinstance(grid, dict) or not grid:
+        raise ConfigError(f"{source}: grid: expected a mapping of training fields to lists of values")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{source}: grid: {key}: expected a non-empty list of values, got {values!r}")
+    keys = list(grid)
+    points = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        changes = dict(zip(keys, combo, strict=True))
+        points.append(("_".join(f"{k}-{_value_name(v)}" for k, v in changes.items()), changes))
+    return points
+
+
+def _base_values(base: Any, source: str) -> dict[str, Any]:
+    if base is None:
+        return {}
+    if isinstance(base, str):
+        return load_config_file(base, flag=f"{source}: base")
+    if isinstance(base, dict):
+        return dict(base)
+    raise ConfigError(f"{source}: base: give a training config file or a mapping of training settings")
+
+
+def _listed_variants(variants: Any, source: str) -> list[tuple[str | None, dict[str, Any]]]:
+    if variants is None:
+        return []
+    if not isinstance(variants, list) or not variants:
+        raise ConfigError(f"{source}: variants: expected a list of mappings, each a name and its settings")
+    out = []
+    for i, v in enumerate(variants):
+        if not isinstance(v, dict):
+            raise ConfigError(f"{source}: variants[{i}]: expected a mapping with a name and training settings")
+        changes = dict(v)
+        out.append((changes.pop("name", None), changes))
+    return out
+
+
+def _evaluate_settings(value: Any, source: str) -> EvalSettings | None:
+    if value is False:
+        return None
+    if value is None or value is True:
+        return EvalSettings()
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: evaluate: expected false or a mapping of constrained, limit, batch_size, ...")
+    known = EvalSettings.__dataclass_fields__
+    for key, v in value.items():
+        if key not in known:
+            raise ConfigError(f"{source}: evaluate: {key}: unknown; use {', '.join(known)}")
+        want = bool if key == "constrained" else int
+        if not isinstance(v, want) or (want is int and (isinstance(v, bool) or v < (0 if key == "limit" else 1))):
+            raise ConfigError(f"{source}: evaluate: {key}: {v!r} is not a valid {want.__name__}")
+    return EvalSettings(**value)
+
+
+def build_sweep(data: Any, source: str) -> Sweep:
+    """The variants of a parsed sweep file, each a validated :class:`TrainConfig`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping with {', '.join(KEYS)}")
+    for key in data:
+        if key not in KEYS:
+            raise ConfigError(f"{source}: {key}: unknown key; a sweep has {', '.join(KEYS)}")
+    output_dir = data.get("output_dir")
+    if not isinstance(output_dir, str) or not output_dir.strip():
+        raise ConfigError(f"{source}: output_dir: give the folder the variants' folders go in")
+    base = _base_values(data.get("base"), source)
+    shared = data.get("shared") or {}
+    if not isinstance(shared, dict):
+        raise ConfigError(f"{source}: shared: expected a mapping of training settings")
+    listed = _listed_variants(data.get("variants"), source)
+    grid = grid_points(data["grid"], source) if data.get("grid") is not None else []
+    if not listed and not grid:
+        raise ConfigError(f"{source}: give variants (a list) or a grid (fields to lists of values), or both")
+    combos: list[tuple[str, dict[str, Any], str]] = []
+    for i, (name, changes) in enumerate(listed or [(None, {})]):
+        where = f"{source}: variants[{i}]" if listed else f"{source}: grid"
+        if listed and (not isinstance(name, str) or not NAME.fullmatch(name)):
+            raise ConfigError(f"{where}: name: give each variant a folder-safe name, got {name!r}")
+        for point_name, point in grid or [("", {})]:
+            both = {**changes, **point}
+            combos.append(("_".join(n for n in (name, point_name) if n), both, where))
+    evaluate = _evaluate_settings(data.get("evaluate"), source)
+    metric = data.get("metric") or ("semantic" if evaluate else "eval_loss")
+    if metric not in METRICS:
+        raise ConfigError(f"{source}: metric: {metric!r} is not one of {', '.join(METRICS)}")
+    if metric != "eval_loss" and evaluate is None:
+        raise ConfigError(f"{source}: metric: {metric} needs the evaluation; use eval_loss or leave evaluate on")
+    concurrent = data.get("max_concurrent")
+    if concurrent is not None and (isinstance(concurrent, bool) or not isinstance(concurrent, int) or concurrent < 1):
+        raise ConfigError(f"{source}: max_concurrent: expected a whole number of at least 1, got {concurrent!r}")
+    variants, seen = [], set()
+    for name, changes, where in combos:
+        if name in seen or name in RESERVED:
+            raise ConfigError(f"{where}: name: {name!r} is {'taken' if name in seen else 'reserved'}; rename it")
+        seen.add(name)
+        for key in FIXED:
+            if key in changes or (key == "output_dir" and key in shared):
+                raise ConfigError(f"{where}: {key}: set by the sweep; give it once at the sweep's top level")
+        # The base file's own output_dir, if any, gives way to the sweep's folder.
+        values = {**base, **shared, **changes, "output_dir": str(Path(output_dir) / name)}
+        label = f"{where} ({name})"
+        try:
+            cfg = from_dict(values, source=label)
+        except ConfigError as e:  # a rule on the values (ranges, combinations) names only the field
+            raise (e if str(e).startswith(label) else ConfigError(f"{label}: {e}")) from None
+        variants.append(Variant(name, changes, cfg))
+    return Sweep(Path(output_dir), variants, metric, concurrent, evaluate)
+
+
+def load_sweep(path: str | os.PathLike) -> Sweep:
+    """Read and validate a sweep file (YAML or JSON)."""
+    return build_sweep(read_mapping(path), source=str(path))
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """The config with its paths made absolute (a trial's working folder is not the sweep's)."""
+    changes = {k: str(Path(getattr(cfg, k)).resolve()) for k in (*PATH_FIELDS, "output_dir") if getattr(cfg, k)}
+    if Path(cfg.model_name).exists():
+        changes["model_name"] = str(Path(cfg.model_name).resolve())
+    return cfg.replace(**changes)
+
+
+def share_cluster(configs: list[TrainConfig], cpus: int, gpus: int, max_concurrent: int | None) -> tuple[int, list]:
+    """How many variants run at once, and each variant's workers and CPUs so that many fit side by side.
+
+    Settings the user gave are kept. On GPUs a variant without ``num_workers`` gets an equal share of
+    the GPUs; on CPUs it gets one worker with an equal share of the cores (one process with several
+    threads trains faster than several single-threaded ones on one machine).
+
+    >>> n, cfgs = share_cluster([TrainConfig(), TrainConfig(), TrainConfig()], cpus=4, gpus=0, max_concurrent=None)
+    >>> n, [(c.num_workers, c.cpus_per_worker) for c in cfgs]
+    (3, [(1, 1), (1, 1), (1, 1)])
+    >>> n, cfgs = share_cluster([TrainConfig(), TrainConfig()], cpus=16, gpus=8, max_concurrent=None)
+    >>> n, [(c.num_workers, c.use_gpu) for c in cfgs]
+    (2, [(4, True), (4, True)])
+    """
+    use_gpu = [c.use_gpu if c.use_gpu is not None else gpus > 0 for c in configs]
+    capacity = gpus if any(use_gpu) else cpus
+    widest = max((c.num_workers or 1) for c in configs)
+    concurrent = max_concurrent or max(1, min(len(configs), capacity // widest))
+    out = []
+    for cfg, gpu in zip(configs, use_gpu, strict=True):
+        if gpu:
+            out.append(cfg.replace(use_gpu=True, num_workers=cfg.num_workers or max(1, gpus // concurrent)))
+            continue
+        workers = cfg.num_workers or 1
+        cpus_each = cfg.cpus_per_worker or max(1, cpus // concurrent // workers)
+        out.append(cfg.replace(use_gpu=False, num_workers=workers, cpus_per_worker=cpus_each))
+    return concurrent, out
+
+
+# ----------------------------------------------------------------------------- results (pure over files)
+
+
+@dataclass
+class VariantResult:
+    name: str
+    status: str  # "done", "failed" or "not run"
+    changes: dict[str, Any]
+    error: str | None = None
+    eval_loss: float | None = None
+    train_loss: float | None = None
+    scores: dict[str, float] = field(default_factory=dict)  # overall eval rates, 0..1
+    tokens_per_s: float | None = None
+    wall_time_s: float | None = None
+    adapter_mb: float | None = None
+
+    def value(self, metric: str) -> float | None:
+        return self.eval_loss if metric == "eval_loss" else self.scores.get(metric)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def finished_training(out: Path) -> bool:
+    return bool(_read_json(out / "robolora_run.json").get("finished"))
+
+
+def variant_scores(out: Path) -> dict[str, float]:
+    """The overall rates of a variant's ``eval.json`` (written by the sweep or ``robolora eval``)."""
+    overall = _read_json(out / "eval.json").get("overall") or {}
+    return next(iter(overall.values()), {}) if overall else {}
+
+
+def collect(variant: Variant, error: str | None = None) -> VariantResult:
+    """What a variant's folder holds: its summary, evaluation and adapter size."""
+    out = Path(variant.config.output_dir)
+    done = finished_training(out)
+    summary = _read_json(out / "train_summary.json")
+    adapter = out / "adapter_model.safetensors"
+    result = VariantResult(
+        variant.name,
+        "done" if done and not error else ("failed" if error else "not run"),
+        variant.changes,
+        error=error,
+        eval_loss=summary.get("eval_loss"),
+        train_loss=summary.get("train_loss"),
+        scores={k: v for k, v in variant_scores(out).items() if k in METRICS},
+        tokens_per_s=summary.get("mean_tokens_per_s"),
+        wall_time_s=summary.get("wall_time_s"),
+        adapter_mb=adapter.stat().st_size / 2**20 if adapter.is_file() else None,
+    )
+    return result
+
+
+def pick_best(results: list[VariantResult], metric: str) -> VariantResult | None:
+    """The finished variant with the best value of ``metric`` (ties: the earlier variant)."""
+    higher = METRICS[metric]
+    ranked = [r for r in results if r.status == "done" and r.value(metric) is not None]
+    if not ranked:
+        return None
+    return max(ranked, key=lambda r: (r.value(metric) if higher else -r.value(metric), -results.index(r)))
+
+
+COLUMNS = (
+    ("variant", lambda r: r.name),
+    ("status", lambda r: r.status),
+    ("changes", lambda r: ", ".join(f"{k}={v}" for k, v in r.changes.items()) or "-"),
+    ("eval_loss", lambda r: r.eval_loss),
+    ("train_loss", lambda r: r.train_loss),
+    ("semantic", lambda r: r.scores.get("semantic")),
+    ("exact", lambda r: r.scores.get("exact")),
+    ("api_valid", lambda r: r.scores.get("api_valid")),
+    ("syntax", lambda r: r.scores.get("syntax")),
+    ("tokens_per_s", lambda r: r.tokens_per_s),
+    ("wall_time_s", lambda r: r.wall_time_s),
+    ("adapter_mb", lambda r: r.adapter_mb),
+)
+RATES = ("semantic", "exact", "api_valid", "syntax")
+
+
+def _cell(name: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if name in RATES:
+        return f"{100 * value:.1f}%"
+    if isinstance(value, float):
+        return f"{value:.4f}" if name.endswith("loss") else f"{value:.2f}" if name == "adapter_mb" else f"{value:.1f}"
+    return str(value)
+
+
+def comparison_table(results: list[VariantResult], best: str | None = None, ensemble: dict | None = None) -> str:
+    """The variants side by side as aligned text; the best is starred, the ensemble's vote last.
+
+    >>> r = VariantResult("a", "done", {"lora_r": 8}, eval_loss=0.25, scores={"semantic": 0.9})
+    >>> print(comparison_table([r], best="a").splitlines()[2])
+    a *      done    lora_r=8  0.2500     -           90.0%     -      -          -       -             -            -
+    """
+    names = [n for n, _ in COLUMNS]
+    rows = [[_cell(n, get(r)) for n, get in COLUMNS] for r in results]
+    for row, r in zip(rows, results, strict=True):
+        if r.name == best:
+            row[0] += " *"
+    if ensemble:
+        scores = [_cell(m, ensemble["scores"].get(m)) for m in RATES]
+        rows.append(["ensemble (vote)", "done", f"{ensemble['members']} members", "-", "-", *scores, "-", "-", "-"])
+    widths = [max(len(x) for x in col) for col in zip(names, *rows, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    return "\n".join([line(names), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def comparison_csv(results: list[VariantResult], ensemble: dict | None = None) -> str:
+    """The same comparison as CSV, with raw numbers (rates as fractions) and the error of failed variants."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow([n for n, _ in COLUMNS] + ["error"])
+    for r in results:
+        writer.writerow([("" if (v := get(r)) is None else v) for _, get in COLUMNS] + [r.error or ""])
+    if ensemble:
+        scores = ensemble["scores"]
+        row = {"variant": "ensemble (vote)", "status": "done", "changes": f"{ensemble['members']} members"}
+        writer.writerow([row.get(n, scores.get(n, "")) for n, _ in COLUMNS] + [""])
+    return buffer.getvalue()
+
+
+def plot_curves(runs: dict[str, list[dict]], path: str | os.PathLike[str], best: str | None = None) -> Path:
+    """Each variant's train and eval loss in its own panel, side by side on one loss scale, as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from robolora.diagnose import series
+
+    n = max(1, len(runs))
+    cols = min(n, 4)
+    rows_n = math.ceil(n / cols)
+    fig = Figure(figsize=(3.6 * cols, 3.0 * rows_n), dpi=100, layout="constrained")
+    canvas = FigureCanvasAgg(fig)
+    axes = fig.subplots(rows_n, cols, sharey=True, squeeze=False).ravel()
+    for ax, (name, rows) in zip(axes, runs.items(), strict=False):
+        for key, label, style in (("train_loss", "train", ".-"), ("eval_loss", "eval", "o-")):
+            points = series(rows, key)
+            if points:
+                ax.plot([s for s, _ in points], [v for _, v in points], style, label=label, markersize=3)
+        ax.set_title(f"{name}{' (best)' if name == best else ''}", fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes[len(runs) :]:
+        ax.set_visible(False)
+    axes[0].set_ylabel("loss")
+    buffer = io.BytesIO()
+    canvas.print_png(buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def vote_predictions(members: dict[str, list[dict]]) -> tuple[list[str], list[dict]]:
+    """The ensemble's prediction per record from members' ``eval_predictions.jsonl`` rows.
+
+    Each row needs ``prediction`` and ``mean_logprob``; the members must have judged the same inputs
+    in the same order. Returns the picks and the records (``input``, ``output``, ``category``).
+
+    >>> rows = lambda *codes: [{"input": "x", "reference": "robot.stop()", "category": "c",
+    ...     "prediction": c, "mean_logprob": -0.1} for c in codes]
+    >>> vote_predictions({"a": rows("robot.stop()"), "b": rows("robot.go_home()"), "c": rows("robot.stop()")})[0]
+    ['robot.stop()']
+    """
+    from robolora.infer import vote
+
+    columns = list(members.values())
+    inputs = [r["input"] for r in columns[0]]
+    for name, rows in members.items():
+        if [r["input"] for r in rows] != inputs:
+            raise ValueError(f"{name} was evaluated on other records; an ensemble needs the same ones")
+    picks = []
+    for row in zip(*columns, strict=True):
+        picks.append(row[vote([(r["prediction"], r.get("mean_logprob", 0.0)) for r in row])]["prediction"])
+    records = [{"input": r["input"], "output": r["reference"], "category": r["category"]} for r in columns[0]]
+    return picks, records
+
+
+# ----------------------------------------------------------------------------- running it
+
+
+def evaluate_adapter(out: str, settings: dict[str, Any], threads: int | None = None) -> dict[str, float]:
+    """Generate code for a run's ``val.jsonl`` with its adapter; write ``eval.json`` and the predictions."""
+    import torch
+
+    from robolora.data import load_records
+    from robolora.evaluate import compare_dict, score, write_predictions
+    from robolora.infer import Generator
+
+    if threads:
+        torch.set_num_threads(threads)
+    s = EvalSettings(**settings)
+    folder = Path(out)
+    records = load_records(folder / "val.jsonl", check_api=False)[: s.limit or None]
+    gen = Generator.load(folder)
+    generations = gen.generate(
+        [r["input"] for r in records],
+        batch_size=s.batch_size,
+        max_new_tokens=s.max_new_tokens,
+        constrained=s.constrained,
+    )
+    predictions = [g.code for g in generations]
+    report = score(records, predictions)
+    write_predictions(
+        folder / "eval_predictions.jsonl",
+        records,
+        predictions,
+        report.judgements,
+        [g.mean_logprob for g in generations],
+    )
+    atomic_write_text(folder / "eval.json", json.dumps(compare_dict({folder.name: report}), indent=2))
+    return report.overall.to_dict()
+
+
+def _error_file(job: dict[str, Any]) -> Path:
+    return Path(job["logs"]) / f"{job['name']}.error"
+
+
+def run_variant(config: dict[str, Any]) -> None:
+    """The Ray Tune trial: train one variant (reporting its metrics live), then evaluate it."""
+    import ray
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from robolora.launcher import run_training
+
+    job = config["variant"]
+    cfg = from_dict(job["config"], source=job["name"])
+    logs = Path(job["logs"])
+    logs.mkdir(parents=True, exist_ok=True)
+    _error_file(job).unlink(missing_ok=True)
+    with (
+        open(logs / f"{job['name']}.log", "a") as log,
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+    ):
+        try:
+            if not finished_training(Path(cfg.output_dir)):
+                run_training(cfg, callbacks=[TuneReportCallback()], watch=False)
+            scores = {}
+            if job["evaluate"] is not None:
+                resources = {"num_gpus": 1} if cfg.use_gpu else {"num_cpus": cfg.num_workers * cfg.cpus_per_worker}
+                threads = None if cfg.use_gpu else resources["num_cpus"]
+                # Its own resources, outside the trial's placement group (which holds only the trial).
+                free = PlacementGroupSchedulingStrategy(placement_group=None)
+                task = ray.remote(evaluate_adapter).options(**resources, scheduling_strategy=free)
+                scores = ray.get(task.remote(cfg.output_dir, job["evaluate"], threads))
+        except BaseException as e:
+            message = " ".join(str(e).split()) or type(e).__name__
+            atomic_write_text(_error_file(job), f"{type(e).__name__}: {message}"[-2000:])
+            raise
+    tune.report({"finished": 1, **{k: v for k, v in scores.items() if k in METRICS}})
+
+
+def _variant_callback() -> Any:
+    """A Tune callback that prints one line per variant event: its metrics as they arrive, its end."""
+    from ray import tune
+
+    class VariantLines(tune.Callback):
+        def _name(self, trial: Any) -> str:
+            return trial.config["variant"]["name"]
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            print(f"[{self._name(trial)}] started", flush=True)
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            if result.get("finished"):
+                shown = [f"{k} {100 * result[k]:.1f}%" for k in RATES if k in result]
+                print(f"[{self._name(trial)}] evaluated: {', '.join(shown) or 'done'}", flush=True)
+                return
+            parts = [f"step {result['step']}"] if "step" in result else []
+            for key in ("train_loss", "eval_loss"):
+                if isinstance(result.get(key), float):
+                    parts.append(f"{key.replace('_', ' ')} {result[key]:.4f}")
+            if isinstance(result.get("tokens_per_s"), float):
+                parts.append(f"{result['tokens_per_s']:.0f} tok/s")
+            print(f"[{self._name(trial)}] {', '.join(parts)}", flush=True)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            print(f"[{self._name(trial)}] failed (see its log)", flush=True)
+
+    return VariantLines()
+
+
+class SweepFailed(UserError):
+    """Some variants failed; the finished ones and the comparison are kept."""
+
+    exit_code = 1
+
+
+def _link_best(out: Path, best: VariantResult | None) -> None:
+    link = out / "best"
+    if link.is_symlink() or link.exists():
+        if not link.is_symlink():
+            raise UserError(f"{link} exists and is not the sweep's link; move it away to link the best variant")
+        link.unlink()
+    if best is not None:
+        link.symlink_to(best.name, target_is_directory=True)
+
+
+def _ensemble(sweep: Sweep, results: list[VariantResult]) -> dict[str, Any] | None:
+    """Score the finished members' vote from their saved predictions (no generation needed)."""
+    from robolora.evaluate import compare_dict, score, write_predictions
+
+    members = {}
+    for r in results:
+        path = sweep.output_dir / r.name / "eval_predictions.jsonl"
+        if r.status == "done" and path.is_file():
+            members[r.name] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if len(members) < 2:
+        return None
+    try:
+        picks, records = vote_predictions(members)
+    except ValueError as e:
+        print(f"no ensemble: {e}")
+        return None
+    report = score(records, picks)
+    write_predictions(sweep.output_dir / "ensemble_predictions.jsonl", records, picks, report.judgements)
+    data = {"members": list(members), **compare_dict({"ensemble (vote)": report})}
+    atomic_write_text(sweep.output_dir / "ensemble_eval.json", json.dumps(data, indent=2))
+    return {"members": len(members), "scores": report.overall.to_dict(), "table": report.table()}
+
+
+def report_sweep(sweep: Sweep, errors: dict[str, str]) -> tuple[list[VariantResult], VariantResult | None]:
+    """Write the comparison (text, CSV, PNG, JSON), link ``best/`` and score the ensemble."""
+    from robolora.report import read_metrics
+
+    out = sweep.output_dir
+    results = [collect(v, errors.get(v.name)) for v in sweep.variants]
+    best = pick_best(results, sweep.metric)
+    ensemble = _ensemble(sweep, results) if sweep.evaluate else None
+    table = comparison_table(results, best.name if best else None, ensemble)
+    atomic_write_text(out / "comparison.txt", table + "\n")
+    atomic_write_text(out / "comparison.csv", comparison_csv(results, ensemble))
+    curves = {}
+    for r in results:
+        metrics = out / r.name / "metrics.jsonl"
+        if metrics.is_file():
+            curves[r.name] = read_metrics(metrics)
+    if curves:
+        plot_curves(curves, out / "loss_curves.png", best.name if best else None)
+    summary = {
+        "metric": sweep.metric,
+        "best": best.name if best else None,
+        "variants": [r.__dict__ for r in results],
+        "ensemble": {k: v for k, v in ensemble.items() if k != "table"} if ensemble else None,
+    }
+    atomic_write_text(out / "sweep.json", json.dumps(summary, indent=2, default=str))
+    _link_best(out, best)
+    print(f"\nSweep {out} ({sweep.metric} picks the best; * marks it)\n{table}")
+    if ensemble:
+        print(f"\nensemble of {ensemble['members']} (majority vote over canonical programs):\n{ensemble['table']}")
+    return results, best
+
+
+def describe(sweep: Sweep, concurrent: int, configs: list[TrainConfig]) -> str:
+    lines = [f"{len(sweep.variants)} variants into {sweep.output_dir}, {concurrent} at a time:"]
+    for v, cfg in zip(sweep.variants, configs, strict=True):
+        changes = ", ".join(f"{k}={val}" for k, val in v.changes.items()) or "(base settings)"
+        each = "1 GPU" if cfg.use_gpu else f"{cfg.cpus_per_worker} CPU{'s' * (cfg.cpus_per_worker > 1)}"
+        lines.append(f"  {v.name}: {changes}  [{cfg.num_workers} worker{'s' * (cfg.num_workers > 1)} x {each}]")
+    return "\n".join(lines)
+
+
+def run_sweep(path: str | os.PathLike, max_concurrent: int | None = None, dry_run: bool = False) -> list[VariantResult]:
+    """Train every variant of a sweep file on Ray Tune, then compare, link the best and vote.
+
+    Raises:
+        SweepFailed: some variants failed (everything else is written first).
+    """
+    import ray
+    from ray import tune
+
+    from robolora.launcher import check_model, init_ray
+
+    sweep = load_sweep(path)
+    base = sweep.variants[0].config
+    for name in dict.fromkeys(v.config.model_name for v in sweep.variants):
+        # Once, before the trials: a bundled model is converted here, not by several trials at once.
+        check_model(next(v.config for v in sweep.variants if v.config.model_name == name))
+    init_ray(base)
+    resources = ray.cluster_resources()
+    concurrent, configs = share_cluster(
+        [absolute_paths(v.config) for v in sweep.variants],
+        int(resources.get("CPU", 1)),
+        int(resources.get("GPU", 0)),
+        max_concurrent or sweep.max_concurrent,
+    )
+    sweep = replace(
+        sweep,
+        output_dir=sweep.output_dir.resolve(),
+        variants=[replace(v, config=c) for v, c in zip(sweep.variants, configs, strict=True)],
+    )
+    print(describe(sweep, concurrent, configs), flush=True)
+    if dry_run:
+        return []
+    out = sweep.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    evaluate = sweep.evaluate.__dict__ if sweep.evaluate else None
+    todo = []
+    for v in sweep.variants:
+        folder = Path(v.config.output_dir)
+        if finished_training(folder) and (evaluate is None or (folder / "eval.json").is_file()):
+            print(f"[{v.name}] finished earlier: kept")
+            continue
+        todo.append({"name": v.name, "config": v.config.to_dict(), "evaluate": evaluate, "logs": str(logs)})
+    errors: dict[str, str] = {}
+    if todo:
+        print(f"training {len(todo)} variants; each one's output is in {logs}/<name>.log", flush=True)
+        tuner = tune.Tuner(
+            # The trial only drives its Train run, whose workers hold the CPUs and GPUs; a trial
+            # holding a CPU would keep a Train worker waiting (Tune refuses an all-zero request).
+            tune.with_resources(run_variant, {"CPU": 0, "memory": TRIAL_MEMORY}),
+            param_space={"variant": tune.grid_search(todo)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(
+                name=time.strftime("%Y%m%d-%H%M%S"),
+                storage_path=str(out / "tune"),
+                verbose=0,
+                callbacks=[_variant_callback()],
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+        # Failures are reported below, one line each; Tune's own tracebacks stay in the logs.
+        tune_log = logging.getLogger("ray.tune")
+        level = tune_log.level
+        tune_log.setLevel(logging.CRITICAL)
+        try:
+            grid = tuner.fit()
+        finally:
+            tune_log.setLevel(level)
+        for result in grid:
+            job = result.config["variant"]
+            if result.error is not None:
+                path_ = _error_file(job)
+                errors[job["name"]] = path_.read_text() if path_.is_file() else str(result.error).splitlines()[-1]
+    results, _ = report_sweep(sweep, errors)
+    failed = [r for r in results if r.status != "done"]
+    if failed:
+        lines = "\n".join(f"  {r.name}: {r.error or r.status}" for r in failed)
+        raise SweepFailed(
+            f"{len(failed)} of {len(results)} variants did not finish:\n{lines}\n"
+            "run the same sweep again to retry them; the finished variants are kept"
+        )
+    return results
