@@ -191,3 +191,12 @@ def test_collate_pads_right_with_ignored_labels():
     assert batch["input_ids"] == [[5, 6, 7, 0], [5, 0, 0, 0]]
     assert batch["labels"] == [[-100, 6, 7, -100], [5, -100, -100, -100]]
     assert batch["attention_mask"] == [[1, 1, 1, 0], [1, 0, 0, 0]]
+
+
+def test_a_data_error_crosses_processes_whole():
+    import pickle
+
+    from robolora.errors import DataError
+
+    error = pickle.loads(pickle.dumps(DataError([f"d.json: record {i}: output: invalid" for i in range(25)])))
+    assert len(error.problems) == 25 and str(error).endswith("... and 5 more")

@@ -226,6 +226,13 @@ def test_write_predictions(tmp_path):
 def test_write_predictions_rejects_mismatched_lengths(tmp_path):
     with pytest.raises(ValueError, match="2 records but 1 judgements"):
         write_predictions(tmp_path / "p.jsonl", RECORDS[:2], PREDICTIONS[:2], [judge(MOVE, MOVE)])
+    with pytest.raises(ValueError, match="2 records but 3 logprobs"):
+        write_predictions(tmp_path / "p.jsonl", RECORDS[:2], PREDICTIONS[:2], logprobs=[0.0] * 3)
+
+
+def test_write_predictions_keeps_the_log_probabilities_a_vote_weighs(tmp_path):
+    path = write_predictions(tmp_path / "p.jsonl", RECORDS[:2], PREDICTIONS[:2], logprobs=[-0.25, -1.5])
+    assert [json.loads(line)["mean_logprob"] for line in path.read_text().splitlines()] == [-0.25, -1.5]
 
 
 @pytest.mark.parametrize(
