@@ -568,6 +568,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Longest error line printed.
+MAX_ERROR_LINE = 1000
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; user errors become ``robolora: error:`` lines and exit code 2."""
     try:
@@ -575,6 +579,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except UserError as e:
         for line in str(e).splitlines():
+            if len(line) > MAX_ERROR_LINE:  # a huge value echoed back would bury the message
+                line = f"{line[: MAX_ERROR_LINE - 40]}... ({len(line):,} characters in all)"
             print(f"robolora: error: {line}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

@@ -59,6 +59,12 @@ FEW_SHOT_EXAMPLES = (
 # ----------------------------------------------------------------------------- loading and validation
 
 
+#: Longest ``input`` or ``output`` accepted: far beyond any command or program, far below what would
+#: stall tokenization or the checker (a field this long is a wrong file or a broken export).
+MAX_FIELD_CHARS = 10_000
+MAX_CATEGORY_CHARS = 100
+
+
 def _read_text(path: Path) -> str:
     try:
         raw = path.read_bytes()
@@ -148,7 +154,14 @@ def record_problems(path: str | Path, records: Sequence[Any], check_api: bool = 
                 problems.append(f"{where}: field '{key}': expected a string, got {_kind(value)}")
             elif not value.strip():
                 problems.append(f"{where}: field '{key}': is empty; every record needs a non-empty string '{key}'")
-        if "category" in rec and not isinstance(rec["category"], str):
+            elif len(value) > MAX_FIELD_CHARS:
+                problems.append(
+                    f"{where}: field '{key}': {len(value):,} characters, over the limit of {MAX_FIELD_CHARS:,}; "
+                    "a robot command and its program are a few lines"
+                )
+        if isinstance(rec.get("category"), str) and len(rec["category"]) > MAX_CATEGORY_CHARS:
+            problems.append(f"{where}: field 'category': longer than {MAX_CATEGORY_CHARS} characters; use a short name")
+        elif "category" in rec and not isinstance(rec["category"], str):
             problems.append(f"{where}: field 'category': expected a string, got {_kind(rec['category'])}")
         elif "category" in rec and not rec["category"].strip():
             problems.append(f"{where}: field 'category': is empty; give a name or leave the field out")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -61,9 +62,13 @@ def _fingerprint(cfg: TrainConfig) -> dict[str, Any]:
 def check_output_dir(cfg: TrainConfig) -> tuple[Check, bool]:
     """Whether the output directory can take this run; returns (check, resuming)."""
     out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
+    try:
+        exists, is_dir = out.exists(), out.is_dir()
+    except OSError as e:  # a name too long for the file system, say
+        raise UserError(f"--output-dir: {out}: {e.strerror}; choose another path") from None
+    if exists and not is_dir:
         raise UserError(f"--output-dir: {out} is a file; choose a directory")
-    if out.is_dir() and any(out.iterdir()):
+    if is_dir and any(out.iterdir()):
         marker = out / RUN_MARKER
         if not marker.is_file():
             raise UserError(
@@ -86,10 +91,25 @@ def check_output_dir(cfg: TrainConfig) -> tuple[Check, bool]:
                 "start it again with the same flags to resume, or choose another directory"
             )
         return Check("output directory", True, f"{out} (unfinished run: resuming from its last checkpoint)"), True
-    probe = out if out.is_dir() else next((p for p in out.parents if p.exists()), Path())
-    if not os.access(probe, os.W_OK):
-        raise UserError(f"--output-dir: {out} is not writable (no write permission on {probe})")
+    _check_creatable(out)
     return Check("output directory", True, f"{out} (new, writable)"), False
+
+
+def _check_creatable(out: Path) -> None:
+    """Whether ``out`` (an empty or missing directory) can hold the run: tried, not guessed from
+    permission bits (root passes those everywhere, and /proc or a read-only mount still refuses)."""
+    base = next((p for p in [out, *out.parents] if p.exists()), Path.cwd())
+    if not base.is_dir():
+        raise UserError(f"--output-dir: {out} cannot be created: {base} is a file; choose another path")
+    for part in out.relative_to(base).parts:
+        if len(os.fsencode(part)) > 255:
+            raise UserError(f"--output-dir: {out}: the name {part[:40]}... is too long (255 bytes at most)")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".robolora-probe-", dir=base))
+    except OSError as e:
+        raise UserError(
+            f"--output-dir: {out} cannot be created in {base} ({e.strerror}); choose a writable place"
+        ) from None
 
 
 def load_datasets(cfg: TrainConfig) -> tuple[list[dict[str, str]], list[dict[str, str]], str]:

@@ -171,7 +171,11 @@ def resolve_model(name: str) -> str:
     if name in ALIASES:
         return str(ensure_alias(name))
     path = Path(name).expanduser()
-    if path.exists():
+    try:
+        exists = path.exists()
+    except OSError as e:  # a name too long for the file system
+        raise _not_found(name[:80] + ("..." if len(name) > 80 else ""), e.strerror) from None
+    if exists:
         if path.is_dir() and (path / "config.json").is_file():
             return str(path)
         raise _not_found(name, f"{path} exists but holds no config.json")
