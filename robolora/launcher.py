@@ -105,7 +105,7 @@ def _check_creatable(out: Path) -> None:
         if len(os.fsencode(part)) > 255:
             raise UserError(f"--output-dir: {out}: the name {part[:40]}... is too long (255 bytes at most)")
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".robolora-probe-", dir=base))
+        Path(tempfile.mkdtemp(prefix=".robolora-probe-", dir=base)).rmdir()
     except OSError as e:
         raise UserError(
             f"--output-dir: {out} cannot be created in {base} ({e.strerror}); choose a writable place"
