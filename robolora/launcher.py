@@ -555,10 +555,36 @@ class TrainingFailed(UserError):
     def __init__(self, out: Path, error: Exception):
         cause = error.__cause__ or error
         text = " ".join(str(cause).split())[-600:]
+        advice = oom_advice(f"{type(cause).__name__}: {text}")
         super().__init__(
             f"training failed: {type(cause).__name__}: {text}\n"
-            f"the last complete checkpoint in {out} is kept; run the same command again to resume from it"
+            + (f"{advice}\n" if advice else "")
+            + f"the last complete checkpoint in {out} is kept; run the same command again to resume from it"
         )
+
+
+#: What a worker's error says when memory ran out: PyTorch on a GPU, the CPU allocator, Ray's OOM killer.
+OOM_SIGNS = ("OutOfMemoryError", "out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "running low on memory", "MemoryError")
+
+
+def oom_advice(error_text: str) -> str | None:
+    """The flags that lower memory, when an error says memory ran out (the guide's troubleshooting).
+
+    >>> oom_advice("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB").splitlines()[0]
+    'out of memory: lower it with any of these (robolora plan --model ... --gpus ... shows what fits):'
+    >>> oom_advice("ValueError: bad value") is None
+    True
+    """
+    if not any(sign in error_text for sign in OOM_SIGNS):
+        return None
+    return (
+        "out of memory: lower it with any of these (robolora plan --model ... --gpus ... shows what fits):\n"
+        "  --batch-size smaller, with --gradient-accumulation-steps larger to keep the global batch\n"
+        "  --gradient-checkpointing (recompute activations in the backward pass)\n"
+        "  --zero-stage 3 (shard the frozen weights across workers)\n"
+        "  --offload optimizer, or --offload all with --zero-stage 3 (CPU memory instead of GPU memory)\n"
+        "  --max-length shorter (fewer tokens per example)"
+    )
 
 
 class Interrupted(UserError):

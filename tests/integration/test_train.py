@@ -182,3 +182,20 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint_on_the_same_curve(tra
         torch.tensor([resumed[s] for s in steps]), torch.tensor([expected[s] for s in steps]), rtol=1e-5, atol=1e-5
     )
     assert json.loads((out / "train_summary.json").read_text())["steps"] == 12
+
+
+def oom_loop(config):
+    """A worker that runs out of memory as PyTorch reports it on a GPU."""
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.1 GiB total)")
+
+
+def test_out_of_memory_names_the_flags_that_lower_memory(train_run, capsys):
+    from robolora.launcher import TrainingFailed
+
+    with pytest.raises(TrainingFailed) as failed:
+        train_run("oom", train_loop=oom_loop)
+    message = str(failed.value)
+    assert "CUDA out of memory" in message
+    for flag in ("--batch-size", "--gradient-accumulation-steps", "--gradient-checkpointing", "--zero-stage 3",
+                 "--offload", "--max-length"):  # fmt: skip
+        assert flag in message
