@@ -88,7 +88,8 @@ def test_one_and_two_workers_follow_the_same_curve(train_run):
         assert all(s[key] > (0 if gpu else 100) for r in logged for s in r["devices"])
 
 
-def test_resume_after_interruption_gives_the_same_losses(train_run, small_dataset, tmp_path):
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
+def test_resume_after_interruption_gives_the_same_losses(train_run, small_dataset, tmp_path, how):
     import os
     import signal
     import subprocess
@@ -112,7 +113,8 @@ def test_resume_after_interruption_gives_the_same_losses(train_run, small_datase
         time.sleep(0.2)
     while time.time() < deadline and max(series(out, "train_loss"), default=0) < 5:
         time.sleep(0.2)
-    first.send_signal(signal.SIGINT)
+    # Ctrl-C, or a scheduler's SIGTERM: both stop the run resumably.
+    first.send_signal(getattr(signal, how))
     _, err = first.communicate(timeout=120)
     assert first.returncode == 130, err[-2000:]
     assert "run the same command again to resume" in err
