@@ -117,7 +117,9 @@ class TrainConfig:
     zero_stage: int | None = _f(None, "DeepSpeed ZeRO stage 2 or 3 (default: planned)", "dist", (2, 3))
     offload: str | None = _f(None, "DeepSpeed CPU offload (default: planned)", "dist", OFFLOAD)
     ray_address: str | None = _f(None, "an existing Ray cluster (default: $RAY_ADDRESS, else a local one)", "dist")
-    storage_path: str | None = _f(None, "Ray Train storage for checkpoints (default: <output-dir>/ray)", "dist")
+    storage_path: str | None = _f(
+        None, "Ray Train storage for checkpoints, shared by all nodes (default: <output-dir>/.ray)", "dist"
+    )
     max_failures: int = _f(0, "worker-group restarts allowed before the run fails", "dist")
     placement_strategy: str = _f(
         "PACK",

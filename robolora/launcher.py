@@ -4,9 +4,10 @@
 guide's pre-training checklist), then starts a Ray Train ``TorchTrainer`` on a local Ray cluster
 or an existing one, and finally writes the loss curve, the model card and the loss diagnosis.
 
-The output directory is the Ray Train run directory: checkpoints land in
-``<output_dir>/checkpoint-<step>``, and starting the same command again continues from the last
-one. On several nodes it must be shared storage, as Ray Train requires for checkpoints.
+Ray Train keeps the run's state and checkpoints in ``<output_dir>/.ray`` (or ``--storage-path``);
+each complete checkpoint is published as ``<output_dir>/checkpoint-<step>`` (see
+:mod:`robolora.checkpoints`), and starting the same command again continues from the last one. On
+several nodes the output directory must be shared storage, as Ray Train requires for checkpoints.
 """
 
 from __future__ import annotations
@@ -488,8 +489,9 @@ def run_training(
         val_records=ctx["val"],
         resume_weights=str(Path(cfg.resume_from).resolve()) if cfg.resume_from else None,
         threads_per_worker=plan.cpus_per_worker if not plan.use_gpu else None,
+        checkpoint_root=str(ray_run_dir(cfg, out)),
     )
-    storage = Path(cfg.storage_path).resolve() if cfg.storage_path else out.parent
+    storage, name = ray_run_dir(cfg, out).parent, ray_run_dir(cfg, out).name
     trainer = TorchTrainer(
         train_loop or train_loop_per_worker,
         train_loop_config=spec.to_dict(),
@@ -500,7 +502,7 @@ def run_training(
             placement_strategy=cfg.placement_strategy,
         ),
         run_config=RunConfig(
-            name=out.name,
+            name=name,
             storage_path=str(storage),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.save_total_limit or None),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
@@ -525,6 +527,14 @@ def run_training(
     _write_marker(out, given, cfg, finished=True)
     summary["ray_metrics"] = result.metrics
     return summary
+
+
+def ray_run_dir(cfg: TrainConfig, out: Path) -> Path:
+    """Where Ray Train keeps the run's state and registered checkpoints: ``<output_dir>/.ray/train``,
+    or ``<storage_path>/<output_dir name>`` (shared storage for several nodes)."""
+    if cfg.storage_path:
+        return Path(cfg.storage_path).resolve() / out.name
+    return out / ".ray" / "train"
 
 
 def _fit_interruptibly(trainer: Any) -> Any:

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from robolora import dist
+from robolora.checkpoints import publish, remove_partials
 from robolora.config import TrainConfig, from_dict
 from robolora.data import IGNORE_INDEX, collate, target_count, tokenize_records
 from robolora.ds_config import load_template, resolve
@@ -60,6 +61,8 @@ class RunSpec:
     val_records: list[dict[str, str]]
     resume_weights: str | None = None
     threads_per_worker: int | None = None
+    #: Ray Train's run directory: checkpoints are persisted there, then published into output_dir.
+    checkpoint_root: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -326,6 +329,8 @@ class Trainer:
         """Continue from the last checkpoint Ray Train reports for this run, if any."""
         import ray.train
 
+        if dist.is_main():
+            remove_partials(self.out)
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             if dist.is_main():
@@ -366,7 +371,8 @@ class Trainer:
 
     def save_checkpoint(self, metrics: dict[str, Any]) -> None:
         """Every rank writes its DeepSpeed shard; rank 0 adds the adapter and trainer state; Ray persists
-        the merged directory as ``<output_dir>/checkpoint-<step>``."""
+        the merged directory in its storage; once every rank has, rank 0 publishes it whole as
+        ``<output_dir>/checkpoint-<step>``."""
         import ray.train
         from safetensors.torch import save_file
 
@@ -391,6 +397,14 @@ class Trainer:
                 metrics,
                 checkpoint=ray.train.Checkpoint.from_directory(tmp),
                 checkpoint_dir_name=f"checkpoint-{self.step}",
+            )
+        dist.barrier()  # every rank's part is persisted
+        if dist.is_main() and self.spec.checkpoint_root:
+            publish(
+                Path(self.spec.checkpoint_root) / f"checkpoint-{self.step}",
+                self.out,
+                self.step,
+                keep=self.cfg.save_total_limit,
             )
 
     # -- evaluation

@@ -201,3 +201,49 @@ def test_out_of_memory_names_the_flags_that_lower_memory(train_run, capsys):
     for flag in ("--batch-size", "--gradient-accumulation-steps", "--gradient-checkpointing", "--zero-stage 3",
                  "--offload", "--max-length"):  # fmt: skip
         assert flag in message
+
+
+def save_fails_at_step_6_loop(config):
+    """The standard worker, except that rank 1's save at step 6 fails midway (a full disk, a lost node):
+    it writes part of its DeepSpeed state, then raises, while rank 0 saves and reports its part."""
+    from robolora.worker import Trainer, run_worker
+
+    save = Trainer.save_checkpoint
+
+    def failing_save(self, metrics):
+        if self.step == 6 and self.rank == 1:
+            self.engine.save_checkpoint(f"{self.out}/.scratch-rank1", tag="partial", exclude_frozen_parameters=True)
+            raise OSError(28, "No space left on device")
+        return save(self, metrics)
+
+    Trainer.save_checkpoint = failing_save
+    run_worker(config)
+
+
+def test_an_interrupted_save_leaves_no_visible_checkpoint_and_resume_uses_the_previous_one(train_run, tmp_path):
+    import shutil
+
+    from robolora.launcher import TrainingFailed
+
+    reference = train_run("reference", save_steps=3)
+    out = tmp_path / "broken-save"
+    with pytest.raises(TrainingFailed, match="No space left on device"):
+        train_run("broken-save", save_steps=3, train_loop=save_fails_at_step_6_loop)
+    shutil.rmtree(out / ".scratch-rank1", ignore_errors=True)
+    # Only complete checkpoints are visible: step 3 with every rank's state; nothing of step 6.
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
+    three = out / "checkpoint-3"
+    assert {"trainer_state.json", "adapter_model.safetensors", "rng_rank0.safetensors", "rng_rank1.safetensors"} <= {
+        p.name for p in three.iterdir()
+    }
+    train_run("broken-save", save_steps=3)  # the same command again: resumes from step 3
+    resumed, expected = series(out, "train_loss"), series(reference, "train_loss")
+    assert sorted(resumed) == list(range(1, 9))
+    torch.testing.assert_close(
+        torch.tensor([resumed[s] for s in range(4, 9)]),
+        torch.tensor([expected[s] for s in range(4, 9)]),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6", "checkpoint-8"]
+    assert not list(out.glob(".checkpoint-*"))
