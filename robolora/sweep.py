@@ -291,10 +291,19 @@ def finished_training(out: Path) -> bool:
     return bool(_read_json(out / "robolora_run.json").get("finished"))
 
 
+def rates(scores: dict[str, Any]) -> dict[str, float]:
+    """The fractions (0..1) in a :meth:`Scores.to_dict` (which holds counts and ``*_rate`` fractions).
+
+    >>> rates({"n": 4, "semantic": 3, "semantic_rate": 0.75, "syntax": 4, "syntax_rate": 1.0})
+    {'semantic': 0.75, 'syntax': 1.0}
+    """
+    return {m: scores[f"{m}_rate"] for m in RATES if f"{m}_rate" in scores}
+
+
 def variant_scores(out: Path) -> dict[str, float]:
     """The overall rates of a variant's ``eval.json`` (written by the sweep or ``robolora eval``)."""
     overall = _read_json(out / "eval.json").get("overall") or {}
-    return next(iter(overall.values()), {}) if overall else {}
+    return rates(next(iter(overall.values()), {})) if overall else {}
 
 
 def collect(variant: Variant, error: str | None = None) -> VariantResult:
@@ -310,7 +319,7 @@ def collect(variant: Variant, error: str | None = None) -> VariantResult:
         error=error,
         eval_loss=summary.get("eval_loss"),
         train_loss=summary.get("train_loss"),
-        scores={k: v for k, v in variant_scores(out).items() if k in METRICS},
+        scores=variant_scores(out),
         tokens_per_s=summary.get("mean_tokens_per_s"),
         wall_time_s=summary.get("wall_time_s"),
         adapter_mb=adapter.stat().st_size / 2**20 if adapter.is_file() else None,
@@ -479,7 +488,7 @@ def evaluate_adapter(out: str, settings: dict[str, Any], threads: int | None = N
         [g.mean_logprob for g in generations],
     )
     atomic_write_text(folder / "eval.json", json.dumps(compare_dict({folder.name: report}), indent=2))
-    return report.overall.to_dict()
+    return rates(report.overall.to_dict())
 
 
 def _error_file(job: dict[str, Any]) -> Path:
@@ -520,7 +529,7 @@ def run_variant(config: dict[str, Any]) -> None:
             message = " ".join(str(e).split()) or type(e).__name__
             atomic_write_text(_error_file(job), f"{type(e).__name__}: {message}"[-2000:])
             raise
-    tune.report({"finished": 1, **{k: v for k, v in scores.items() if k in METRICS}})
+    tune.report({"finished": 1, **scores})
 
 
 def _variant_callback() -> Any:
@@ -589,7 +598,7 @@ def _ensemble(sweep: Sweep, results: list[VariantResult]) -> dict[str, Any] | No
     write_predictions(sweep.output_dir / "ensemble_predictions.jsonl", records, picks, report.judgements)
     data = {"members": list(members), **compare_dict({"ensemble (vote)": report})}
     atomic_write_text(sweep.output_dir / "ensemble_eval.json", json.dumps(data, indent=2))
-    return {"members": len(members), "scores": report.overall.to_dict(), "table": report.table()}
+    return {"members": len(members), "scores": rates(report.overall.to_dict()), "table": report.table()}
 
 
 def report_sweep(sweep: Sweep, errors: dict[str, str]) -> tuple[list[VariantResult], VariantResult | None]:

@@ -11,6 +11,7 @@ import pytest
 
 from robolora.config import TrainConfig
 from robolora.errors import ConfigError
+from robolora.evaluate import compare_dict, score
 from robolora.sweep import (
     VariantResult,
     build_sweep,
@@ -193,16 +194,13 @@ def test_collect_reads_a_variants_folder(tmp_path):
     assert collect(s.variants[0]).status == "not run"
     (out / "robolora_run.json").write_text(json.dumps({"finished": True}))
     (out / "train_summary.json").write_text(json.dumps({"eval_loss": 0.1, "mean_tokens_per_s": 250.0}))
-    (out / "eval.json").write_text(json.dumps({"models": ["a"], "overall": {"a": {"n": 4, "semantic": 0.75}}}))
+    records = [{"input": "stop", "output": "robot.stop()"}] * 4
+    report = score(records, ["robot.stop()"] * 3 + ["robot.go_home()"])
+    (out / "eval.json").write_text(json.dumps(compare_dict({"a": report})))  # as the sweep and `eval` write it
     (out / "adapter_model.safetensors").write_bytes(b"\0" * 2**20)
     r = collect(s.variants[0])
-    assert (r.status, r.eval_loss, r.scores, r.tokens_per_s, r.adapter_mb) == (
-        "done",
-        0.1,
-        {"semantic": 0.75},
-        250.0,
-        1.0,
-    )
+    assert (r.status, r.eval_loss, r.tokens_per_s, r.adapter_mb) == ("done", 0.1, 250.0, 1.0)
+    assert r.scores == {"semantic": 0.75, "exact": 0.75, "api_valid": 1.0, "syntax": 1.0}
     assert collect(s.variants[0], error="boom").status == "failed"
 
 
