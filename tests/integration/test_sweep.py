@@ -53,6 +53,7 @@ def test_variants_train_concurrently_a_failure_stays_isolated_and_a_rerun_keeps_
     assert (rows["r8"]["status"], rows["r4"]["status"], rows["broken"]["status"]) == ("done", "done", "failed")
     assert "no such file" in rows["broken"]["error"]
     assert rows["r4"]["changes"] == "lora_r=4, lora_alpha=8" and float(rows["r4"]["eval_loss"]) > 0
+    assert all(0.0 <= float(rows[n][m]) <= 1.0 for n in ("r8", "r4") for m in ("semantic", "api_valid", "syntax"))
     assert "ensemble (vote)" in rows
     summary = json.loads((out / "sweep.json").read_text())
     assert summary["metric"] == "semantic" and summary["ensemble"]["members"] == 2
