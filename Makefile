@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= data/robot_dataset.json
 
-.PHONY: setup quickstart test test-unit lint format data clean
+.PHONY: setup quickstart test test-unit lint format data bench clean
 
 setup:  ## create .venv with the CPU or CUDA build of torch and the whole stack
 	@bash scripts/setup.sh
@@ -29,6 +29,9 @@ format: setup
 
 data: setup  ## regenerate the shipped dataset
 	$(BIN)/robolora data generate --num-examples 4000 --seed 0 --output $(DATA) --force
+
+bench: setup  ## side-by-side performance measurements (benchmarks/README.md)
+	$(BIN)/python benchmarks/throughput.py --json-out benchmarks/results/throughput.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info
