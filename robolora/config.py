@@ -18,6 +18,7 @@ import difflib
 import json
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -117,6 +118,11 @@ class TrainConfig:
     zero_stage: int | None = _f(None, "DeepSpeed ZeRO stage 2 or 3 (default: planned)", "dist", (2, 3))
     offload: str | None = _f(None, "DeepSpeed CPU offload (default: planned)", "dist", OFFLOAD)
     ray_address: str | None = _f(None, "an existing Ray cluster (default: $RAY_ADDRESS, else a local one)", "dist")
+    dashboard_host: str = _f(
+        "127.0.0.1",
+        "where a local Ray cluster's dashboard listens: localhost only by default; 0.0.0.0 for every interface",
+        "dist",
+    )
     storage_path: str | None = _f(
         None, "Ray Train storage for checkpoints, shared by all nodes (default: <output-dir>/.ray)", "dist"
     )
@@ -218,6 +224,7 @@ def _check_numbers(c: TrainConfig) -> None:
     parse_layers(c.lora_layers, 10**6)  # the syntax now; the layer count once the model is known
     need(bool(c.output_dir.strip()), "output_dir", "a directory path")
     need(bool(c.model_name.strip()), "model_name", "a model alias, path or hub name")
+    need(bool(re.fullmatch(r"[\w.:-]+", c.dashboard_host)), "dashboard_host", "a host name or IP address")
     for name in ("num_workers", "cpus_per_worker"):
         need(getattr(c, name) is None or getattr(c, name) >= 1, name, "a positive integer")
 

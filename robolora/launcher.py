@@ -38,6 +38,7 @@ RESUMABLE_CHANGES = {
     "dataloader_num_workers",
     "dataloader_pin_memory",
     "placement_strategy",
+    "dashboard_host",
 }
 
 
@@ -389,7 +390,7 @@ def init_ray(cfg: TrainConfig) -> None:
     else:
         # A laptop or a single machine is never preempted; the watcher would only add noise.
         env["env_vars"]["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
-        ray.init(runtime_env=env, include_dashboard=True, dashboard_host="127.0.0.1", logging_config=quiet)
+        ray.init(runtime_env=env, include_dashboard=True, dashboard_host=cfg.dashboard_host, logging_config=quiet)
     # SIGTERM (a scheduler, `kill`) stops a run as cleanly as Ctrl-C; ray.init made it a bare exit.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)

@@ -216,6 +216,7 @@ BAD_VALUES = {
     "model_name": ["", "./no-such-model", "/" + "x" * 100_000, "~/no/such/model"],
     "output_dir": [""],
     "resume_from": ["/no/such/adapter"],
+    "dashboard_host": ["", "0.0.0.0; rm -rf /", "host name"],
 }
 
 
