@@ -29,6 +29,16 @@ def probe_loop(config):
         save_file({"logits": logits.contiguous()}, f"{trainer.out}/probe_logits.safetensors")
 
 
+def assert_same_curve(out, reference, steps: int, after: int) -> None:
+    """Every step logged once, and the losses after the restart point those of the unbroken run."""
+    resumed, expected = series(out, "train_loss"), series(reference, "train_loss")
+    assert sorted(resumed) == list(range(1, steps + 1))
+    later = range(after + 1, steps + 1)
+    torch.testing.assert_close(
+        torch.tensor([resumed[s] for s in later]), torch.tensor([expected[s] for s in later]), rtol=1e-5, atol=1e-5
+    )
+
+
 # Workers cannot import this test module: ship the probe by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -122,14 +132,7 @@ def test_resume_after_interruption_gives_the_same_losses(train_run, small_datase
 
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert second.returncode == 0, second.stderr[-3000:]
-    resumed, expected = series(out, "train_loss"), series(reference, "train_loss")
-    assert sorted(resumed) == list(range(1, 9))
-    torch.testing.assert_close(
-        torch.tensor([resumed[s] for s in range(4, 9)]),
-        torch.tensor([expected[s] for s in range(4, 9)]),
-        rtol=1e-5,
-        atol=1e-5,
-    )
+    assert_same_curve(out, reference, steps=8, after=3)
     assert "resumed from" in second.stdout + second.stderr
 
 
@@ -176,13 +179,8 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint_on_the_same_curve(tra
     train_run("killed", max_failures=1, **settings)
     killer.join(timeout=10)
     assert killed and killed[0] < 12, f"the worker was not killed mid-run: {killed}"
-    resumed, expected = series(out, "train_loss"), series(reference, "train_loss")
-    assert sorted(resumed) == list(range(1, 13))
     assert (out / "adapter_model.safetensors").is_file()
-    steps = [s for s in range(4, 13)]
-    torch.testing.assert_close(
-        torch.tensor([resumed[s] for s in steps]), torch.tensor([expected[s] for s in steps]), rtol=1e-5, atol=1e-5
-    )
+    assert_same_curve(out, reference, steps=12, after=3)
     assert json.loads((out / "train_summary.json").read_text())["steps"] == 12
 
 
@@ -237,13 +235,6 @@ def test_an_interrupted_save_leaves_no_visible_checkpoint_and_resume_uses_the_pr
         p.name for p in three.iterdir()
     }
     train_run("broken-save", save_steps=3)  # the same command again: resumes from step 3
-    resumed, expected = series(out, "train_loss"), series(reference, "train_loss")
-    assert sorted(resumed) == list(range(1, 9))
-    torch.testing.assert_close(
-        torch.tensor([resumed[s] for s in range(4, 9)]),
-        torch.tensor([expected[s] for s in range(4, 9)]),
-        rtol=1e-5,
-        atol=1e-5,
-    )
+    assert_same_curve(out, reference, steps=8, after=3)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6", "checkpoint-8"]
     assert not list(out.glob(".checkpoint-*"))
