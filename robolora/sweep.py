@@ -653,6 +653,8 @@ def run_sweep(path: str | os.PathLike, max_concurrent: int | None = None, dry_ru
 
     from robolora.launcher import check_model, init_ray
 
+    if max_concurrent is not None and max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent: must be at least 1, got {max_concurrent}")
     sweep = load_sweep(path)
     base = sweep.variants[0].config
     for name in dict.fromkeys(v.config.model_name for v in sweep.variants):

@@ -229,3 +229,12 @@ def test_loss_curves_side_by_side(tmp_path):
     runs = {name: [{"step": s, "train_loss": 1 / s, "eval_loss": 1.1 / s} for s in (1, 2, 3)] for name in "abcde"}
     path = plot_curves(runs, tmp_path / "curves.png", best="b")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_command_refuses_a_bad_file_or_flag_in_one_line(run_cli, tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("output_dir: o\nvariants: [{name: a, lora_r: -1}]\n")
+    code, _, err = run_cli("sweep", "--config", str(path))
+    assert code == 2 and err.count("\n") == 1 and "variants[0] (a): --lora-r: must be a positive integer" in err
+    code, _, err = run_cli("sweep", "--config", str(path), "--max-concurrent", "0")
+    assert code == 2 and "--max-concurrent: must be at least 1" in err
