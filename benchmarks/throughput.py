@@ -1,4 +1,4 @@
-"""Useful tokens/s: the Robot-LoRA worker loop against Hugging Face ``Trainer`` + PEFT, side by side.
+"""Useful tokens/s and MFU: the Robot-LoRA worker loop against Hugging Face ``Trainer`` + PEFT, side by side.
 
     python benchmarks/throughput.py --steps 40 --warmup 10 --json-out benchmarks/results/throughput.json
 
@@ -8,6 +8,11 @@ precision, the same tokenized examples (response-only labels) and the same CPU t
 each. ``Trainer`` keeps its own defaults otherwise (random order without length grouping, the loss over
 all positions). Useful tokens are the non-padding tokens trained on; both rates are taken after the
 warm-up steps, on the same machine in the same run.
+
+MFU is the model FLOP/s (per token: 4 x parameters for LoRA on a frozen base, forward plus the
+activation gradients, plus causal attention) over the peak bf16 matmul FLOP/s measured in the same run
+with the same threads. It counts the model's FLOPs, not the ones executed: Robot-LoRA's backward pass
+stops below the adapted layers and its LM head runs only where a response token is predicted.
 """
 
 from __future__ import annotations
@@ -134,6 +139,47 @@ def hf_trainer(steps: int, warmup: int, threads: int, out: Path) -> dict:
     }
 
 
+def matmul_peak(dtype_name: str, threads: int, n: int = 2048, repeats: int = 8) -> float:
+    """FLOP/s of the best of ``repeats`` square matmuls of size ``n`` in ``dtype``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.matmul(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def model_flops_per_token(mean_tokens: float) -> float:
+    """4 x parameters (forward 2N, activation gradients 2N; the frozen base has no weight gradients),
+    plus causal attention: QK^T and AV over half the sequence on average, forward and backward (3x)."""
+    from transformers import AutoConfig
+
+    from robolora.models import resolve_model
+
+    c = AutoConfig.from_pretrained(resolve_model(MODEL))
+    d, layers, ffn, vocab = c.hidden_size, c.num_hidden_layers, c.intermediate_size, c.vocab_size
+    kv = d * c.num_key_value_heads // c.num_attention_heads
+    per_layer = d * d * 2 + d * kv * 2 + 3 * d * ffn  # q, o; k, v; gate, up, down
+    params = layers * per_layer + vocab * d  # the LM head (tied to the embeddings)
+    attention = 3 * layers * 2 * 2 * d * (mean_tokens / 2)
+    return 4 * params + attention
+
+
+def mean_length() -> float:
+    from robolora.data import load_records, split_records, tokenize_records
+    from robolora.models import load_tokenizer
+
+    train, _ = split_records(load_records(DATA), 0.1, 42)
+    dataset, _ = tokenize_records(train, load_tokenizer(MODEL), MAX_LENGTH)
+    return sum(dataset["length"]) / len(dataset)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40, help="timed optimizer steps per side (default: 40)")
@@ -148,11 +194,22 @@ def main() -> int:
         }
     ratio = results["robolora"]["useful_tokens_per_s"] / results["hf_trainer_peft"]["useful_tokens_per_s"]
     results["ratio"] = ratio
-    results["settings"] = {"steps": args.steps, "warmup": args.warmup, "threads": args.threads, "batch": BATCH, **LORA}
-    print(f"{'':18}{'useful tokens/s':>16}")
+    peaks = {name: matmul_peak(name, args.threads) for name in ("bfloat16", "float32")}
+    flops = model_flops_per_token(mean_length())
+    results["peak_flops"] = peaks
+    results["model_flops_per_token"] = flops
     for name in ("hf_trainer_peft", "robolora"):
-        print(f"{name:18}{results[name]['useful_tokens_per_s']:>16.1f}")
+        achieved = results[name]["useful_tokens_per_s"] * flops
+        results[name] |= {"model_flops_per_s": achieved, "mfu_bf16": achieved / peaks["bfloat16"]}
+    results["settings"] = {"steps": args.steps, "warmup": args.warmup, "threads": args.threads, "batch": BATCH, **LORA}
+    print(f"{'':18}{'useful tokens/s':>16}{'model GFLOP/s':>15}{'MFU (bf16 peak)':>17}")
+    for name in ("hf_trainer_peft", "robolora"):
+        r = results[name]
+        print(f"{name:18}{r['useful_tokens_per_s']:>16.1f}{r['model_flops_per_s'] / 1e9:>15.1f}{r['mfu_bf16']:>17.1%}")
     print(f"ratio (robolora / Trainer + PEFT): {ratio:.2f}x")
+    print(
+        f"measured matmul peak: bf16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s, fp32 {peaks['float32'] / 1e9:.1f} GFLOP/s"
+    )
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(results, indent=2))
