@@ -9,7 +9,7 @@
     robolora train --config examples/smollm2-135m.yaml
     robolora plan --model 13B --gpus 8x40GB
     robolora pipeline --config curriculum.yaml
-    robolora sweep --config examples/sweep-smollm2.yaml --max-concurrent 2
+    robolora sweep --config examples/sweeps/smollm2-ensemble.yaml --max-concurrent 2
     robolora submit --address http://HEAD:8265 -- train --config examples/codellama-7b.yaml --output-dir /mnt/shared/r1
     robolora jobs status raysubmit_XXXX --address http://HEAD:8265
 

@@ -403,6 +403,14 @@ def _write_marker(out: Path, given: TrainConfig, resolved: TrainConfig, finished
     atomic_write_text(out / RUN_MARKER, json.dumps(marker, indent=2))
 
 
+def run_finished(out: str | os.PathLike) -> bool:
+    """Whether ``out`` holds a run that finished (its marker says so)."""
+    try:
+        return bool(json.loads((Path(out) / RUN_MARKER).read_text()).get("finished"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def preflight(cfg: TrainConfig) -> tuple[list[Check], dict[str, Any]]:
     """The pre-training checklist; raises UserError on the first item that fails."""
     checks = []
@@ -490,9 +498,8 @@ def run_training(
         val_records=ctx["val"],
         resume_weights=str(Path(cfg.resume_from).resolve()) if cfg.resume_from else None,
         threads_per_worker=plan.cpus_per_worker if not plan.use_gpu else None,
-        checkpoint_root=str(ray_run_dir(cfg, out)),
+        checkpoint_root=str(run_dir := ray_run_dir(cfg, out)),
     )
-    storage, name = ray_run_dir(cfg, out).parent, ray_run_dir(cfg, out).name
     trainer = TorchTrainer(
         train_loop or train_loop_per_worker,
         train_loop_config=spec.to_dict(),
@@ -503,8 +510,8 @@ def run_training(
             placement_strategy=cfg.placement_strategy,
         ),
         run_config=RunConfig(
-            name=name,
-            storage_path=str(storage),
+            name=run_dir.name,
+            storage_path=str(run_dir.parent),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.save_total_limit or None),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),

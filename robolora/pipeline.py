@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,11 +81,9 @@ def build_stages(data: Any, source: str) -> list[Stage]:
 
 def finished(stage: Stage) -> bool:
     """Whether a stage's folder holds its finished run."""
-    marker = Path(stage.config.output_dir) / "robolora_run.json"
-    try:
-        return bool(json.loads(marker.read_text()).get("finished"))
-    except (OSError, ValueError):
-        return False
+    from robolora.launcher import run_finished
+
+    return run_finished(stage.config.output_dir)
 
 
 def run_pipeline(path: str | Path) -> None:

@@ -52,6 +52,7 @@ from typing import Any
 from robolora.config import TrainConfig, from_dict, load_config_file, read_mapping
 from robolora.errors import ConfigError, UserError
 from robolora.fileio import atomic_write_bytes, atomic_write_text
+from robolora.launcher import run_finished
 
 KEYS = ("output_dir", "base", "shared", "variants", "grid", "metric", "max_concurrent", "evaluate")
 #: The metrics a sweep can rank by, and whether higher is better.
@@ -287,10 +288,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def finished_training(out: Path) -> bool:
-    return bool(_read_json(out / "robolora_run.json").get("finished"))
-
-
 def rates(scores: dict[str, Any]) -> dict[str, float]:
     """The fractions (0..1) in a :meth:`Scores.to_dict` (which holds counts and ``*_rate`` fractions).
 
@@ -309,7 +306,7 @@ def variant_scores(out: Path) -> dict[str, float]:
 def collect(variant: Variant, error: str | None = None) -> VariantResult:
     """What a variant's folder holds: its summary, evaluation and adapter size."""
     out = Path(variant.config.output_dir)
-    done = finished_training(out)
+    done = run_finished(out)
     summary = _read_json(out / "train_summary.json")
     adapter = out / "adapter_model.safetensors"
     result = VariantResult(
@@ -515,7 +512,7 @@ def run_variant(config: dict[str, Any]) -> None:
         contextlib.redirect_stderr(log),
     ):
         try:
-            if not finished_training(Path(cfg.output_dir)):
+            if not run_finished(Path(cfg.output_dir)):
                 run_training(cfg, callbacks=[TuneReportCallback()], watch=False)
             scores = {}
             if job["evaluate"] is not None:
@@ -683,7 +680,7 @@ def run_sweep(path: str | os.PathLike, max_concurrent: int | None = None, dry_ru
     todo = []
     for v in sweep.variants:
         folder = Path(v.config.output_dir)
-        if finished_training(folder) and (evaluate is None or (folder / "eval.json").is_file()):
+        if run_finished(folder) and (evaluate is None or (folder / "eval.json").is_file()):
             print(f"[{v.name}] finished earlier: kept")
             continue
         todo.append({"name": v.name, "config": v.config.to_dict(), "evaluate": evaluate, "logs": str(logs)})
