@@ -217,6 +217,10 @@ def model_dims(cfg: TrainConfig) -> tuple[ModelDims, str]:
     return dims, check.detail
 
 
+#: CPUs reserved for a GPU worker by default, at most.
+GPU_WORKER_MAX_CPUS = 8
+
+
 def plan_run(
     cfg: TrainConfig,
     cluster_cpus: int,
@@ -224,6 +228,7 @@ def plan_run(
     model_config: Any = None,
     gpu_memory: int | None = None,
     nodes: int = 1,
+    cpus_per_gpu: int = 1,
 ) -> Plan:
     """Fill in the distributed settings the user left out.
 
@@ -241,7 +246,10 @@ def plan_run(
     if workers > capacity:
         unit = "GPUs" if use_gpu else "CPUs"
         raise UserError(f"--num-workers {workers}: the Ray cluster has only {capacity} {unit}; use at most {capacity}")
-    cpus = cfg.cpus_per_worker or max(1, cluster_cpus // workers if not use_gpu else 1)
+    # A GPU worker's host threads launch kernels, collate and pin batches and run the optimizer's
+    # bookkeeping: half of its node's CPUs per GPU (up to 8), the rest for data loaders and Ray.
+    gpu_cpus = max(1, min(GPU_WORKER_MAX_CPUS, cpus_per_gpu // 2))
+    cpus = cfg.cpus_per_worker or (gpu_cpus if use_gpu else max(1, cluster_cpus // workers))
     from robolora.models import bf16_supported
 
     bf16 = cfg.bf16 if cfg.bf16 is not None else bf16_supported(use_gpu)
@@ -390,7 +398,8 @@ def init_ray(cfg: TrainConfig) -> None:
     else:
         # A laptop or a single machine is never preempted; the watcher would only add noise.
         env["env_vars"]["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
-        ray.init(runtime_env=env, include_dashboard=True, dashboard_host=cfg.dashboard_host, logging_config=quiet)
+        # The dashboard starts where its packages are installed (ray[default]); a minimal Ray trains without it.
+        ray.init(runtime_env=env, include_dashboard=None, dashboard_host=cfg.dashboard_host, logging_config=quiet)
     # SIGTERM (a scheduler, `kill`) stops a run as cleanly as Ctrl-C; ray.init made it a bare exit.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
@@ -449,9 +458,12 @@ def run_training(
     init_ray(cfg)
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
-    gpu_nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU"))
+    gpu_nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU")]
     gpu_memory = available_memory(True)[0] if gpus else None
-    plan = plan_run(cfg, int(resources.get("CPU", 1)), gpus, ctx["model_config"], gpu_memory, max(1, gpu_nodes))
+    cpus_per_gpu = min((int(r.get("CPU", 0) // r["GPU"]) for r in gpu_nodes), default=1)
+    plan = plan_run(
+        cfg, int(resources.get("CPU", 1)), gpus, ctx["model_config"], gpu_memory, max(1, len(gpu_nodes)), cpus_per_gpu
+    )
     checks.append(check_batches(cfg, plan, len(ctx["train"])))
     checks.append(check_memory(cfg, plan, ctx["model_config"]))
     print("Pre-training checklist")

@@ -282,3 +282,17 @@ def test_train_without_known_gpu_memory_or_on_cpu_keeps_the_defaults():
     assert (cpu.use_gpu, cpu.zero_stage, cpu.batch_size, cpu.gradient_checkpointing) == (False, 2, 8, False)
     full = plan_run(from_dict({"offload": "all", "bf16": False}), cluster_cpus=2, cluster_gpus=0)
     assert (full.zero_stage, full.offload) == (3, "all")  # offloading parameters needs ZeRO-3
+
+
+def test_gpu_workers_get_half_their_nodes_cpus_per_gpu_up_to_eight():
+    cfg = from_dict({"bf16": True})
+    llama = _llama_config("7B")
+
+    def cpus(per_gpu: int, given: int | None = None) -> int:
+        c = cfg.replace(cpus_per_worker=given) if given else cfg
+        return plan_run(c, 16, 1, llama, 80 * GIB, cpus_per_gpu=per_gpu).cpus_per_worker
+
+    assert (cpus(16), cpus(12), cpus(64), cpus(1), cpus(3)) == (8, 6, 8, 1, 1)
+    assert cpus(16, given=2) == 2  # as given
+    # CPU workers still share the cluster's CPUs
+    assert plan_run(from_dict({"num_workers": 2}), cluster_cpus=8, cluster_gpus=0).cpus_per_worker == 4
