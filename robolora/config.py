@@ -109,8 +109,16 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass to save memory", "perf")
     group_by_length: bool = _f(False, "batch examples of similar length to reduce padding", "perf")
     dataloader_num_workers: int = _f(0, "data-loading processes per worker", "perf")
-    dataloader_pin_memory: bool = _f(False, "pin host memory for faster copies to the GPU", "perf")
+    dataloader_pin_memory: bool | None = _f(
+        None, "pin host memory for asynchronous copies to the GPU (default: on when training on GPUs)", "perf"
+    )
     bf16: bool | None = _f(None, "bfloat16 mixed precision (default: on where the hardware supports it)", "perf")
+    profile_steps: str = _f(
+        "",
+        "profile these optimizer steps on rank 0 with torch.profiler, e.g. 10-12: a summary table and a "
+        "Chrome trace in <output-dir>/profile",
+        "perf",
+    )
     # Distributed
     num_workers: int | None = _f(None, "Ray Train workers (default: planned from the hardware)", "dist")
     use_gpu: bool | None = _f(None, "one GPU per worker (default: when the cluster has GPUs)", "dist")
@@ -200,6 +208,21 @@ def parse_layers(spec: str, num_layers: int) -> list[int] | None:
     return sorted(layers)
 
 
+def parse_step_range(spec: str) -> tuple[int, int] | None:
+    """The optimizer steps of a ``--profile-steps`` value (both ends included); None when empty.
+
+    >>> parse_step_range("10-12"), parse_step_range("5"), parse_step_range("")
+    ((10, 12), (5, 5), None)
+    """
+    text = spec.replace(" ", "")
+    if not text:
+        return None
+    match = re.fullmatch(r"(\d+)(?:-(\d+))?", text)
+    if not match or int(match[1]) < 1 or int(match[2] or match[1]) < int(match[1]):
+        raise ConfigError(f"--profile-steps: {spec!r} is not a step range; use START-END, such as 10-12 (steps from 1)")
+    return int(match[1]), int(match[2] or match[1])
+
+
 def _check_numbers(c: TrainConfig) -> None:
     def need(ok: bool, name: str, rule: str) -> None:
         if not ok:
@@ -222,6 +245,7 @@ def _check_numbers(c: TrainConfig) -> None:
     need(c.max_length >= 16, "max_length", "at least 16 tokens")
     need(bool(c.target_modules()), "lora_target_modules", "a comma-separated list of module names")
     parse_layers(c.lora_layers, 10**6)  # the syntax now; the layer count once the model is known
+    parse_step_range(c.profile_steps)
     need(bool(c.output_dir.strip()), "output_dir", "a directory path")
     need(bool(c.model_name.strip()), "model_name", "a model alias, path or hub name")
     need(bool(re.fullmatch(r"[\w.:-]+", c.dashboard_host)), "dashboard_host", "a host name or IP address")

@@ -31,11 +31,12 @@ import torch
 
 from robolora import dist
 from robolora.checkpoints import publish, remove_partials
-from robolora.config import TrainConfig, from_dict
+from robolora.config import TrainConfig, from_dict, parse_step_range
 from robolora.data import IGNORE_INDEX, collate, target_count, tokenize_records
 from robolora.ds_config import load_template, resolve
 from robolora.fileio import atomic_write_text
 from robolora.gpu import DeviceMonitor, summarize
+from robolora.profiling import StepProfiler
 from robolora.progress import METRICS, PROGRESS
 from robolora.sampler import plan_epoch, steps_per_epoch
 from robolora.schedule import lr_factor, warmup_steps_for
@@ -249,6 +250,8 @@ class Trainer:
             raise ValueError(f"{len(self.train_lengths)} training examples make no global batch of {self.global_batch}")
         total = self.steps_per_epoch * self.cfg.num_epochs
         self.total_steps = min(self.cfg.max_steps, math.ceil(total)) if self.cfg.max_steps > 0 else math.ceil(total)
+        window = parse_step_range(self.cfg.profile_steps) if dist.is_main() else None
+        self.profiler = StepProfiler(window, self.out, self.device)
         self._build_engine()
 
     def _build_engine(self) -> None:
@@ -487,6 +490,7 @@ class Trainer:
             steps = plan[self.step - self.epoch * self.steps_per_epoch :]
             batches = iter(self._loader([micro for step in steps for micro in step[self.rank]]))
             for step_plan in steps:
+                self.profiler.before(self.step + 1)
                 mine = [i for micro in step_plan[self.rank] for i in micro]
                 local_items = sum(self.train_label_counts[i] for i in mine)
                 local_seen = sum(self.train_lengths[i] for i in mine)
@@ -506,6 +510,7 @@ class Trainer:
                     # the hot loop does not wait on the device until the next log line.
                     interval["loss"] = interval["loss"] + out.loss.detach().float() * scale
                 self.step += 1
+                self.profiler.after(self.step)
                 self.progress()
                 interval["tokens"] += local_items
                 interval["seen"] += local_seen
@@ -536,7 +541,8 @@ class Trainer:
             batch_sampler=micro_batches,
             collate_fn=collate_tensors,
             num_workers=self.cfg.dataloader_num_workers,
-            pin_memory=self.cfg.dataloader_pin_memory and self.device.type == "cuda",
+            # Pinned batches copy asynchronously; from pageable memory each copy first waits for the device.
+            pin_memory=self.device.type == "cuda" and self.cfg.dataloader_pin_memory is not False,
         )
 
     def _epoch_float(self) -> float:

@@ -73,8 +73,13 @@ def test_two_workers_adapter_reproduces_trained_logits(train_run, stage):
 
 
 def test_one_and_two_workers_follow_the_same_curve(train_run):
-    two = train_run("two", num_workers=2, batch_size=4)
+    # --profile-steps on the two-worker run: rank 0 profiles steps 2-3, and the curve is unchanged
+    two = train_run("two", num_workers=2, batch_size=4, profile_steps="2-3")
     one = train_run("one", num_workers=1, batch_size=8)
+    summary = (two / "profile" / "summary.txt").read_text()
+    assert summary.startswith("steps 2-3: ") and "ms per step" in summary and "aten::mm" in summary
+    assert (two / "profile" / "trace.json").stat().st_size > 1000
+    assert not (one / "profile").exists()
     loss1, loss2 = series(one, "train_loss"), series(two, "train_loss")
     assert sorted(loss1) == list(range(1, 9))
     torch.testing.assert_close(

@@ -138,6 +138,14 @@ def _error(argv=None, file_text=None, tmp_path=None, name="run.yaml") -> str:
             ["--lora-layers", "5-2"],
             "--lora-layers: '5-2' is not a layer selection; use 'top:N', or indices and ranges such as '0-3,8'",
         ),
+        (
+            ["--profile-steps", "12-10"],
+            "--profile-steps: '12-10' is not a step range; use START-END, such as 10-12 (steps from 1)",
+        ),
+        (
+            ["--profile-steps", "0"],
+            "--profile-steps: '0' is not a step range; use START-END, such as 10-12 (steps from 1)",
+        ),
         (["--val-json", "v.json"], "--val-json needs --train-json: pass both, or a single --data-json"),
         (
             ["--zero-stage", "2", "--offload", "all"],
