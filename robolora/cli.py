@@ -138,9 +138,9 @@ def cmd_robot_check(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from robolora.config import config_from_namespace
-    from robolora.launcher import run_training
+    from robolora.launcher import command_start, run_training
 
-    run_training(config_from_namespace(args))
+    run_training(config_from_namespace(args), started_at=command_start())
     return 0
 
 

@@ -435,17 +435,29 @@ def preflight(cfg: TrainConfig) -> tuple[list[Check], dict[str, Any]]:
     return checks, {"train": train, "val": val, "resuming": resuming, "model_config": model_config}
 
 
+def command_start() -> float:
+    """When this process started (wall clock): the start-up report counts from the command."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # no psutil, or no /proc: count from now
+        return time.time()
+
+
 def run_training(
     cfg: TrainConfig,
     train_loop: Callable[[dict], None] | None = None,
     callbacks: Sequence[Any] = (),
     watch: bool = True,
+    started_at: float | None = None,
 ) -> dict[str, Any]:
     """Preflight, train on Ray Train workers, then plot, diagnose and describe the run.
 
     ``train_loop`` replaces the per-worker function (tests wrap the standard one to probe the model);
     ``callbacks`` are Ray Train callbacks (a sweep passes Tune's reporter); ``watch`` shows the
-    progress bar and log lines.
+    progress bar and log lines; ``started_at`` is when the command started (wall clock), where the
+    start-up report counts from (default: now).
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -454,8 +466,12 @@ def run_training(
     from robolora.worker import RunSpec, train_loop_per_worker
 
     t0 = time.perf_counter()
+    # Wall-clock marks of the start-up, completed by the workers (robolora.startup)
+    marks = {"start": started_at or time.time()}
     checks, ctx = preflight(cfg)
+    marks["checks"] = time.time()
     init_ray(cfg)
+    marks["ray"] = time.time()
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     gpu_nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU")]
@@ -511,6 +527,7 @@ def run_training(
         resume_weights=str(Path(cfg.resume_from).resolve()) if cfg.resume_from else None,
         threads_per_worker=plan.cpus_per_worker if not plan.use_gpu else None,
         checkpoint_root=str(run_dir := ray_run_dir(cfg, out)),
+        startup=marks,
     )
     trainer = TorchTrainer(
         train_loop or train_loop_per_worker,

@@ -61,7 +61,10 @@ def summary(prof: Any, wall: float, count: int, steps: tuple[int, int], device_t
     lines = [f"steps {steps[0]}-{steps[0] + count - 1}: {wall / count * 1000:.1f} ms per step (wall)"]
     tables = [("self_cpu_time_total", "host")]
     if device_type == "cuda":
-        busy = sum(getattr(e, "self_device_time_total", 0) for e in averages) / 1e6
+        from torch.autograd import DeviceType
+
+        # The kernels themselves (operators also carry their kernels' time, which would count it twice)
+        busy = sum(e.self_device_time_total for e in averages if e.device_type == DeviceType.CUDA) / 1e6
         lines.append(f"device kernels: {busy / count * 1000:.1f} ms per step, busy {busy / wall:.0%} of the wall time")
         tables.insert(0, ("self_device_time_total", "device"))
     for key, label in tables:

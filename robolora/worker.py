@@ -35,11 +35,12 @@ from robolora.config import TrainConfig, from_dict, parse_step_range
 from robolora.data import IGNORE_INDEX, collate, target_count, tokenize_records
 from robolora.ds_config import load_template, resolve
 from robolora.fileio import atomic_write_text
-from robolora.gpu import DeviceMonitor, summarize
+from robolora.gpu import DeviceMonitor, process_rss_mb, summarize
 from robolora.profiling import StepProfiler
 from robolora.progress import METRICS, PROGRESS
 from robolora.sampler import plan_epoch, steps_per_epoch
 from robolora.schedule import lr_factor, warmup_steps_for
+from robolora.startup import describe, phases
 
 DS_TAG = "deepspeed"
 TRAINER_STATE = "trainer_state.json"
@@ -64,6 +65,8 @@ class RunSpec:
     threads_per_worker: int | None = None
     #: Ray Train's run directory: checkpoints are persisted there, then published into output_dir.
     checkpoint_root: str | None = None
+    #: The driver's wall-clock start-up marks (robolora.startup); the workers add theirs.
+    startup: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,6 +81,13 @@ def memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_memory_mb(device: torch.device) -> float:
+    """Memory this worker holds now: allocated device memory on a GPU, the process's RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    return process_rss_mb()
 
 
 def param_groups(named: list[tuple[str, torch.nn.Parameter]], cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -221,6 +231,8 @@ class Trainer:
         self.evals_without_improvement = 0
         self.rows: list[dict[str, Any]] = []
         self.writer: Any = None
+        self.marks = {**spec.startup, "worker": time.time()}
+        self.startup: dict[str, float] = {}
 
     # -- setup
 
@@ -238,6 +250,8 @@ class Trainer:
             self.spec.train_records, self.tokenizer, self.cfg.max_length
         )
         self.val_ds, self.val_report = tokenize_records(self.spec.val_records, self.tokenizer, self.cfg.max_length)
+        self.marks["data"] = time.time()
+        self.memory = {"before_model_mb": current_memory_mb(self.device)}
         dist.print0(self.train_report.describe("train", self.cfg.max_length))
         dist.print0(self.val_report.describe("validation", self.cfg.max_length))
         self.train_lengths = list(self.train_ds["length"])
@@ -278,6 +292,7 @@ class Trainer:
         model = get_peft_model(model, lora)
         if self.spec.resume_weights:
             load_adapter_weights(model, self.spec.resume_weights)
+        self.marks["model"] = time.time()
         # In bf16 mode DeepSpeed casts the module to bf16 and keeps fp32 master copies of the LoRA
         # weights in the (sharded) optimizer, so updates do not lose precision.
         ds_config = resolve(
@@ -318,6 +333,10 @@ class Trainer:
             dist_init_required=False,
         )
         self.model = model
+        self.marks["engine"] = time.time()
+        # What the model costs this worker once DeepSpeed holds it (ZeRO-3 keeps a shard of the weights)
+        self.memory["engine_mb"] = current_memory_mb(self.device)
+        self.memory["model_mb"] = self.memory["engine_mb"] - self.memory["before_model_mb"]
         dist.print0(
             f"model: {total / 1e6:.1f}M parameters, "
             f"{self.trainable / 1e6:.2f}M trainable; ZeRO-{self.spec.zero_stage}, offload {self.spec.offload}, "
@@ -511,6 +530,10 @@ class Trainer:
                     interval["loss"] = interval["loss"] + out.loss.detach().float() * scale
                 self.step += 1
                 self.profiler.after(self.step)
+                if not self.startup and "start" in self.marks:
+                    self.marks["first_step"] = time.time()
+                    self.startup = phases(self.marks)
+                    dist.print0(describe(self.marks))
                 self.progress()
                 interval["tokens"] += local_items
                 interval["seen"] += local_seen
@@ -600,6 +623,7 @@ class Trainer:
 
     def finish(self, last: dict[str, Any]) -> None:
         """Rank 0 writes the final adapter and tokenizer into the output directory."""
+        memory = dist.gather_objects({**self.memory, "peak_mb": memory_mb(self.device)})
         adapter = lora_state_dict(self.model, self.spec.zero_stage)
         if adapter is not None:
             save_adapter(self.model, adapter, self.out)
@@ -615,6 +639,8 @@ class Trainer:
                 "max_tokens": self.train_report.max_tokens,
                 "truncated_prompts": self.train_report.truncated,
                 "dropped_records": self.train_report.dropped,
+                "startup_s": self.startup,
+                "memory_per_worker": memory,
             }
             (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2))
         if self.writer is not None:

@@ -80,6 +80,11 @@ def test_one_and_two_workers_follow_the_same_curve(train_run):
     assert summary.startswith("steps 2-3: ") and "ms per step" in summary and "aten::mm" in summary
     assert (two / "profile" / "trace.json").stat().st_size > 1000
     assert not (one / "profile").exists()
+    # where the start-up went, phase by phase, in the run's summary
+    startup = json.loads((one / "train_summary.json").read_text())["startup_s"]
+    assert list(startup) == ["checks", "ray", "worker", "data", "model", "engine", "first_step", "total"]
+    assert all(v >= 0 for v in startup.values())
+    assert startup["total"] == pytest.approx(sum(startup.values()) / 2, abs=0.01)
     loss1, loss2 = series(one, "train_loss"), series(two, "train_loss")
     assert sorted(loss1) == list(range(1, 9))
     torch.testing.assert_close(
