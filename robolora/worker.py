@@ -13,7 +13,10 @@ and micro-steps: a 1-worker and a 2-worker run with the same global batch follow
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -88,6 +91,24 @@ def current_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device) / 2**20
     return process_rss_mb()
+
+
+def held_weights_mb(model: torch.nn.Module) -> float:
+    """The parameter memory this worker holds: whole tensors, or under ZeRO-3 its shard of each."""
+    held = 0
+    for p in model.parameters():
+        shard = getattr(p, "ds_tensor", None)
+        t = shard if shard is not None else p
+        held += t.numel() * t.element_size()
+    return held / 2**20
+
+
+def release_freed_memory() -> None:
+    """Give the heap memory freed by the model load (its full-size temporaries) back to the system:
+    glibc keeps freed blocks for reuse otherwise, and a worker's resident memory would stay at its peak."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def param_groups(named: list[tuple[str, torch.nn.Parameter]], cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -271,10 +292,41 @@ class Trainer:
     def _build_engine(self) -> None:
         import deepspeed
         from peft import LoraConfig, get_peft_model
+        from transformers import AutoConfig
 
-        from robolora.models import load_model
+        from robolora.models import load_model, resolve_model
 
         dtype = torch.bfloat16 if self.spec.bf16 else torch.float32
+        self.model_config = AutoConfig.from_pretrained(
+            resolve_model(self.spec.model_path), trust_remote_code=self.cfg.trust_remote_code
+        )
+        # In bf16 mode DeepSpeed casts the module to bf16 and keeps fp32 master copies of the LoRA
+        # weights in the (sharded) optimizer, so updates do not lose precision.
+        ds_config = resolve(
+            load_template(self.spec.zero_stage, self.spec.offload),
+            micro_batch=self.cfg.batch_size,
+            grad_accum=self.cfg.gradient_accumulation_steps,
+            world_size=self.world,
+            bf16=self.spec.bf16,
+            grad_clip=self.cfg.max_grad_norm,
+            hidden_size=getattr(self.model_config, "hidden_size", None),
+            pin_memory=self.spec.use_gpu,
+        )
+        # Our client optimizer also serves offloaded states (DeepSpeed would insist on its CPU Adam),
+        # and ZeRO shards SGD's states like Adam's (DeepSpeed only lists Adam variants as tested).
+        ds_config["zero_force_ds_cpu_optimizer"] = False
+        ds_config["zero_allow_untested_optimizer"] = True
+        if self.spec.zero_stage == 3:
+            # While this object lives, transformers builds the model inside deepspeed.zero.Init and
+            # loads each weight into its shard: no worker ever holds the whole frozen model.
+            from deepspeed.accelerator import get_accelerator
+            from transformers.integrations import HfDeepSpeedConfig
+
+            # DeepSpeed's view of the process group Ray Train started (deepspeed.initialize does the same)
+            deepspeed.comm.init_distributed(
+                dist_backend=get_accelerator().communication_backend_name(), dist_init_required=False
+            )
+            self._zero3_loading = HfDeepSpeedConfig(ds_config)
         model = load_model(self.spec.model_path, dtype=dtype, trust_remote_code=self.cfg.trust_remote_code)
         model.config.use_cache = False
         if self.cfg.gradient_checkpointing:
@@ -293,26 +345,10 @@ class Trainer:
         if self.spec.resume_weights:
             load_adapter_weights(model, self.spec.resume_weights)
         self.marks["model"] = time.time()
-        # In bf16 mode DeepSpeed casts the module to bf16 and keeps fp32 master copies of the LoRA
-        # weights in the (sharded) optimizer, so updates do not lose precision.
-        ds_config = resolve(
-            load_template(self.spec.zero_stage, self.spec.offload),
-            micro_batch=self.cfg.batch_size,
-            grad_accum=self.cfg.gradient_accumulation_steps,
-            world_size=self.world,
-            bf16=self.spec.bf16,
-            grad_clip=self.cfg.max_grad_norm,
-            hidden_size=getattr(model.config, "hidden_size", None),
-            pin_memory=self.spec.use_gpu,
-        )
-        # Our client optimizer also serves offloaded states (DeepSpeed would insist on its CPU Adam),
-        # and ZeRO shards SGD's states like Adam's (DeepSpeed only lists Adam variants as tested).
-        ds_config["zero_force_ds_cpu_optimizer"] = False
-        ds_config["zero_allow_untested_optimizer"] = True
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         params = [p for _, p in named]
         self.trainable = sum(p.numel() for p in params)
-        total = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions the weights
+        total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3 shards: their full size
         optimizer = build_optimizer(param_groups(named, self.cfg), self.cfg)
         self.optimizer_name = type(optimizer).__name__
         warmup = warmup_steps_for(self.total_steps, self.cfg.warmup_ratio)
@@ -334,9 +370,11 @@ class Trainer:
         )
         self.model = model
         self.marks["engine"] = time.time()
+        release_freed_memory()
         # What the model costs this worker once DeepSpeed holds it (ZeRO-3 keeps a shard of the weights)
         self.memory["engine_mb"] = current_memory_mb(self.device)
         self.memory["model_mb"] = self.memory["engine_mb"] - self.memory["before_model_mb"]
+        self.memory["weights_mb"] = held_weights_mb(model)
         dist.print0(
             f"model: {total / 1e6:.1f}M parameters, "
             f"{self.trainable / 1e6:.2f}M trainable; ZeRO-{self.spec.zero_stage}, offload {self.spec.offload}, "
