@@ -18,11 +18,15 @@ stops below the adapted layers and its LM head runs only where a response token 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gc
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,43 +44,65 @@ LORA = {
 BATCH, LR, MAX_LENGTH = 8, 2e-3, 256
 
 
-def ours(steps: int, warmup: int, threads: int, out: Path) -> dict:
-    """`robolora train` with one worker of ``threads`` CPUs; the rate of the logging intervals after warm-up."""
+@dataclass(frozen=True)
+class Setup:
+    """What both sides train: the model, the data and the batch; on the CPU threads or on one GPU."""
+
+    model: str = MODEL
+    data: Path = DATA
+    batch: int = BATCH
+    max_length: int = MAX_LENGTH
+    threads: int = os.cpu_count() or 1
+    gpu: bool = False
+    lora: dict = field(default_factory=lambda: dict(LORA))
+    #: Our side's other settings (e.g. ``{"profile_steps": "12-14"}``).
+    extra: dict = field(default_factory=dict)
+
+
+def ours(setup: Setup, steps: int, warmup: int, out: Path) -> dict:
+    """`robolora train` with one worker (``threads`` CPUs, or one GPU); the rate of the logging intervals
+    after warm-up, and the worker's peak memory."""
     from robolora.config import from_dict
     from robolora.launcher import run_training
 
     cfg = from_dict(
         {
-            **LORA,
-            "data_json": str(DATA),
+            **setup.lora,
+            "data_json": str(setup.data),
             "output_dir": str(out / "ours"),
-            "model_name": MODEL,
-            "batch_size": BATCH,
+            "model_name": setup.model,
+            "batch_size": setup.batch,
             "learning_rate": LR,
-            "max_length": MAX_LENGTH,
+            "max_length": setup.max_length,
             "group_by_length": True,
             "num_workers": 1,
-            "cpus_per_worker": threads,
+            **({"use_gpu": True, "bf16": True} if setup.gpu else {"cpus_per_worker": setup.threads}),
             "max_steps": warmup + steps,
             "logging_steps": warmup,
             "eval_steps": 10**6,
             "save_steps": 10**6,
             "lr_scheduler_type": "constant",
             "warmup_ratio": 0.0,
+            **setup.extra,
         }
     )
     start = time.perf_counter()
     run_training(cfg, watch=False)
     rows = [json.loads(line) for line in (out / "ours" / "metrics.jsonl").read_text().splitlines()]
-    rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]  # the first interval is the warm-up
+    logged = [r for r in rows if "tokens_per_s" in r]
+    rates = [r["tokens_per_s"] for r in logged][1:]  # the first interval is the warm-up
+    profile = out / "ours" / "profile" / "summary.txt"
     return {
         "useful_tokens_per_s": sum(rates) / len(rates),
-        "padding_efficiency": [r["padding_efficiency"] for r in rows if "padding_efficiency" in r][-1],
+        **({"profile": profile.read_text()} if profile.is_file() else {}),
+        "padding_efficiency": logged[-1]["padding_efficiency"],
+        "peak_memory_mb": max(r["memory_mb"] for r in logged),
+        "device_samples": logged[-1].get("devices", []),
         "wall_s": time.perf_counter() - start,
     }
 
 
-def hf_trainer(steps: int, warmup: int, threads: int, out: Path) -> dict:
+def hf_trainer(setup: Setup, steps: int, warmup: int, out: Path) -> dict:
     """Hugging Face ``Trainer`` + PEFT on the same examples; non-padding tokens of the timed steps."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -86,21 +112,23 @@ def hf_trainer(steps: int, warmup: int, threads: int, out: Path) -> dict:
     from robolora.data import collate, load_records, split_records, tokenize_records
     from robolora.models import load_model, load_tokenizer
 
-    torch.set_num_threads(threads)
-    tokenizer = load_tokenizer(MODEL)
-    train, _ = split_records(load_records(DATA), 0.1, 42)
-    dataset, _ = tokenize_records(train, tokenizer, MAX_LENGTH)
+    torch.set_num_threads(setup.threads)
+    tokenizer = load_tokenizer(setup.model)
+    train, _ = split_records(load_records(setup.data), 0.1, 42)
+    dataset, _ = tokenize_records(train, tokenizer, setup.max_length)
     dataset = dataset.remove_columns([c for c in dataset.column_names if c not in ("input_ids", "labels")])
-    model = load_model(MODEL)
+    # On a GPU the base is loaded in bf16, as users of Trainer + PEFT do (PEFT keeps the adapters in fp32).
+    model = load_model(setup.model, **({"dtype": torch.bfloat16} if setup.gpu else {}))
     model.config.use_cache = False
+    lora = setup.lora
     model = get_peft_model(
         model,
         LoraConfig(
-            r=LORA["lora_r"],
-            lora_alpha=LORA["lora_alpha"],
-            lora_dropout=LORA["lora_dropout"],
-            target_modules=LORA["lora_target_modules"].split(","),
-            layers_to_transform=parse_layers(LORA["lora_layers"], model.config.num_hidden_layers),
+            r=lora["lora_r"],
+            lora_alpha=lora["lora_alpha"],
+            lora_dropout=lora["lora_dropout"],
+            target_modules=lora["lora_target_modules"].split(","),
+            layers_to_transform=parse_layers(lora["lora_layers"], model.config.num_hidden_layers),
             task_type="CAUSAL_LM",
         ),
     )
@@ -115,15 +143,17 @@ def hf_trainer(steps: int, warmup: int, threads: int, out: Path) -> dict:
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
+            if setup.gpu:
+                torch.cuda.synchronize()
             marks.append(time.perf_counter())
 
     args = TrainingArguments(
         output_dir=str(out / "hf"),
-        per_device_train_batch_size=BATCH,
+        per_device_train_batch_size=setup.batch,
         learning_rate=LR,
         max_steps=warmup + steps,
         bf16=True,
-        use_cpu=True,
+        use_cpu=not setup.gpu,
         logging_steps=10**6,
         save_strategy="no",
         report_to=[],
@@ -133,36 +163,53 @@ def hf_trainer(steps: int, warmup: int, threads: int, out: Path) -> dict:
     start = time.perf_counter()
     Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[Clock()]).train()
     timed = batch_tokens[warmup : warmup + steps]
-    return {
+    result = {
         "useful_tokens_per_s": sum(timed) / (marks[warmup + steps - 1] - marks[warmup - 1]),
         "wall_s": time.perf_counter() - start,
     }
+    if setup.gpu:
+        result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        del model
+        gc.collect()  # the Trainer's reference cycles hold the model until collected
+        torch.cuda.empty_cache()
+    return result
 
 
-def matmul_peak(dtype_name: str, threads: int, n: int = 2048, repeats: int = 8) -> float:
-    """FLOP/s of the best of ``repeats`` square matmuls of size ``n`` in ``dtype``."""
+def matmul_peak(dtype_name: str, setup: Setup, repeats: int = 8) -> float:
+    """FLOP/s of the best of ``repeats`` square matmuls in ``dtype`` (fp32 without TF32 on a GPU)."""
     import torch
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(setup.threads)
     dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.matmul(a, b)  # warm-up
+    n, device = (8192, "cuda") if setup.gpu else (2048, "cpu")
+    if setup.gpu:
+        torch.backends.cuda.matmul.allow_tf32 = False
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+
+    def sync() -> None:
+        if setup.gpu:
+            torch.cuda.synchronize()
+
+    for _ in range(3):  # warm-up
+        torch.matmul(a, b)
+    sync()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         torch.matmul(a, b)
+        sync()
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
 
 
-def model_flops_per_token(mean_tokens: float) -> float:
+def model_flops_per_token(model: str, mean_tokens: float) -> float:
     """4 x parameters (forward 2N, activation gradients 2N; the frozen base has no weight gradients),
     plus causal attention: QK^T and AV over half the sequence on average, forward and backward (3x)."""
     from transformers import AutoConfig
 
     from robolora.models import resolve_model
 
-    c = AutoConfig.from_pretrained(resolve_model(MODEL))
+    c = AutoConfig.from_pretrained(resolve_model(model))
     d, layers, ffn, vocab = c.hidden_size, c.num_hidden_layers, c.intermediate_size, c.vocab_size
     kv = d * c.num_key_value_heads // c.num_attention_heads
     per_layer = d * d * 2 + d * kv * 2 + 3 * d * ffn  # q, o; k, v; gate, up, down
@@ -171,13 +218,81 @@ def model_flops_per_token(mean_tokens: float) -> float:
     return 4 * params + attention
 
 
-def mean_length() -> float:
+def mean_length(setup: Setup) -> float:
     from robolora.data import load_records, split_records, tokenize_records
     from robolora.models import load_tokenizer
 
-    train, _ = split_records(load_records(DATA), 0.1, 42)
-    dataset, _ = tokenize_records(train, load_tokenizer(MODEL), MAX_LENGTH)
+    train, _ = split_records(load_records(setup.data), 0.1, 42)
+    dataset, _ = tokenize_records(train, load_tokenizer(setup.model), setup.max_length)
     return sum(dataset["length"]) / len(dataset)
+
+
+SIDES = {"hf_trainer_peft": hf_trainer, "robolora": ours}
+RESULT = "benchmark result: "
+
+
+def run_side(name: str, setup: Setup, steps: int, warmup: int) -> dict:
+    """One side in a fresh Python process, so neither inherits the other's threads, caches or device state;
+    its output passes through, its result comes back on a marked line."""
+    spec = json.dumps({**dataclasses.asdict(setup), "data": str(setup.data), "steps": steps, "warmup": warmup})
+    cmd = [sys.executable, __file__, "--side", name, "--side-spec", spec]
+    result = None
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        for line in proc.stdout:
+            if line.startswith(RESULT):
+                result = json.loads(line[len(RESULT) :])
+            else:
+                print(line, end="", flush=True)
+    if proc.returncode or result is None:
+        raise SystemExit(f"benchmark side {name} failed (exit status {proc.returncode})")
+    return result
+
+
+def _side_main(name: str, spec_text: str) -> int:
+    spec = json.loads(spec_text)
+    steps, warmup = spec.pop("steps"), spec.pop("warmup")
+    setup = Setup(**{**spec, "data": Path(spec["data"])})
+    with tempfile.TemporaryDirectory(prefix="robolora-bench-") as tmp:
+        result = SIDES[name](setup, steps, warmup, Path(tmp))
+    print(RESULT + json.dumps(result, default=str), flush=True)
+    return 0
+
+
+def compare(setup: Setup, steps: int, warmup: int) -> dict:
+    """Both sides, each in its own process, then the matmul peaks and each side's MFU."""
+    results = {name: run_side(name, setup, steps, warmup) for name in SIDES}
+    results["ratio"] = results["robolora"]["useful_tokens_per_s"] / results["hf_trainer_peft"]["useful_tokens_per_s"]
+    peaks = {name: matmul_peak(name, setup) for name in ("bfloat16", "float32")}
+    flops = model_flops_per_token(setup.model, mean_length(setup))
+    results["peak_flops"] = peaks
+    results["model_flops_per_token"] = flops
+    for name in ("hf_trainer_peft", "robolora"):
+        achieved = results[name]["useful_tokens_per_s"] * flops
+        results[name] |= {"model_flops_per_s": achieved, "mfu_bf16": achieved / peaks["bfloat16"]}
+    results["settings"] = {
+        "steps": steps,
+        "warmup": warmup,
+        "threads": setup.threads,
+        "gpu": setup.gpu,
+        "model": setup.model,
+        "data": str(setup.data),
+        "batch": setup.batch,
+        "max_length": setup.max_length,
+        **setup.lora,
+    }
+    return results
+
+
+def print_table(results: dict) -> None:
+    peaks = results["peak_flops"]
+    print(f"{'':18}{'useful tokens/s':>16}{'model GFLOP/s':>15}{'MFU (bf16 peak)':>17}")
+    for name in ("hf_trainer_peft", "robolora"):
+        r = results[name]
+        print(f"{name:18}{r['useful_tokens_per_s']:>16.1f}{r['model_flops_per_s'] / 1e9:>15.1f}{r['mfu_bf16']:>17.1%}")
+    print(f"ratio (robolora / Trainer + PEFT): {results['ratio']:.2f}x")
+    print(
+        f"measured matmul peak: bf16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s, fp32 {peaks['float32'] / 1e9:.1f} GFLOP/s"
+    )
 
 
 def main() -> int:
@@ -186,30 +301,13 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (default: 10)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all)")
     parser.add_argument("--json-out", default=None, help="also write the results here")
+    parser.add_argument("--side", choices=sorted(SIDES), help=argparse.SUPPRESS)
+    parser.add_argument("--side-spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="robolora-bench-") as tmp:
-        results = {
-            "hf_trainer_peft": hf_trainer(args.steps, args.warmup, args.threads, Path(tmp)),
-            "robolora": ours(args.steps, args.warmup, args.threads, Path(tmp)),
-        }
-    ratio = results["robolora"]["useful_tokens_per_s"] / results["hf_trainer_peft"]["useful_tokens_per_s"]
-    results["ratio"] = ratio
-    peaks = {name: matmul_peak(name, args.threads) for name in ("bfloat16", "float32")}
-    flops = model_flops_per_token(mean_length())
-    results["peak_flops"] = peaks
-    results["model_flops_per_token"] = flops
-    for name in ("hf_trainer_peft", "robolora"):
-        achieved = results[name]["useful_tokens_per_s"] * flops
-        results[name] |= {"model_flops_per_s": achieved, "mfu_bf16": achieved / peaks["bfloat16"]}
-    results["settings"] = {"steps": args.steps, "warmup": args.warmup, "threads": args.threads, "batch": BATCH, **LORA}
-    print(f"{'':18}{'useful tokens/s':>16}{'model GFLOP/s':>15}{'MFU (bf16 peak)':>17}")
-    for name in ("hf_trainer_peft", "robolora"):
-        r = results[name]
-        print(f"{name:18}{r['useful_tokens_per_s']:>16.1f}{r['model_flops_per_s'] / 1e9:>15.1f}{r['mfu_bf16']:>17.1%}")
-    print(f"ratio (robolora / Trainer + PEFT): {ratio:.2f}x")
-    print(
-        f"measured matmul peak: bf16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s, fp32 {peaks['float32'] / 1e9:.1f} GFLOP/s"
-    )
+    if args.side:
+        return _side_main(args.side, args.side_spec)
+    results = compare(Setup(threads=args.threads), args.steps, args.warmup)
+    print_table(results)
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(results, indent=2))
