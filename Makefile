@@ -31,7 +31,7 @@ data: setup  ## regenerate the shipped dataset
 	$(BIN)/robolora data generate --num-examples 4000 --seed 0 --output $(DATA) --force
 
 bench: setup  ## side-by-side performance measurements (benchmarks/README.md)
-	$(BIN)/python benchmarks/throughput.py --steps 30 --warmup 8 --json-out benchmarks/results/throughput.json
+	$(BIN)/python benchmarks/throughput.py --steps 24 --warmup 6 --json-out benchmarks/results/throughput.json
 	$(BIN)/python benchmarks/scaling.py --steps 12 --warmup 4 --json-out benchmarks/results/scaling.json
 	$(BIN)/python benchmarks/padding.py --steps 12 --warmup 4 --json-out benchmarks/results/padding.json
 	$(BIN)/python benchmarks/startup.py --json-out benchmarks/results/startup.json

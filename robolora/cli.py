@@ -179,9 +179,9 @@ def _eval_data(args: argparse.Namespace) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from robolora.data import load_records
-    from robolora.evaluate import compare, compare_dict, score, write_predictions
+    from robolora.evaluate import compare, compare_dict
     from robolora.fileio import atomic_write_text
-    from robolora.infer import ensemble
+    from robolora.infer import ensemble, score_generations
 
     data = _eval_data(args)
     records = load_records(data, check_api=False)[: args.limit or None]
@@ -194,17 +194,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     def report(name: str, generations: list) -> None:
         if name in reports:  # two adapters with the same folder name
             name = f"{name} #{sum(n.split(' #')[0] == name for n in reports) + 1}"
-        predictions = [g.code for g in generations]
-        reports[name] = score(records, predictions)
+        out = Path(args.predictions_out) if args.predictions_out else None
+        if out and (len(loras) > 1 or args.compare_base):
+            out = out.with_name(f"{out.stem}.{len(reports) + 1}{out.suffix}")
+        reports[name] = score_generations(records, generations, out)
         print(f"\n{name} on {data} ({len(records)} records{', constrained' if args.constrained else ''})")
         print(reports[name].table())
-        if args.predictions_out:
-            out = Path(args.predictions_out)
-            if len(loras) > 1 or args.compare_base:
-                out = out.with_name(f"{out.stem}.{len(reports)}{out.suffix}")
-            write_predictions(
-                out, records, predictions, reports[name].judgements, [g.mean_logprob for g in generations]
-            )
+        if out:
             print(f"predictions: {out}")
 
     for gen in _generators(args):

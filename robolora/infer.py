@@ -233,3 +233,18 @@ class Generator:
                     code = longest_complete_program(raw)
                 out[i] = Generation(raw=raw, code=code, mean_logprob=mean, finished=finished)
         return [out[i] for i in range(len(commands))]
+
+
+def score_generations(
+    records: list[dict[str, str]], generations: list[Generation], predictions_out: str | Path | None = None
+) -> Any:
+    """Judge generated programs against the records' references (an ``evaluate.Report``); with
+    ``predictions_out``, also write one line per record with its judgement and mean log-probability."""
+    from robolora.evaluate import score, write_predictions
+
+    predictions = [g.code for g in generations]
+    report = score(records, predictions)
+    if predictions_out:
+        logprobs = [g.mean_logprob for g in generations]
+        write_predictions(predictions_out, records, predictions, report.judgements, logprobs)
+    return report

@@ -460,8 +460,8 @@ def evaluate_adapter(out: str, settings: dict[str, Any], threads: int | None = N
     import torch
 
     from robolora.data import load_records
-    from robolora.evaluate import compare_dict, score, write_predictions
-    from robolora.infer import Generator
+    from robolora.evaluate import compare_dict
+    from robolora.infer import Generator, score_generations
 
     if threads:
         torch.set_num_threads(threads)
@@ -475,15 +475,7 @@ def evaluate_adapter(out: str, settings: dict[str, Any], threads: int | None = N
         max_new_tokens=s.max_new_tokens,
         constrained=s.constrained,
     )
-    predictions = [g.code for g in generations]
-    report = score(records, predictions)
-    write_predictions(
-        folder / "eval_predictions.jsonl",
-        records,
-        predictions,
-        report.judgements,
-        [g.mean_logprob for g in generations],
-    )
+    report = score_generations(records, generations, folder / "eval_predictions.jsonl")
     atomic_write_text(folder / "eval.json", json.dumps(compare_dict({folder.name: report}), indent=2))
     return rates(report.overall.to_dict())
 
