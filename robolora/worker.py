@@ -346,6 +346,11 @@ class Trainer:
             load_adapter_weights(model, self.spec.resume_weights)
         self.marks["model"] = time.time()
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if self.spec.zero_stage == 3:
+            # The adapters were created after the sharded load, in PEFT's float32; DeepSpeed casts a
+            # module it builds whole (ZeRO-2), not one already sharded: the same dtype either way.
+            for _, p in named:
+                p.data = p.data.to(dtype)
         params = [p for _, p in named]
         self.trainable = sum(p.numel() for p in params)
         total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3 shards: their full size
