@@ -31,16 +31,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-DATA = ROOT / "data" / "robot_dataset.json"
-MODEL = "smollm2-135m"
-LORA = {
-    "lora_r": 32,
-    "lora_alpha": 64,
-    "lora_dropout": 0.05,
-    "lora_target_modules": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-    "lora_layers": "top:15",
-}
+from common import DATA, LORA, MODEL  # noqa: E402
+
 BATCH, LR, MAX_LENGTH = 8, 2e-3, 256
 
 
