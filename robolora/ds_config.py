@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 #: (ZeRO stage, offload) -> template file name in ds_configs/.
@@ -31,7 +32,11 @@ TEMPLATES: dict[tuple[int, str], str] = {
 def load_template(stage: int, offload: str = "none") -> dict[str, Any]:
     """The shipped template for a ZeRO stage and offload mode, with its ``"auto"`` fields."""
     name = TEMPLATES[(stage, offload)]
-    return json.loads(resources.files("robolora.ds_configs").joinpath(name).read_text(encoding="utf-8"))
+    try:
+        folder: Any = resources.files("robolora.ds_configs")
+    except ModuleNotFoundError:  # a source checkout on the path, not installed: the top-level folder
+        folder = Path(__file__).resolve().parents[1] / "ds_configs"
+    return json.loads(folder.joinpath(name).read_text(encoding="utf-8"))
 
 
 def resolve(

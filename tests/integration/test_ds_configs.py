@@ -52,3 +52,20 @@ def test_without_hidden_size_auto_buckets_fall_back_to_deepspeed_defaults():
     )
     assert find_auto(cfg) == [] and "reduce_bucket_size" not in cfg["zero_optimization"]
     assert cfg["train_batch_size"] == 2 and cfg["bf16"] == {"enabled": False}
+
+
+def test_templates_load_from_a_source_checkout_that_is_not_installed(monkeypatch):
+    """Run from a plain checkout (a Ray Jobs working directory, PYTHONPATH), ``robolora.ds_configs`` is no
+    package: the templates come from the top-level ds_configs/ folder beside the code."""
+    import json
+    from pathlib import Path
+
+    from robolora import ds_config
+
+    def not_installed(name):
+        raise ModuleNotFoundError(f"No module named {name!r}")
+
+    monkeypatch.setattr(ds_config.resources, "files", not_installed)
+    root = Path(ds_config.__file__).resolve().parents[1]
+    for (stage, offload), name in TEMPLATES.items():
+        assert load_template(stage, offload) == json.loads((root / "ds_configs" / name).read_text())
