@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -88,3 +89,20 @@ def long_records(dest: Path, per_record: int, count: int = 1200, seed: int = 0) 
         )
     dest.write_text(json.dumps(out))
     return dest
+
+
+def planner_estimate(
+    model: str, lora: dict, *, batch: int, max_length: int, workers: int, stage: int, offload: str, on_gpu: bool
+) -> Any:
+    """The memory planner's per-worker estimate (``sizing.MemoryEstimate``, bytes) for a bf16 run of
+    ``model`` with ``lora`` and no gradient checkpointing: what `robolora plan` computes."""
+    from transformers import AutoConfig
+
+    from robolora.config import from_dict
+    from robolora.launcher import workload
+    from robolora.models import resolve_model
+    from robolora.sizing import ModelDims
+
+    cfg = from_dict({**lora, "batch_size": batch, "max_length": max_length})
+    dims = ModelDims.from_config(AutoConfig.from_pretrained(resolve_model(model)))
+    return workload(cfg, dims, bf16=True).estimate(workers, stage, offload, batch, False, on_gpu=on_gpu)

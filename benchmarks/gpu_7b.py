@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import long_records  # noqa: E402
+from common import long_records, planner_estimate  # noqa: E402
 from throughput import Setup, compare, print_table  # noqa: E402
 
 SHAPE_7B = {
@@ -78,19 +78,18 @@ def build_model(tokenizer_source: str, dest: Path, shape: dict = SHAPE_7B, devic
     return dest
 
 
-def planner_estimate(setup: Setup) -> dict:
+def planner_memory(setup: Setup) -> dict:
     """What the memory planner predicts for our side's worker (ZeRO-2, one GPU, no checkpointing)."""
-    from transformers import AutoConfig
-
-    from robolora.config import from_dict
-    from robolora.launcher import workload
-    from robolora.sizing import ModelDims
-
-    cfg = from_dict(
-        {**setup.lora, "model_name": setup.model, "batch_size": setup.batch, "max_length": setup.max_length}
+    est = planner_estimate(
+        setup.model,
+        setup.lora,
+        batch=setup.batch,
+        max_length=setup.max_length,
+        workers=1,
+        stage=2,
+        offload="none",
+        on_gpu=True,
     )
-    dims = ModelDims.from_config(AutoConfig.from_pretrained(setup.model))
-    est = workload(cfg, dims, bf16=True).estimate(1, 2, "none", setup.batch, False, on_gpu=True)
     parts = {k: v / 2**20 for k, v in dataclasses.asdict(est).items()}
     return {"total_mb": est.total / 2**20, "without_margin_mb": (est.total - est.margin) / 2**20, "parts_mb": parts}
 
@@ -144,7 +143,7 @@ def main() -> int:
     if args.ours_only:
         return ours_variants(setup, [json.loads(v) for v in args.ours_only], args)
     results = compare(setup, args.steps, args.warmup)
-    results["planner"] = planner_estimate(setup)
+    results["planner"] = planner_memory(setup)
     print_table(results)
     measured = results["robolora"]["peak_memory_mb"]
     planner = results["planner"]

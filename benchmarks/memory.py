@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import MODEL, TIMED, long_records, train, write_json
+from common import LORA, MODEL, TIMED, long_records, planner_estimate, train, write_json
 
 LAYOUTS = {"ZeRO-2": (2, "none"), "ZeRO-3": (3, "none"), "ZeRO-3 + offload": (3, "all")}
 WORKERS, BATCH = 2, 8
@@ -29,18 +29,16 @@ WORKERS, BATCH = 2, 8
 
 def prediction(stage: int, offload: str) -> dict:
     """The planner's per-worker figures for this layout on CPU workers, in MiB."""
-    from transformers import AutoConfig
-
-    from robolora.config import from_dict
-    from robolora.launcher import workload
-    from robolora.models import resolve_model
-    from robolora.sizing import ModelDims
-
-    cfg = from_dict(
-        {k: v for k, v in TIMED.items() if k.startswith("lora_") or k == "max_length"} | {"batch_size": BATCH}
+    est = planner_estimate(
+        MODEL,
+        LORA,
+        batch=BATCH,
+        max_length=TIMED["max_length"],
+        workers=WORKERS,
+        stage=stage,
+        offload=offload,
+        on_gpu=False,
     )
-    dims = ModelDims.from_config(AutoConfig.from_pretrained(resolve_model(MODEL)))
-    est = workload(cfg, dims, bf16=True).estimate(WORKERS, stage, offload, BATCH, False, on_gpu=False)
     return {
         "weights_mb": (est.frozen_weights + est.lora_weights) / 2**20,
         "model_states_mb": est.model_states / 2**20,
