@@ -33,9 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import DATA, LORA, MODEL  # noqa: E402
+from common import DATA, LORA, MODEL, TIMED, timed_rate  # noqa: E402
 
-BATCH, LR, MAX_LENGTH = 8, 2e-3, 256
+BATCH, MAX_LENGTH = 8, TIMED["max_length"]
+LR = TIMED["learning_rate"]
 
 
 @dataclass(frozen=True)
@@ -61,22 +62,18 @@ def ours(setup: Setup, steps: int, warmup: int, out: Path) -> dict:
 
     cfg = from_dict(
         {
+            **TIMED,
             **setup.lora,
             "data_json": str(setup.data),
             "output_dir": str(out / "ours"),
             "model_name": setup.model,
             "batch_size": setup.batch,
-            "learning_rate": LR,
             "max_length": setup.max_length,
             "group_by_length": True,
             "num_workers": 1,
             **({"use_gpu": True, "bf16": True} if setup.gpu else {"cpus_per_worker": setup.threads}),
             "max_steps": warmup + steps,
             "logging_steps": warmup,
-            "eval_steps": 10**6,
-            "save_steps": 10**6,
-            "lr_scheduler_type": "constant",
-            "warmup_ratio": 0.0,
             **setup.extra,
         }
     )
@@ -84,10 +81,9 @@ def ours(setup: Setup, steps: int, warmup: int, out: Path) -> dict:
     run_training(cfg, watch=False)
     rows = [json.loads(line) for line in (out / "ours" / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in rows if "tokens_per_s" in r]
-    rates = [r["tokens_per_s"] for r in logged][1:]  # the first interval is the warm-up
     profile = out / "ours" / "profile" / "summary.txt"
     return {
-        "useful_tokens_per_s": sum(rates) / len(rates),
+        "useful_tokens_per_s": timed_rate(rows),
         **({"profile": profile.read_text()} if profile.is_file() else {}),
         "padding_efficiency": logged[-1]["padding_efficiency"],
         "peak_memory_mb": max(r["memory_mb"] for r in logged),
