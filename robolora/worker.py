@@ -297,7 +297,7 @@ class Trainer:
         from robolora.models import load_model, resolve_model
 
         dtype = torch.bfloat16 if self.spec.bf16 else torch.float32
-        self.model_config = AutoConfig.from_pretrained(
+        model_config = AutoConfig.from_pretrained(
             resolve_model(self.spec.model_path), trust_remote_code=self.cfg.trust_remote_code
         )
         # In bf16 mode DeepSpeed casts the module to bf16 and keeps fp32 master copies of the LoRA
@@ -309,7 +309,7 @@ class Trainer:
             world_size=self.world,
             bf16=self.spec.bf16,
             grad_clip=self.cfg.max_grad_norm,
-            hidden_size=getattr(self.model_config, "hidden_size", None),
+            hidden_size=getattr(model_config, "hidden_size", None),
             pin_memory=self.spec.use_gpu,
         )
         # Our client optimizer also serves offloaded states (DeepSpeed would insist on its CPU Adam),
