@@ -143,6 +143,24 @@ def _to_tensors(batch: dict[str, list[list[int]]], device: torch.device) -> dict
     return {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in batch.items()}
 
 
+def with_targets(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``batch`` plus where its loss is: ``target_index``, the flat positions (row x width + column) whose
+    next token is a target, and ``target_ids``, those targets.
+
+    Computed on the host from the labels, so the device never waits to learn how many targets there
+    are (a boolean mask on the device would make every step synchronise).
+
+    >>> labels = torch.tensor([[-100, 5, 6], [-100, -100, 7]])
+    >>> t = with_targets({"labels": labels})
+    >>> t["target_index"].tolist(), t["target_ids"].tolist()
+    ([0, 1, 4], [5, 6, 7])
+    """
+    labels = batch["labels"]
+    targets = labels[:, 1:]
+    rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+    return batch | {"target_index": rows * labels.shape[1] + cols, "target_ids": targets[rows, cols]}
+
+
 class TargetLogitsLM(torch.nn.Module):
     """A causal LM whose loss computes logits only where a response token is predicted.
 
@@ -170,10 +188,14 @@ class TargetLogitsLM(torch.nn.Module):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         num_items_in_batch: float | torch.Tensor = 1,
+        target_index: torch.Tensor | None = None,
+        target_ids: torch.Tensor | None = None,
     ) -> Any:
         """``.loss`` is the summed cross-entropy of the targets divided by ``num_items_in_batch``.
 
-        Without labels this is the model's own forward (all the logits).
+        Without labels this is the model's own forward (all the logits). ``target_index`` and
+        ``target_ids`` (:func:`with_targets`) say where the targets are without the device having to
+        find them in ``labels``.
         """
         if labels is None:
             return self.model(input_ids=input_ids, attention_mask=attention_mask)
@@ -181,12 +203,13 @@ class TargetLogitsLM(torch.nn.Module):
             return self.model(
                 input_ids=input_ids, attention_mask=attention_mask, labels=labels, num_items_in_batch=num_items_in_batch
             )
+        if target_index is None or target_ids is None:
+            found = with_targets({"labels": labels})
+            target_index, target_ids = found["target_index"], found["target_ids"]
         decoder, head = self._parts
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        targets = labels[:, 1:]
-        keep = targets != IGNORE_INDEX
-        logits = head(hidden[:, :-1][keep]).float()
-        loss = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum") / num_items_in_batch
+        logits = head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, target_index)).float()
+        loss = torch.nn.functional.cross_entropy(logits, target_ids, reduction="sum") / num_items_in_batch
         return types.SimpleNamespace(loss=loss)
 
 
@@ -494,7 +517,8 @@ class Trainer:
                 if idx >= len(batches):
                     batch["labels"] = [[IGNORE_INDEX] * len(r) for r in batch["labels"]]
                 n = sum(target_count(r) for r in batch["labels"])
-                out = self.engine(**_to_tensors(batch, self.device), num_items_in_batch=1)
+                tensors = with_targets(_to_tensors(batch, torch.device("cpu")))
+                out = self.engine(**{k: v.to(self.device) for k, v in tensors.items()}, num_items_in_batch=1)
                 loss_sum += out.loss.float().item() if n else 0.0
                 tokens += n
         self.engine.train()
@@ -600,7 +624,7 @@ class Trainer:
         pad_id = self.tokenizer.pad_token_id
 
         def collate_tensors(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-            return _to_tensors(collate(rows, pad_id), torch.device("cpu"))  # moved to the device in the loop
+            return with_targets(_to_tensors(collate(rows, pad_id), torch.device("cpu")))  # to the device in the loop
 
         return torch.utils.data.DataLoader(
             self.train_rows,

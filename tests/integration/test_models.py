@@ -69,7 +69,7 @@ def test_target_logits_loss_matches_the_plain_forward():
     from peft import LoraConfig, get_peft_model
 
     from robolora.data import IGNORE_INDEX
-    from robolora.worker import TargetLogitsLM
+    from robolora.worker import TargetLogitsLM, with_targets
 
     torch.manual_seed(0)
     model = get_peft_model(
@@ -93,7 +93,17 @@ def test_target_logits_loss_matches_the_plain_forward():
     plain = loss_and_grads(lambda: model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=n).loss)
     wrapped = TargetLogitsLM(model)
     assert wrapped._parts is not None  # the fast path, not the fallback
-    ours = loss_and_grads(lambda: wrapped(ids, mask, labels, num_items_in_batch=n).loss)
-    torch.testing.assert_close(ours[0], plain[0])
-    for a, b in zip(ours[1], plain[1], strict=True):
-        torch.testing.assert_close(a, b)
+    found = with_targets({"labels": labels})
+    assert len(found["target_ids"]) == n
+    for ours in (
+        loss_and_grads(lambda: wrapped(ids, mask, labels, num_items_in_batch=n).loss),
+        # the targets located on the host, as the training loop passes them
+        loss_and_grads(
+            lambda: (
+                wrapped(ids, mask, labels, n, target_index=found["target_index"], target_ids=found["target_ids"]).loss
+            )
+        ),
+    ):
+        torch.testing.assert_close(ours[0], plain[0])
+        for a, b in zip(ours[1], plain[1], strict=True):
+            torch.testing.assert_close(a, b)
