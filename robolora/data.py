@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from robolora.errors import DataError
+from robolora.robot.normalize import normalize_command
 
 IGNORE_INDEX = -100
 UNCATEGORIZED = "uncategorized"
@@ -247,8 +248,10 @@ def render_prompt(tokenizer: Any, command: str, system_prompt: str = SYSTEM_PROM
     """The prompt text up to where the response starts, and whether it already holds special tokens.
 
     Uses the tokenizer's chat template (system + user turn + generation prompt) when it has one,
-    else :data:`PLAIN_TEMPLATE`.
+    else :data:`PLAIN_TEMPLATE`. The command appears with its quantities in the API's units, in digits
+    (:func:`~robolora.robot.normalize.normalize_command`), in training and inference alike.
     """
+    command = normalize_command(command)
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": command}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True

@@ -25,6 +25,7 @@ from robolora.data import BASE_SYSTEM_PROMPT, FEW_SHOT_EXAMPLES, SYSTEM_PROMPT, 
 from robolora.errors import UserError
 from robolora.evaluate import extract_code
 from robolora.models import adapter_dir
+from robolora.robot.normalize import normalize_command
 
 
 def base_model_of(lora: Path) -> str:
@@ -162,8 +163,11 @@ class Generator:
         if tok.chat_template:
             messages = [{"role": "system", "content": system}]
             for question, answer in FEW_SHOT_EXAMPLES[: self.few_shot]:
-                messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-            messages.append({"role": "user", "content": command})
+                messages += [
+                    {"role": "user", "content": normalize_command(question)},
+                    {"role": "assistant", "content": answer},
+                ]
+            messages.append({"role": "user", "content": normalize_command(command)})
             text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             return tok(text, add_special_tokens=False)["input_ids"]
         shots = "".join(render_prompt(tok, q, system)[0] + a + "\n\n" for q, a in FEW_SHOT_EXAMPLES[: self.few_shot])

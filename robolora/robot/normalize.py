@@ -1,0 +1,221 @@
+"""Commands with their quantities in the robot API's units, written as digits.
+
+The canonical form converts units (centimetres /100, feet x0.3048, inches x0.0254, minutes x60) and
+spells every number as a literal. A small model learns to copy a number far more reliably than to
+multiply it or to read "one hundred and three", so every prompt, in training and in inference alike,
+shows the command with its quantities already in metres, metres per second and seconds, in digits:
+
+    >>> normalize_command("go straight ahead ten feet at fifty cm/s, then wait two and a half minutes")
+    'go straight ahead 3.05 m at 0.5 m/s, then wait 150 seconds'
+    >>> normalize_command('say "wait five minutes" twice')
+    'say "wait five minutes" 2 times'
+
+Only the numbers and units change; quoted text is left as it is, and so is a lone "one" that counts
+nothing ("pick that one up"). Degrees, metres and seconds keep their values.
+"""
+
+from __future__ import annotations
+
+import re
+
+_ONES = (
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+    "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+)  # fmt: skip
+_TENS = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+ONES = {w: i for i, w in enumerate(_ONES)}
+TENS = {w: 20 + 10 * i for i, w in enumerate(_TENS)}
+
+#: Unit words -> (factor to the API's unit, the API's unit as written in the prompt).
+LENGTH = {
+    **dict.fromkeys(("centimeter", "centimeters", "centimetre", "centimetres", "cm", "cms"), 0.01),
+    **dict.fromkeys(("millimeter", "millimeters", "millimetre", "millimetres", "mm"), 0.001),
+    **dict.fromkeys(("foot", "feet", "ft"), 0.3048),
+    **dict.fromkeys(("inch", "inches"), 0.0254),
+    **dict.fromkeys(("yard", "yards", "yd", "yds"), 0.9144),
+    **dict.fromkeys(("kilometer", "kilometers", "kilometre", "kilometres", "km"), 1000.0),
+}
+TIME = {
+    **dict.fromkeys(("minute", "minutes", "min", "mins"), 60.0),
+    **dict.fromkeys(("hour", "hours", "hr", "hrs"), 3600.0),
+}
+#: Units whose values already are the API's: numbers before them are rewritten as digits only.
+KEPT = (
+    "meter", "meters", "metre", "metres", "m", "second", "seconds", "sec", "secs", "s",
+    "degree", "degrees", "deg", "time", "times",
+)  # fmt: skip
+UNITS = {*LENGTH, *TIME, *KEPT}
+
+_QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”|‘[^’]*’|(?<![A-Za-z])'[^']*'(?![A-Za-z])")
+_TOKEN = re.compile(r"[A-Za-z]+|-?\d*\.?\d+|\S")
+
+
+def _digits(value: float) -> str:
+    """At most 2 decimals, no trailing zeros: 3.048 -> "3.05", 60.0 -> "60"."""
+    text = f"{value:.2f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def _is_number(token: str) -> bool:
+    return bool(re.fullmatch(r"-?\d*\.?\d+", token))
+
+
+def _words_value(words: list[str], i: int) -> tuple[float, int] | None:
+    """The whole number spelt from ``words[i]`` on ("a hundred and three", "forty-five") and the index
+    after it; None when no number starts there."""
+    total, j = 0, i
+    w = words[j] if j < len(words) else ""
+    if w in ("a", "an", "one") and j + 1 < len(words) and words[j + 1] == "hundred":
+        total, j = 100, j + 2
+    elif w in ONES and j + 1 < len(words) and words[j + 1] == "hundred":
+        total, j = 100 * ONES[w], j + 2
+    if total:  # the rest after "hundred": "and three", "twenty five"
+        k = j + 1 if j < len(words) and words[j] == "and" else j
+        rest = _below_hundred(words, k)
+        if rest:
+            total, j = total + rest[0], rest[1]
+        return total, j
+    return _below_hundred(words, i)
+
+
+def _below_hundred(words: list[str], i: int) -> tuple[int, int] | None:
+    if i >= len(words):
+        return None
+    w = words[i]
+    if w in ONES:
+        return ONES[w], i + 1
+    if w in TENS:
+        k = i + 2 if i + 1 < len(words) and words[i + 1] == "-" else i + 1
+        if k < len(words) and words[k] in ONES and 0 < ONES[words[k]] < 10:
+            return TENS[w] + ONES[words[k]], k + 1
+        return TENS[w], i + 1
+    return None
+
+
+def _number_at(words: list[str], i: int) -> tuple[float, int] | None:
+    """A spoken or written quantity starting at ``words[i]``: its value and the index after it.
+
+    Covers digits, "-3", "negative three", number words, "point" decimals, "and a half", "half a",
+    "a quarter of a", "a couple (of)" and "a|an UNIT and a half".
+    """
+    n = len(words)
+    w = words[i]
+    if w in ("negative", "minus") and i + 1 < n:
+        inner = _number_at(words, i + 1)
+        return (-inner[0], inner[1]) if inner and inner[0] > 0 else None
+    if w == "half" and i + 1 < n and words[i + 1] in ("a", "an"):
+        return 0.5, i + 2
+    if w == "a" and words[i + 1 : i + 4] in (["quarter", "of", "a"], ["quarter", "of", "an"]):
+        return 0.25, i + 4
+    if w == "a" and i + 1 < n and words[i + 1] == "couple":
+        return 2, i + 3 if i + 2 < n and words[i + 2] == "of" else i + 2
+    if _is_number(w):
+        value, j = float(w), i + 1
+    else:
+        found = _words_value(words, i)
+        if found is None:
+            return None
+        value, j = found
+        if j + 1 < n and words[j] == "point" and words[j + 1] in ONES:
+            decimals = ""
+            j += 1
+            while j < n and words[j] in ONES and ONES[words[j]] < 10:
+                decimals += str(ONES[words[j]])
+                j += 1
+            value = float(f"{int(value)}.{decimals}")
+    if words[j : j + 3] == ["and", "a", "half"]:
+        value, j = value + 0.5, j + 3
+    return value, j
+
+
+#: Units that may follow "a"/"an" as a quantity of one ("a meter and a half", "hold on a second").
+_ARTICLE_UNITS = UNITS - {
+    "m",
+    "s",
+    "min",
+    "mins",
+    "hr",
+    "hrs",
+    "ft",
+    "cm",
+    "cms",
+    "mm",
+    "km",
+    "yd",
+    "yds",
+    "time",
+    "times",
+}
+
+#: Words after which "a second" is a duration ("wait a second then go"), not an ordinal ("a second cup").
+_AFTER_A_SECOND = {"and", "then", "or", "please", "before", "after", "first", "next", "finally", "now", "so"}
+
+
+def _quantity(words: list[str], i: int) -> tuple[float, int, bool] | None:
+    """A quantity starting at ``words[i]``: its value, the index after its number, and whether it was
+    written in words; "a|an UNIT (and a half)" counts as a number (one, or one and a half)."""
+    if words[i] in ("a", "an") and i + 1 < len(words) and words[i + 1] in _ARTICLE_UNITS:
+        after = words[i + 2] if i + 2 < len(words) else ""
+        if words[i + 1] == "second" and after.isalpha() and after not in _AFTER_A_SECOND:
+            return None  # the ordinal: "take a second photo"
+        if words[i + 2 : i + 5] == ["and", "a", "half"]:
+            return 1.5, i + 1, True  # the unit's words come between: handled by the caller
+        return 1.0, i + 1, True
+    found = _number_at(words, i)
+    if found is None:
+        return None
+    value, j = found
+    return value, j, not _is_number(words[i])
+
+
+def _rewrite(text: str) -> str:
+    """Quantities in ``text`` (which holds no quoted text) rewritten; everything between them kept."""
+    tokens = [(m.group(), m.start(), m.end()) for m in _TOKEN.finditer(text)]
+    words = [t.lower() for t, _, _ in tokens]
+    out, last, i = [], 0, 0
+    while i < len(tokens):
+        if words[i] in ("twice", "thrice"):
+            replacement, end = ("2 times" if words[i] == "twice" else "3 times"), i + 1
+        else:
+            found = _quantity(words, i)
+            if found is None:
+                i += 1
+                continue
+            value, j, spelt = found
+            unit = words[j] if j < len(words) else ""
+            end = j + 1
+            if unit and words[j + 1 : j + 4] == ["and", "a", "half"] and words[i] in ("a", "an"):
+                end = j + 4  # "a meter and a half"
+            if unit in LENGTH:
+                replacement = f"{_digits(value * LENGTH[unit])} m"
+            elif unit in TIME:
+                replacement = f"{_digits(value * TIME[unit])} seconds"
+            elif unit in KEPT:
+                replacement = f"{_digits(value)} {tokens[j][0]}"
+            elif spelt and words[i:j] not in (["one"], ["a"], ["an"]):
+                replacement, end = _digits(value), j  # a number in words, no unit: "repeat eight" -> 8
+            else:
+                i += 1
+                continue
+        out.append(text[last : tokens[i][1]] + replacement)
+        last, i = tokens[end - 1][2], end
+    out.append(text[last:])
+    return "".join(out)
+
+
+def normalize_command(text: str) -> str:
+    """``text`` with its quantities in the API's units and in digits, its quoted text untouched.
+
+    >>> normalize_command("back up eighteen inches, then hold on a second")
+    'back up 0.46 m, then hold on 1 second'
+    >>> normalize_command("move x = negative 65 cm and wait 1.5 min")
+    'move x = -0.65 m and wait 90 seconds'
+    >>> normalize_command("turn left one hundred and ten degrees, twice")
+    'turn left 110 degrees, 2 times'
+    """
+    parts, last = [], 0
+    for quoted in _QUOTED.finditer(text):
+        parts.append(_rewrite(text[last : quoted.start()]) + quoted.group())
+        last = quoted.end()
+    parts.append(_rewrite(text[last:]))
+    return "".join(parts)
