@@ -103,6 +103,34 @@ def held_weights_mb(model: torch.nn.Module) -> float:
     return held / 2**20
 
 
+#: A build lock older than this was left by a killed build: DeepSpeed's ops compile in about a minute.
+STALE_BUILD_LOCK_S = 600.0
+
+
+def clear_stale_build_locks(root: Path | None = None, max_age_s: float = STALE_BUILD_LOCK_S) -> list[Path]:
+    """Remove the lock files of torch extension builds (DeepSpeed's JIT-compiled ops) that a killed
+    process left behind; returns them. Every later run would otherwise wait on such a lock forever.
+
+    ``root`` defaults to torch's extensions folder ($TORCH_EXTENSIONS_DIR, else
+    ~/.cache/torch_extensions/<python>_<accelerator>/); a lock is ``<root>/<op>/lock``.
+    """
+    if root is None:
+        from torch.utils.cpp_extension import get_default_build_root
+
+        custom = os.environ.get("TORCH_EXTENSIONS_DIR")
+        locks = Path(custom).glob("*/lock") if custom else Path(get_default_build_root()).glob("*/*/lock")
+    else:
+        locks = root.glob("*/lock")
+    removed = []
+    for lock in locks:
+        with contextlib.suppress(FileNotFoundError):  # another worker on this node removed it first
+            if time.time() - lock.stat().st_mtime > max_age_s:
+                lock.unlink()
+                removed.append(lock)
+                print(f"removed a stale build lock left by an interrupted build: {lock}", flush=True)
+    return removed
+
+
 def release_freed_memory() -> None:
     """Give the heap memory freed by the model load (its full-size temporaries) back to the system:
     glibc keeps freed blocks for reuse otherwise, and a worker's resident memory would stay at its peak."""
@@ -285,6 +313,7 @@ class Trainer:
 
         if self.spec.threads_per_worker:
             torch.set_num_threads(self.spec.threads_per_worker)
+        clear_stale_build_locks()  # before DeepSpeed compiles or loads its ops
         self.monitor = DeviceMonitor(self.device.index if self.device.type == "cuda" else None)
         if self.monitor.note:
             dist.print0(f"device monitoring: {self.monitor.note}")
