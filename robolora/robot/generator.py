@@ -82,6 +82,8 @@ class Phrase:
     text: str
     program: Program
     mood: str = "imperative"
+    #: The repetition count comes last ("a and b, 3 times"): a step said before it would read as repeated too.
+    count_last: bool = False
 
 
 class _Weighted(Generic[T]):
@@ -1112,19 +1114,21 @@ def _loop_of(rng: Rng) -> Phrase:
         step = _REPEATABLE(rng)(rng)
         form = rng.choice(_REPEAT_ONE)
         mood = "statement" if form.startswith("{n}") else "imperative"  # "three times, turn left": no "please"
-        return Phrase(form.format(s=step.text, n=_times(rng, n)), (Loop(n, step.program),), mood)
+        text = form.format(s=step.text, n=_times(rng, n))
+        return Phrase(text, (Loop(n, step.program),), mood, count_last=form.startswith("{s}"))
     if kind < 0.75:
         steps = [_REPEATABLE(rng)(rng) for _ in range(rng.choice((2, 2, 3)))]
         body = tuple(s for p in steps for s in p.program)
         form = rng.choice(_REPEAT_MANY)
         mood = "statement" if form.startswith("{n}") else "imperative"
         text = form.format(s=_join(rng, [p.text for p in steps], in_block=True), n=_times(rng, n))
-        return Phrase(_capitalize_after_stop(text), (Loop(n, body),), mood)
+        return Phrase(_capitalize_after_stop(text), (Loop(n, body),), mood, count_last=form.startswith("{s}"))
     if kind < 0.87:
         a, b = rng.sample(list(_NAV_LOCATIONS.items), 2)
-        text = rng.choice(_PATROL).format(a=_location_text(rng, a), b=_location_text(rng, b), n=_times(rng, n))
+        form = rng.choice(_PATROL)
+        text = form.format(a=_location_text(rng, a), b=_location_text(rng, b), n=_times(rng, n))
         body = (_call("robot.navigate_to", location=a, speed=1.0), _call("robot.navigate_to", location=b, speed=1.0))
-        return Phrase(text, (Loop(n, body),))
+        return Phrase(text, (Loop(n, body),), count_last=form.startswith("go to {a} and then"))
     if kind < 0.94:
         a, b = rng.sample(_NAMED_COLORS, 2)
         text = rng.choice(_ALTERNATE_LIGHT).format(a=a, b=b, n=_times(rng, n))
@@ -1263,7 +1267,7 @@ def control_flow(rng: Rng) -> Phrase:
         n = _count(rng)
         head = rng.choice(("repeat {n}: ", "do this {n}: ", "{n}, "))
         block = Phrase(head.format(n=_times(rng, n)) + inner.text, (Loop(n, inner.program),), mood="statement")
-    if rng.random() < 0.2:
+    if rng.random() < 0.2 and not block.count_last:
         before = _STEP(rng)(rng)
         text = before.text + rng.choice((", then ", " and ", ". Then ", ", and then ")) + block.text
         block = Phrase(_capitalize_after_stop(text), before.program + block.program)
