@@ -37,22 +37,27 @@ def base_model_of(lora: Path) -> str:
 
 
 def longest_complete_program(text: str) -> str:
-    r"""The longest run of whole lines of ``text`` that the robot grammar accepts as a program.
+    r"""The program in a constrained generation that ran into ``max_new_tokens`` mid-statement.
 
-    Constrained decoding keeps every prefix inside the grammar, but a model that runs into
-    ``max_new_tokens`` stops mid-statement; its complete lines are still a valid program.
+    Constrained decoding keeps every prefix inside the grammar, so the text's whole lines are a valid
+    program; where not even its first statement was finished (a model repeating itself inside a
+    string, say), that statement is completed by the grammar (closed string, closing parenthesis).
 
     >>> longest_complete_program('robot.stop()\nrobot.turn_left(angle=9')
     'robot.stop()'
+    >>> longest_complete_program('robot.say(text="go go go go')
+    'robot.say(text="go go go go")'
     """
-    from robolora.robot.grammar import accepts
+    from robolora.robot.grammar import accepts, advance, completion, start
 
     lines = text.split("\n")
     for end in range(len(lines), 0, -1):
         candidate = "\n".join(lines[:end])
         if accepts(candidate):
             return candidate
-    return ""
+    state = advance(start(), text)
+    rest = completion(state) if state is not None else None
+    return text + rest if rest is not None else ""
 
 
 @dataclass

@@ -424,6 +424,87 @@ def is_complete(state: PrefixState) -> bool:
     return state.mode == _LINE and state.indent == 0 and not state.pending
 
 
+#: What :func:`completion` writes where a body or a statement must be: the shortest call there is.
+FILLER = "robot.stop()"
+
+
+def _shortest_to_end(node: _Node, wanted: int | None = None) -> str:
+    """The shortest path in a trie from ``node`` to an entry (with a bit in ``wanted``, where given)."""
+    frontier = [(node, "")]
+    while frontier:
+        nxt = []
+        for n, path in frontier:
+            if n.end is not None and (wanted is None or n.mask & wanted):
+                return path
+            for ch, child in n.next.items():
+                if wanted is None or child.mask & wanted:
+                    nxt.append((child, path + ch))
+        frontier = nxt
+    raise ValueError("a trie state with no entry below it")
+
+
+def _next_piece(state: PrefixState) -> str:
+    """A short text that moves ``state`` towards a whole program (see :func:`completion`)."""
+    mode, frames, pending, indent, node, call, given, param, buf, quote, tail, _ = state
+    if mode == _STRING:
+        return quote if param.validate(buf) is None else "a"
+    if mode == _ENUM:
+        return quote if node.end else _shortest_to_end(node)
+    if mode == _NUMBER:
+        if _number_ok(buf, param):
+            return ")" if not call.required & ~(given | param.bit) else ","
+        return next(c for c in ("0", ".0", "1", ".5", "5") if advance(state, c) is not None)
+    if mode == _VALUE:
+        if param.range is None:
+            return '"'
+        return next(c for c in ("1", "0.5", "0") if advance(state, c) is not None)
+    if mode == _NAME:
+        return _shortest_to_end(node, node.mask & ~given)
+    if mode == _AFTER_VALUE:
+        return ")" if not call.required & ~given else ","
+    if mode == _ARG_COMMA:
+        return " "
+    if mode in (_ARG_FIRST, _ARG_SPACE):
+        missing = call.required & ~given
+        if mode == _ARG_FIRST and not missing:
+            return ")"
+        return _shortest_to_end(call.names, missing or call.all & ~given)
+    if mode == _TAIL:
+        return tail or "\n"  # a header's line ends; its body follows
+    if mode == _LOOP:
+        return ")" if buf in _LOOP_COUNTS else next(d for d in "0123456789" if buf + d in _LOOP_PREFIXES)
+    if mode == _LINE:
+        depth = len(frames) if pending else -(-indent // INDENT)
+        return " " * (INDENT * depth - indent) + FILLER
+    return _shortest_to_end(node)  # _STMT: finish the opening, then its arguments
+
+
+def completion(state: PrefixState, limit: int = 64) -> str | None:
+    r"""A short text that makes the text read so far a whole valid program ("" when it is one already).
+
+    Every state :func:`advance` returns can be completed: a string is closed, a number or a name
+    finished, the missing required arguments given, and an open block gets :data:`FILLER` as its
+    body. None only if that fails within ``limit`` pieces.
+
+    >>> completion(advance(start(), 'robot.say(text="hel'))
+    '")'
+    >>> completion(advance(start(), "for _ in range(1"))
+    '):\n    robot.stop()'
+    >>> completion(advance(start(), "robot.move_forward(distance=3."))
+    '0)'
+    """
+    text = ""
+    for _ in range(limit):
+        if is_complete(state):
+            return text
+        piece = _next_piece(state)
+        nxt = advance(state, piece)
+        if nxt is None:
+            return None
+        state, text = nxt, text + piece
+    return None
+
+
 def is_valid_prefix(text: str) -> bool:
     """Whether ``text`` can be extended into a valid program (or is one)."""
     return advance(_START, text) is not None

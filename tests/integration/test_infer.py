@@ -46,10 +46,14 @@ def test_constrained_decoding_keeps_even_a_random_model_in_the_grammar(adapter):
     free = gen.generate(commands, max_new_tokens=30)
     constrained = gen.generate(commands, max_new_tokens=30, constrained=True)
     assert not all(is_valid_prefix(g.raw) for g in free)  # the barely trained model writes anything
-    for g in constrained:
+    cut_short = gen.generate(commands, max_new_tokens=4, constrained=True)  # no statement can finish in 4 tokens
+    assert not any(g.finished for g in cut_short)
+    for g in constrained + cut_short:
         assert is_valid_prefix(g.raw), g.raw
-        # valid by construction: the program it ended, or the whole lines it wrote before the budget ran out
-        assert check(g.code).api_valid or (not g.finished and g.code == ""), (g.raw, g.code)
+        # valid by construction: the program it ended, the whole lines it wrote before the budget ran
+        # out, or its unfinished first statement completed by the grammar
+        assert check(g.code).api_valid, (g.raw, g.code)
+    assert all(g.code.startswith(g.raw) for g in cut_short)
 
 
 def test_eval_writes_table_json_and_predictions(adapter, tmp_path, capsys):

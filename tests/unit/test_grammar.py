@@ -17,6 +17,7 @@ from robolora.robot.grammar import (
     _number_prefix_ok,
     accepts,
     advance,
+    completion,
     is_complete,
     is_valid_prefix,
     start,
@@ -297,3 +298,23 @@ def test_advance_from_a_cached_state_is_fast():
             advance(state, token)
     per_call = (time.perf_counter() - began) / (n * len(states))
     assert per_call < 50e-6, f"{per_call * 1e6:.1f} us per advance"
+
+
+def test_every_reachable_state_completes_to_a_valid_program(outputs):
+    """What a generation cut short holds can always be finished: prefixes of canonical programs and of
+    random walks through the grammar, each completed, are whole api-valid programs."""
+    rng = random.Random(2)
+    prefixes = [out[:i] for out in outputs[:200] for i in range(len(out) + 1)]
+    for _ in range(500):
+        state, text = start(), rng.choice(outputs)[: rng.randint(0, 40)]
+        state = advance(state, text)
+        for _ in range(rng.randint(0, 25)):
+            options = [(ch, after) for ch in CHARS if (after := advance(state, ch)) is not None]
+            ch, state = rng.choice(options)
+            text += ch
+        prefixes.append(text)
+    for text in prefixes:
+        rest = completion(advance(start(), text))
+        assert rest is not None and accepts(text + rest), (text, rest)
+        assert check(text + rest).api_valid, text + rest
+    assert completion(advance(start(), "robot.stop()")) == ""
