@@ -45,9 +45,38 @@ KEPT = (
     "degree", "degrees", "deg", "time", "times",
 )  # fmt: skip
 UNITS = {*LENGTH, *TIME, *KEPT}
+_UNIT_NAMES = sorted(UNITS)  # a fixed order: a slip that reads as two units always reads as the same one
 
 _QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”|‘[^’]*’|(?<![A-Za-z])'[^']*'(?![A-Za-z])")
 _TOKEN = re.compile(r"[A-Za-z]+|-?\d*\.?\d+|\S")
+
+
+def _one_slip(typed: str, word: str) -> bool:
+    """Whether ``typed`` is ``word`` with one slip of the finger: a letter dropped, doubled, added,
+    replaced, or two neighbours swapped.
+
+    >>> _one_slip("fet", "feet"), _one_slip("centiemters", "centimeters"), _one_slip("feet", "feet")
+    (True, True, False)
+    """
+    if typed == word or abs(len(typed) - len(word)) > 1:
+        return False
+    i = next((k for k, (a, b) in enumerate(zip(typed, word, strict=False)) if a != b), min(len(typed), len(word)))
+    return (
+        typed[i + 1 :] == word[i:]  # one added
+        or typed[i:] == word[i + 1 :]  # one dropped
+        or typed[i + 1 :] == word[i + 1 :]  # one replaced
+        or (typed[i : i + 2] == word[i : i + 2][::-1] and typed[i + 2 :] == word[i + 2 :])  # neighbours swapped
+    )
+
+
+def _unit(word: str) -> str:
+    """``word`` as a unit name, read through one slip where it is a long one ("fet", "centiemters");
+    "" when it names no unit."""
+    if word in UNITS:
+        return word
+    if len(word) >= 3:
+        return next((u for u in _UNIT_NAMES if len(u) >= 4 and _one_slip(word, u)), "")
+    return ""
 
 
 def _digits(value: float) -> str:
@@ -182,7 +211,7 @@ def _rewrite(text: str) -> str:
                 i += 1
                 continue
             value, j, spelt = found
-            unit = words[j] if j < len(words) else ""
+            unit = _unit(words[j]) if j < len(words) else ""
             end = j + 1
             if unit and words[j + 1 : j + 4] == ["and", "a", "half"] and words[i] in ("a", "an"):
                 end = j + 4  # "a meter and a half"
@@ -191,7 +220,7 @@ def _rewrite(text: str) -> str:
             elif unit in TIME:
                 replacement = f"{_digits(value * TIME[unit])} seconds"
             elif unit in KEPT:
-                replacement = f"{_digits(value)} {tokens[j][0]}"
+                replacement = f"{_digits(value)} {tokens[j][0] if words[j] == unit else unit}"
             elif spelt and words[i:j] not in (["one"], ["a"], ["an"]):
                 replacement, end = _digits(value), j  # a number in words, no unit: "repeat eight" -> 8
             else:

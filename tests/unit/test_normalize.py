@@ -47,6 +47,11 @@ DATASET = Path(__file__).resolve().parents[2] / "data" / "robot_dataset.json"
         ("x = negative 65 cm, y minus 0.1", "x = -0.65 m, y -0.1"),
         ("x = -50 cm", "x = -0.5 m"),
         ("hold on a second", "hold on 1 second"),
+        # a slip of the finger in a unit's name
+        ("back off nine and a half fet", "back off 2.9 m"),
+        ("move 20 centiemters", "move 0.2 m"),
+        ("wait 2 minuets", "wait 120 seconds"),
+        ("turn 45 dgeree", "turn 45 degree"),
         ("wait a minute", "wait 60 seconds"),
         # repetition counts
         ("repeat eight times", "repeat 8 times"),
