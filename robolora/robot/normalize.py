@@ -213,8 +213,14 @@ def _rewrite(text: str) -> str:
             value, j, spelt = found
             unit = _unit(words[j]) if j < len(words) else ""
             end = j + 1
-            if unit and words[j + 1 : j + 4] == ["and", "a", "half"] and words[i] in ("a", "an"):
-                end = j + 4  # "a meter and a half"
+            if (
+                unit
+                and words[j + 1 : j + 4] == ["and", "a", "half"]
+                and (words[i] in ("a", "an") or value == int(value))
+            ):
+                end = j + 4  # "a meter and a half", "one minute and a half"
+                if words[i] not in ("a", "an"):  # the article's half is counted already
+                    value += 0.5
             if unit in LENGTH:
                 replacement = f"{_digits(value * LENGTH[unit])} m"
             elif unit in TIME:

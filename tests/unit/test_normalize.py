@@ -38,6 +38,7 @@ DATASET = Path(__file__).resolve().parents[2] / "data" / "robot_dataset.json"
         ("turn forty-five degrees", "turn 45 degrees"),
         ("advance two and a half metres", "advance 2.5 metres"),
         ("move a meter and a half", "move 1.5 meter"),
+        ("wait one minute and a half", "wait 90 seconds"),
         ("wait a second then go", "wait 1 second then go"),
         ("go half a foot", "go 0.15 m"),
         ("go a quarter of a meter", "go 0.25 meter"),
