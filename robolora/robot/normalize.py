@@ -26,7 +26,7 @@ _TENS = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ni
 ONES = {w: i for i, w in enumerate(_ONES)}
 TENS = {w: 20 + 10 * i for i, w in enumerate(_TENS)}
 
-#: Unit words -> (factor to the API's unit, the API's unit as written in the prompt).
+#: Unit words -> factor to the API's unit (metres).
 LENGTH = {
     **dict.fromkeys(("centimeter", "centimeters", "centimetre", "centimetres", "cm", "cms"), 0.01),
     **dict.fromkeys(("millimeter", "millimeters", "millimetre", "millimetres", "mm"), 0.001),
@@ -35,6 +35,7 @@ LENGTH = {
     **dict.fromkeys(("yard", "yards", "yd", "yds"), 0.9144),
     **dict.fromkeys(("kilometer", "kilometers", "kilometre", "kilometres", "km"), 1000.0),
 }
+#: Unit words -> factor to seconds.
 TIME = {
     **dict.fromkeys(("minute", "minutes", "min", "mins"), 60.0),
     **dict.fromkeys(("hour", "hours", "hr", "hrs"), 3600.0),
@@ -125,7 +126,7 @@ def _number_at(words: list[str], i: int) -> tuple[float, int] | None:
     """A spoken or written quantity starting at ``words[i]``: its value and the index after it.
 
     Covers digits, "-3", "negative three", number words, "point" decimals, "and a half", "half a",
-    "a quarter of a", "a couple (of)" and "a|an UNIT and a half".
+    "a quarter of a" and "a couple (of)".
     """
     n = len(words)
     w = words[i]
@@ -159,22 +160,8 @@ def _number_at(words: list[str], i: int) -> tuple[float, int] | None:
 
 #: Units that may follow "a"/"an" as a quantity of one ("a meter and a half", "hold on a second").
 _ARTICLE_UNITS = UNITS - {
-    "m",
-    "s",
-    "min",
-    "mins",
-    "hr",
-    "hrs",
-    "ft",
-    "cm",
-    "cms",
-    "mm",
-    "km",
-    "yd",
-    "yds",
-    "time",
-    "times",
-}
+    "m", "s", "min", "mins", "hr", "hrs", "ft", "cm", "cms", "mm", "km", "yd", "yds", "time", "times",
+}  # fmt: skip
 
 #: Words after which "a second" is a duration ("wait a second then go"), not an ordinal ("a second cup").
 _AFTER_A_SECOND = {"and", "then", "or", "please", "before", "after", "first", "next", "finally", "now", "so"}
@@ -182,13 +169,11 @@ _AFTER_A_SECOND = {"and", "then", "or", "please", "before", "after", "first", "n
 
 def _quantity(words: list[str], i: int) -> tuple[float, int, bool] | None:
     """A quantity starting at ``words[i]``: its value, the index after its number, and whether it was
-    written in words; "a|an UNIT (and a half)" counts as a number (one, or one and a half)."""
+    written in words; the article of "a|an UNIT" counts as the number one."""
     if words[i] in ("a", "an") and i + 1 < len(words) and words[i + 1] in _ARTICLE_UNITS:
         after = words[i + 2] if i + 2 < len(words) else ""
         if words[i + 1] == "second" and after.isalpha() and after not in _AFTER_A_SECOND:
             return None  # the ordinal: "take a second photo"
-        if words[i + 2 : i + 5] == ["and", "a", "half"]:
-            return 1.5, i + 1, True  # the unit's words come between: handled by the caller
         return 1.0, i + 1, True
     found = _number_at(words, i)
     if found is None:
@@ -213,14 +198,8 @@ def _rewrite(text: str) -> str:
             value, j, spelt = found
             unit = _unit(words[j]) if j < len(words) else ""
             end = j + 1
-            if (
-                unit
-                and words[j + 1 : j + 4] == ["and", "a", "half"]
-                and (words[i] in ("a", "an") or value == int(value))
-            ):
-                end = j + 4  # "a meter and a half", "one minute and a half"
-                if words[i] not in ("a", "an"):  # the article's half is counted already
-                    value += 0.5
+            if unit and words[j + 1 : j + 4] == ["and", "a", "half"] and value == int(value):
+                value, end = value + 0.5, j + 4  # "a meter and a half", "one minute and a half"
             if unit in LENGTH:
                 replacement = f"{_digits(value * LENGTH[unit])} m"
             elif unit in TIME:
