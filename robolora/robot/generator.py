@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from robolora.fileio import atomic_write_text
+from robolora.robot.normalize import ONES_WORDS, TENS_WORDS, digits
 from robolora.robot.program import Call, If, Loop, Program, format_program
 from robolora.robot.spec import CALLS, COLORS, SIZES
 
@@ -109,16 +110,10 @@ def _call(name: str, **kwargs: object) -> Call:
 # Numbers and quantities
 # ---------------------------------------------------------------------------------------------------
 
-_ONES = (
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-    "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
-)  # fmt: skip
-_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
-
 # Words a typo must never touch: a misspelt number or colour would change what the command means.
 _NO_TYPO = frozenset(
-    list(_ONES)
-    + list(_TENS[2:])
+    list(ONES_WORDS)
+    + list(TENS_WORDS[2:])
     + ["hundred", "half", "quarter", "couple", "twice", "thrice", "point", "minus", "negative", "once"]
     + list(COLORS)
     + ["small", "little", "tiny", "medium", "large", "big", "then", "than"]
@@ -128,19 +123,13 @@ _NO_TYPO = frozenset(
 def int_words(n: int, rng: Rng) -> str:
     """English words for 0 <= n < 1000, with the usual variants ("forty-five", "a hundred and eighty")."""
     if n < 20:
-        return _ONES[n]
+        return ONES_WORDS[n]
     if n < 100:
         tens, ones = divmod(n, 10)
-        return _TENS[tens] if not ones else _TENS[tens] + rng.choice(("-", " ")) + _ONES[ones]
+        return TENS_WORDS[tens] if not ones else TENS_WORDS[tens] + rng.choice(("-", " ")) + ONES_WORDS[ones]
     hundreds, rest = divmod(n, 100)
-    head = rng.choice(("one hundred", "a hundred")) if hundreds == 1 else f"{_ONES[hundreds]} hundred"
+    head = rng.choice(("one hundred", "a hundred")) if hundreds == 1 else f"{ONES_WORDS[hundreds]} hundred"
     return head if not rest else head + rng.choice((" and ", " ")) + int_words(rest, rng)
-
-
-def _digits(value: float) -> str:
-    """Shortest digit string of a value with at most 2 decimals: 2.0 -> "2", 0.50 -> "0.5"."""
-    text = f"{value:.2f}".rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
 
 
 @dataclass(frozen=True)
@@ -173,13 +162,13 @@ def amount(rng: Rng, value: float, unit: Unit) -> str:
     """How a person might write ``value`` of ``unit``: "2.5 m", "two and a half metres", "half a foot"."""
     r = rng.random()
     if unit.abbrevs and r < 0.25:
-        return _digits(value) + rng.choice(unit.abbrevs)
+        return digits(value) + rng.choice(unit.abbrevs)
     singular, plural = rng.choice(unit.singular), rng.choice(unit.plural)
     whole, frac = int(value), round(value - int(value), 2)
     # People spell out whole numbers and halves; "two point three" is rare, so mostly digits for other decimals.
     wordy = frac in (0, 0.5) or value == 0.25 or rng.random() < 0.1
     if r < 0.62 or not wordy or value >= 1000 or value < 0:
-        number = _digits(value)
+        number = digits(value)
         if number.startswith("0.") and rng.random() < 0.1:
             number = number[1:]  # ".5 m"
         return f"{number} {singular if value == 1 else plural}"
@@ -198,8 +187,8 @@ def amount(rng: Rng, value: float, unit: Unit) -> str:
         if whole == 1 and rng.random() < 0.4:
             return f"{art} {singular} and a half"
         return f"{int_words(whole, rng)} and a half {plural}"
-    decimals = _digits(frac)[2:]
-    return f"{int_words(whole, rng)} point {' '.join(_ONES[int(d)] for d in decimals)} {plural}"
+    decimals = digits(frac)[2:]
+    return f"{int_words(whole, rng)} point {' '.join(ONES_WORDS[int(d)] for d in decimals)} {plural}"
 
 
 def _sampler(common: Sequence[float], lo: float, hi: float, step: float) -> Callable[[Rng], float]:
@@ -256,7 +245,7 @@ def measure(rng: Rng, kind: Measure, bare: float = 0.0) -> tuple[str, float]:
     unit, sample = kind(rng)
     spoken = sample(rng)
     if unit.factor == 1 and rng.random() < bare:
-        return _digits(spoken), round(spoken, 2)
+        return digits(spoken), round(spoken, 2)
     return amount(rng, spoken, unit), round(spoken * unit.factor, 2)
 
 
@@ -557,7 +546,7 @@ def turn(rng: Rng) -> Phrase:
     if r < 0.35:
         return Phrase(rng.choice(_TURN_DEFAULT).format(side=side, clock=clock), (_turn_call(side, 90.0),))
     spoken, angle = measure(rng, ANGLE, bare=0.12)
-    compact = _digits(angle) + rng.choice(("-degree", " degree", "°"))
+    compact = digits(angle) + rng.choice(("-degree", " degree", "°"))
     text = rng.choice(_TURN_ANGLE).format(side=side, clock=clock, a=spoken, n=compact)
     return Phrase(text, (_turn_call(side, angle),))
 
@@ -750,7 +739,7 @@ def arm_move(rng: Rng) -> Phrase:
         unit = rng.choice((" cm", "cm", " centimeters"))
         spoken = [_signed(rng, str(round(v * 100))) + unit for v in xyz]
     else:
-        spoken = [_signed(rng, _digits(v)) for v in xyz]
+        spoken = [_signed(rng, digits(v)) for v in xyz]
     coords = rng.choice(_COORDS).format(x=spoken[0], y=spoken[1], z=spoken[2])
     return Phrase(rng.choice(_ARM_MOVE).format(c=coords), (_call("robot.arm.move_to", x=xyz[0], y=xyz[1], z=xyz[2]),))
 

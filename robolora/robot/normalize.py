@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import re
 
-_ONES = (
+#: Number words by value (0-19), and the tens by their digit (2-9); the dataset generator speaks with them.
+ONES_WORDS = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
     "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
 )  # fmt: skip
-_TENS = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
-ONES = {w: i for i, w in enumerate(_ONES)}
-TENS = {w: 20 + 10 * i for i, w in enumerate(_TENS)}
+TENS_WORDS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+ONES = {w: i for i, w in enumerate(ONES_WORDS)}
+TENS = {w: 10 * i for i, w in enumerate(TENS_WORDS) if w}
 
 #: Unit words -> factor to the API's unit (metres).
 LENGTH = {
@@ -80,8 +81,9 @@ def _unit(word: str) -> str:
     return ""
 
 
-def _digits(value: float) -> str:
-    """At most 2 decimals, no trailing zeros: 3.048 -> "3.05", 60.0 -> "60"."""
+def digits(value: float) -> str:
+    """A value as the canonical form rounds it, in its shortest writing: at most 2 decimals, no trailing
+    zeros (3.048 -> "3.05", 60.0 -> "60", 0.50 -> "0.5")."""
     text = f"{value:.2f}".rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
 
@@ -201,13 +203,13 @@ def _rewrite(text: str) -> str:
             if unit and words[j + 1 : j + 4] == ["and", "a", "half"] and value == int(value):
                 value, end = value + 0.5, j + 4  # "a meter and a half", "one minute and a half"
             if unit in LENGTH:
-                replacement = f"{_digits(value * LENGTH[unit])} m"
+                replacement = f"{digits(value * LENGTH[unit])} m"
             elif unit in TIME:
-                replacement = f"{_digits(value * TIME[unit])} seconds"
+                replacement = f"{digits(value * TIME[unit])} seconds"
             elif unit in KEPT:
-                replacement = f"{_digits(value)} {tokens[j][0] if words[j] == unit else unit}"
+                replacement = f"{digits(value)} {tokens[j][0] if words[j] == unit else unit}"
             elif spelt and words[i:j] not in (["one"], ["a"], ["an"]):
-                replacement, end = _digits(value), j  # a number in words, no unit: "repeat eight" -> 8
+                replacement, end = digits(value), j  # a number in words, no unit: "repeat eight" -> 8
             else:
                 i += 1
                 continue

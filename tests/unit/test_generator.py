@@ -12,6 +12,7 @@ import pytest
 
 from robolora.robot import generator as gen
 from robolora.robot.checker import canonicalize, check, parse_program
+from robolora.robot.normalize import ONES, TENS
 from robolora.robot.program import Call, If, Loop, Program
 from robolora.robot.spec import CALLS, CATEGORIES, COLORS, LOCATIONS, SIZES
 
@@ -283,7 +284,7 @@ def test_add_typo_spares_numbers_colours_and_protected_text() -> None:
 # Units: the numbers in an input equal the output after conversion
 # ------------------------------------------------------------------------------------------------
 
-_WORD_VALUES = {w: i for i, w in enumerate(gen._ONES)} | {w: 10 * i for i, w in enumerate(gen._TENS) if w}
+_WORD_VALUES = ONES | TENS
 
 # Unit names and their factors to the spec's unit, written out here independently of the generator.
 _DISTANCE_UNITS = {
