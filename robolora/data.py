@@ -244,18 +244,33 @@ def lengths_of(values: Any) -> dict[str, float]:
 # ----------------------------------------------------------------------------- prompts and labels
 
 
+def prompt_messages(
+    command: str, system_prompt: str = SYSTEM_PROMPT, shots: Sequence[tuple[str, str]] = ()
+) -> list[dict[str, str]]:
+    """The chat turns of a prompt: the system turn, worked (command, program) pairs, then the command.
+
+    Every command appears with its quantities in the API's units, in digits
+    (:func:`~robolora.robot.normalize.normalize_command`), in training and inference alike.
+    """
+    messages = [{"role": "system", "content": system_prompt}]
+    for question, answer in shots:
+        messages += [
+            {"role": "user", "content": normalize_command(question)},
+            {"role": "assistant", "content": answer},
+        ]
+    return [*messages, {"role": "user", "content": normalize_command(command)}]
+
+
 def render_prompt(tokenizer: Any, command: str, system_prompt: str = SYSTEM_PROMPT) -> tuple[str, bool]:
     """The prompt text up to where the response starts, and whether it already holds special tokens.
 
-    Uses the tokenizer's chat template (system + user turn + generation prompt) when it has one,
-    else :data:`PLAIN_TEMPLATE`. The command appears with its quantities in the API's units, in digits
-    (:func:`~robolora.robot.normalize.normalize_command`), in training and inference alike.
+    Uses the tokenizer's chat template (:func:`prompt_messages` + generation prompt) when it has one,
+    else :data:`PLAIN_TEMPLATE`; either way the command is normalized.
     """
-    command = normalize_command(command)
     if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": command}]
+        messages = prompt_messages(command, system_prompt)
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
-    return PLAIN_TEMPLATE.format(system=system_prompt, command=command), False
+    return PLAIN_TEMPLATE.format(system=system_prompt, command=normalize_command(command)), False
 
 
 def encode_prompt(tokenizer: Any, command: str) -> list[int]:

@@ -21,11 +21,10 @@ from typing import Any
 import torch
 import yaml
 
-from robolora.data import BASE_SYSTEM_PROMPT, FEW_SHOT_EXAMPLES, SYSTEM_PROMPT, render_prompt
+from robolora.data import BASE_SYSTEM_PROMPT, FEW_SHOT_EXAMPLES, SYSTEM_PROMPT, prompt_messages, render_prompt
 from robolora.errors import UserError
 from robolora.evaluate import extract_code
 from robolora.models import adapter_dir
-from robolora.robot.normalize import normalize_command
 
 
 def base_model_of(lora: Path) -> str:
@@ -166,13 +165,7 @@ class Generator:
         tok = self.tokenizer
         system = BASE_SYSTEM_PROMPT if self.few_shot else SYSTEM_PROMPT
         if tok.chat_template:
-            messages = [{"role": "system", "content": system}]
-            for question, answer in FEW_SHOT_EXAMPLES[: self.few_shot]:
-                messages += [
-                    {"role": "user", "content": normalize_command(question)},
-                    {"role": "assistant", "content": answer},
-                ]
-            messages.append({"role": "user", "content": normalize_command(command)})
+            messages = prompt_messages(command, system, FEW_SHOT_EXAMPLES[: self.few_shot])
             text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             return tok(text, add_special_tokens=False)["input_ids"]
         shots = "".join(render_prompt(tok, q, system)[0] + a + "\n\n" for q, a in FEW_SHOT_EXAMPLES[: self.few_shot])
