@@ -451,17 +451,17 @@ def _next_piece(state: PrefixState) -> str:
     if mode == _ENUM:
         return quote if node.end else _shortest_to_end(node)
     if mode == _NUMBER:
-        if _number_ok(buf, param):
-            return ")" if not call.required & ~(given | param.bit) else ","
-        return next(c for c in ("0", ".0", "1", ".5", "5") if advance(state, c) is not None)
+        if not _number_ok(buf, param):
+            return next(c for c in ("0", ".0", "1", ".5", "5") if advance(state, c) is not None)
+        mode, given = _AFTER_VALUE, given | param.bit  # a whole number: what follows a value, as in advance
     if mode == _VALUE:
         if param.range is None:
             return '"'
         return next(c for c in ("1", "0.5", "0") if advance(state, c) is not None)
-    if mode == _NAME:
-        return _shortest_to_end(node, node.mask & ~given)
     if mode == _AFTER_VALUE:
         return ")" if not call.required & ~given else ","
+    if mode == _NAME:
+        return _shortest_to_end(node, node.mask & ~given)
     if mode == _ARG_COMMA:
         return " "
     if mode in (_ARG_FIRST, _ARG_SPACE):
