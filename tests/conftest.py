@@ -4,11 +4,22 @@ DeepSpeed on CPU), tests marked ``gpu`` (skipped without CUDA)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from robolora.cli import main
+
+# A line Ray forwards to the driver from its own processes ("(raylet) ...", "(pid=123) ..."), after an optional
+# "[time level pid tid] " header. Integration tests keep one local cluster running in the test process, and its
+# raylet may speak at any moment (a disk nearly full, say), into whatever test is capturing output then.
+_RAY_FORWARDED = re.compile(r"^(\[[^\]]*\] )?\((raylet|gcs_server|[^)]*pid=\d+[^)]*)\) .*\n?", re.MULTILINE)
+
+
+def without_ray_lines(text: str) -> str:
+    """``text`` less the lines the test session's Ray cluster forwarded into it."""
+    return _RAY_FORWARDED.sub("", text)
 
 
 @pytest.fixture
@@ -18,7 +29,7 @@ def run_cli(capsys):
     def run(*args: str) -> tuple[int, str, str]:
         code = main([str(a) for a in args])
         out = capsys.readouterr()
-        return code, out.out, out.err
+        return code, without_ray_lines(out.out), without_ray_lines(out.err)
 
     return run
 

@@ -19,6 +19,7 @@ import yaml
 
 from robolora.cli import main
 from robolora.robot.generator import generate_records
+from tests.conftest import without_ray_lines
 
 SEED = 20261125
 TINY_FLAGS = ["--model-name", "tiny-llama", "--max-steps", "1", "--num-workers", "1", "--batch-size", "2"]
@@ -358,7 +359,7 @@ def test_bad_input_gets_one_clear_error_and_changes_nothing(case, tmp_path, caps
     code = main(["train", *args])
     captured = capsys.readouterr()
     assert code != 0, f"{case.name}: accepted"
-    lines = captured.err.splitlines()
+    lines = without_ray_lines(captured.err).splitlines()
     assert lines, f"{case.name}: no error printed"
     assert all(line.startswith("robolora: error: ") for line in lines), captured.err[:2000]
     assert all(len(line) < 1100 for line in lines), "an error line echoes a huge value"
