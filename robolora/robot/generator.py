@@ -1117,11 +1117,12 @@ def _loop_of(rng: Rng) -> Phrase:
         form = rng.choice(_PATROL)
         text = form.format(a=_location_text(rng, a), b=_location_text(rng, b), n=_times(rng, n))
         body = (_call("robot.navigate_to", location=a, speed=1.0), _call("robot.navigate_to", location=b, speed=1.0))
-        return Phrase(text, (Loop(n, body),), count_last=form.startswith("go to {a} and then"))
+        return Phrase(text, (Loop(n, body),), count_last=True)
     if kind < 0.94:
         a, b = rng.sample(_NAMED_COLORS, 2)
         text = rng.choice(_ALTERNATE_LIGHT).format(a=a, b=b, n=_times(rng, n))
-        return Phrase(text, (Loop(n, (_call("robot.set_light", color=a), _call("robot.set_light", color=b))),))
+        body = (_call("robot.set_light", color=a), _call("robot.set_light", color=b))
+        return Phrase(text, (Loop(n, body),), count_last=True)
     k = str(n) if rng.random() < 0.6 else int_words(n, rng)
     return Phrase(rng.choice(_N_PHOTOS).format(k=k), (Loop(n, (_call("robot.camera.take_photo"),)),))
 
@@ -1188,7 +1189,9 @@ def _action_naming(rng: Rng, ref: ObjectRef) -> Phrase:
         return Phrase(f"follow {ref.the()}", (_call("robot.follow", target=ref.noun, distance=1.0),))
     if rng.random() < 0.7:
         return Phrase(f"{rng.choice(('pick up', 'grab'))} {ref.the()}", (_pick_up_call(ref),))
-    return Phrase(f"{rng.choice(('look at', 'take a photo of'))} {ref.the()}", (_look_at_call(ref),))
+    if rng.choice((True, False)):
+        return Phrase(f"look at {ref.the()}", (_look_at_call(ref),))
+    return Phrase(f"take a photo of {ref.the()}", (_look_at_call(ref), _call("robot.camera.take_photo")))
 
 
 _FOUND = ("I found {o}", "I see {o}", "There is {o}", "Found it", "{N} detected", "I can see {o}", "Found {o}")

@@ -12,7 +12,7 @@ import pytest
 
 from robolora.robot import generator as gen
 from robolora.robot.checker import canonicalize, check, parse_program
-from robolora.robot.normalize import ONES, TENS
+from robolora.robot.normalize import ONES, TENS, normalize_command
 from robolora.robot.program import Call, If, Loop, Program
 from robolora.robot.spec import CALLS, CATEGORIES, COLORS, LOCATIONS, SIZES
 
@@ -153,6 +153,25 @@ def test_sequences_and_control_flow_shapes(records: list[dict[str, str]]) -> Non
     assert any(isinstance(s, Loop) for p in flows for s in p)
     assert any(isinstance(s, If) and s.orelse for p in flows for s in p)
     assert any(isinstance(s, If) and not s.orelse for p in flows for s in p)
+
+
+def test_a_count_said_last_repeats_everything_before_it(records: list[dict[str, str]]) -> None:
+    """ "turn left and patrol between a and b, 4 times" would repeat the turn too, so a loop whose count
+    ends the command never has a step before it that stays outside the loop."""
+    count_last = re.compile(r"\b\d+ times( in total)?\W*((please|thanks|thank you|now|for me)\W*)?$", re.IGNORECASE)
+    for record in records:
+        program = parse_program(record["output"])
+        step_then_loop = len(program) >= 2 and isinstance(program[-1], Loop) and not isinstance(program[0], Loop)
+        if step_then_loop and record["category"] == "control_flow":
+            assert not count_last.search(normalize_command(record["input"])), record
+
+
+def test_a_photo_of_something_is_taken(records: list[dict[str, str]]) -> None:
+    """ "take a photo of the cup" looks at the cup and takes the photo, wherever it is said."""
+    for record in records:
+        said = len(re.findall(r"\b(photo|picture|photograph) of\b", record["input"].lower()))
+        if said and "detect" in record["output"]:
+            assert record["output"].count("take_photo()") >= said, record
 
 
 def test_say_text_appears_verbatim(records: list[dict[str, str]]) -> None:
