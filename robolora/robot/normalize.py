@@ -50,6 +50,7 @@ UNITS = {*LENGTH, *TIME, *KEPT}
 _UNIT_NAMES = sorted(UNITS)  # a fixed order: a slip that reads as two units always reads as the same one
 
 _QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”|‘[^’]*’|(?<![A-Za-z])'[^']*'(?![A-Za-z])")
+_QUOTED_SPLIT = re.compile(f"({_QUOTED.pattern})")
 _TOKEN = re.compile(r"[A-Za-z]+|-?\d*\.?\d+|\S")
 
 
@@ -222,16 +223,21 @@ def _rewrite(text: str) -> str:
 def normalize_command(text: str) -> str:
     """``text`` with its quantities in the API's units and in digits, its quoted text untouched.
 
+    A command typed all in capitals is read in lower case (its quoted text still untouched): capitals
+    say nothing to the robot, and a model reads lower-case words far better.
+
     >>> normalize_command("back up eighteen inches, then hold on a second")
     'back up 0.46 m, then hold on 1 second'
     >>> normalize_command("move x = negative 65 cm and wait 1.5 min")
     'move x = -0.65 m and wait 90 seconds'
     >>> normalize_command("turn left one hundred and ten degrees, twice")
     'turn left 110 degrees, 2 times'
+    >>> normalize_command('GO FORWARD TEN FEET AND SAY "Hi"')
+    'go forward 3.05 m and say "Hi"'
     """
-    parts, last = [], 0
-    for quoted in _QUOTED.finditer(text):
-        parts.append(_rewrite(text[last : quoted.start()]) + quoted.group())
-        last = quoted.end()
-    parts.append(_rewrite(text[last:]))
-    return "".join(parts)
+    pieces = _QUOTED_SPLIT.split(text)  # free text, quoted, free text, ..., free text
+    free = pieces[::2]
+    if any(c.isupper() for s in free for c in s) and not any(c.islower() for s in free for c in s):
+        pieces[::2] = [s.lower() for s in free]
+    pieces[::2] = [_rewrite(s) for s in pieces[::2]]
+    return "".join(pieces)

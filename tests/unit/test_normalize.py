@@ -83,6 +83,16 @@ def test_quoted_text_is_left_as_said():
     assert normalize_command('say "wait five minutes" then wait five minutes').endswith("wait 300 seconds")
 
 
+def test_a_command_in_capitals_is_read_in_lower_case_but_its_quotes_are_not():
+    assert normalize_command("DRIVE BETWEEN THE OFFICE AND THE HALL A COUPLE OF TIMES.") == (
+        "drive between the office and the hall 2 times."
+    )
+    assert normalize_command('SAY "Hi THERE" AND TURN LEFT') == 'say "Hi THERE" and turn left'
+    # One lower-case letter outside the quotes: the capitals are the user's own, kept.
+    assert normalize_command("say OK and turn left") == "say OK and turn left"
+    assert normalize_command('say "HELLO"') == 'say "HELLO"'
+
+
 def test_the_prompt_shows_the_normalized_command():
     class Plain:
         chat_template = None
