@@ -131,6 +131,20 @@ def clear_stale_build_locks(root: Path | None = None, max_age_s: float = STALE_B
     return removed
 
 
+#: DeepSpeed ops compiled on first use that training never calls: the shared-memory all-reduce of the
+#: CPU accelerator serves tensor-parallel inference only (ZeRO reduces through torch.distributed), and
+#: compiling it costs about 35 s, again whenever another environment compiled it last.
+UNUSED_OPS = ("deepspeed_shm_comm",)
+
+
+def skip_unused_ops() -> None:
+    """Mark :data:`UNUSED_OPS` incompatible, so DeepSpeed neither compiles nor loads them."""
+    import deepspeed.ops
+
+    for name in UNUSED_OPS:
+        deepspeed.ops.__compatible_ops__[name] = False
+
+
 def release_freed_memory() -> None:
     """Give the heap memory freed by the model load (its full-size temporaries) back to the system:
     glibc keeps freed blocks for reuse otherwise, and a worker's resident memory would stay at its peak."""
@@ -314,6 +328,7 @@ class Trainer:
         if self.spec.threads_per_worker:
             torch.set_num_threads(self.spec.threads_per_worker)
         clear_stale_build_locks()  # before DeepSpeed compiles or loads its ops
+        skip_unused_ops()
         self.monitor = DeviceMonitor(self.device.index if self.device.type == "cuda" else None)
         if self.monitor.note:
             dist.print0(f"device monitoring: {self.monitor.note}")

@@ -1,4 +1,5 @@
-"""A build lock left by a killed extension build is removed; a fresh one (a build under way) stays."""
+"""DeepSpeed's compiled ops: a build lock left by a killed build is removed, a fresh one (a build under way)
+stays, and an op training never calls is never compiled."""
 
 from __future__ import annotations
 
@@ -30,3 +31,14 @@ def test_the_default_folder_is_torchs(tmp_path, monkeypatch):
     lock.touch()
     os.utime(lock, (0, 0))
     assert clear_stale_build_locks() == [lock]
+
+
+def test_ops_training_never_calls_are_not_compiled():
+    from deepspeed.comm.torch import build_shm_op
+
+    from robolora.worker import skip_unused_ops
+
+    skip_unused_ops()
+    started = time.monotonic()
+    assert build_shm_op() is None  # DeepSpeed's comm backend then all-reduces through torch.distributed
+    assert time.monotonic() - started < 1.0
