@@ -185,8 +185,24 @@ def _quantity(words: list[str], i: int) -> tuple[float, int, bool] | None:
     return value, j, not _is_number(words[i])
 
 
+#: A share of a whole turn, said in words: "half a turn", "a quarter of a turn", "a full circle".
+_TURN_SHARE = re.compile(
+    r"\b(?:(?:a|one)\s+)?(quarter|half|three[- ]quarters?|full|complete)(?:\s+(?:a|of\s+a))?\s+(turn|circle)\b",
+    re.IGNORECASE,
+)
+_TURN_DEGREES = {"quarter": 90, "half": 180, "full": 360, "complete": 360}
+
+
+def _turn_share(match: re.Match) -> str:
+    """ "half a turn" -> "a 180 degree turn"."""
+    share = match.group(1).lower()
+    degrees = _TURN_DEGREES.get(share, 270)  # the rest are three quarters
+    return f"a {degrees} degree {match.group(2)}"
+
+
 def _rewrite(text: str) -> str:
     """Quantities in ``text`` (which holds no quoted text) rewritten; everything between them kept."""
+    text = _TURN_SHARE.sub(_turn_share, text)
     tokens = [(m.group(), m.start(), m.end()) for m in _TOKEN.finditer(text)]
     words = [t.lower() for t, _, _ in tokens]
     out, last, i = [], 0, 0
@@ -232,6 +248,8 @@ def normalize_command(text: str) -> str:
     'move x = -0.65 m and wait 90 seconds'
     >>> normalize_command("turn left one hundred and ten degrees, twice")
     'turn left 110 degrees, 2 times'
+    >>> normalize_command("turn right half a turn, then a quarter turn left")
+    'turn right a 180 degree turn, then a 90 degree turn left'
     >>> normalize_command('GO FORWARD TEN FEET AND SAY "Hi"')
     'go forward 3.05 m and say "Hi"'
     """

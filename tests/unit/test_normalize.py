@@ -59,11 +59,17 @@ DATASET = Path(__file__).resolve().parents[2] / "data" / "robot_dataset.json"
         ("blink twice", "blink 2 times"),
         ("do it thrice", "do it 3 times"),
         ("take ten pics", "take 10 pics"),
+        # a share of a whole turn, in degrees
+        ("turn right half a turn", "turn right a 180 degree turn"),
+        ("make a quarter turn to the left", "make a 90 degree turn to the left"),
+        ("make a three-quarter turn to the left", "make a 270 degree turn to the left"),
+        ("do a full turn to the right", "do a 360 degree turn to the right"),
+        ("spin left in a full circle", "spin left in a 360 degree circle"),
         # left alone: metres, seconds and degrees in digits, a lone "one", ordinals, plain words
         ("move forward 3 meters", "move forward 3 meters"),
         ("pick that one up", "pick that one up"),
         ("take a second photo of the cup", "take a second photo of the cup"),
-        ("make a half turn to the left", "make a half turn to the left"),
+        ("make a turn to the left", "make a turn to the left"),
         ("go to the kitchen", "go to the kitchen"),
     ],
 )
