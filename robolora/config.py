@@ -65,6 +65,12 @@ class TrainConfig:
     val_ratio: float = _f(0.1, "share of each category held out for validation when no --val-json", "data")
     max_length: int = _f(256, "maximum tokens per example; longer prompts are truncated on the left", "data")
     check_api: bool = _f(True, "refuse records whose output is not valid robot API code", "data")
+    category_weights: str = _f(
+        "",
+        "how often each category's training records are seen per epoch, such as 'control_flow=2,navigation=0.5' "
+        "(a weight below 1 keeps that share of them; validation is untouched)",
+        "data",
+    )
     # Model and LoRA
     model_name: str = _f(
         DEFAULT_MODEL, "base model: an alias (smollm2-135m, tiny-llama), a local path or a hub name", "model"
@@ -208,6 +214,28 @@ def parse_layers(spec: str, num_layers: int) -> list[int] | None:
     return sorted(layers)
 
 
+def parse_category_weights(spec: str) -> dict[str, float]:
+    """Category -> weight from a ``--category-weights`` value (empty: every weight 1).
+
+    >>> parse_category_weights("control_flow=2, navigation=0.5"), parse_category_weights("")
+    ({'control_flow': 2.0, 'navigation': 0.5}, {})
+    """
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, value = (x.strip() for x in part.partition("="))
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = math.nan
+        if not sep or not name or not math.isfinite(weight) or weight <= 0 or name in weights:
+            raise ConfigError(
+                f"--category-weights: {part!r} is not a weight; use CATEGORY=WEIGHT pairs with weights above 0, "
+                "each category once, such as 'control_flow=2,navigation=0.5'"
+            )
+        weights[name] = weight
+    return weights
+
+
 def parse_step_range(spec: str) -> tuple[int, int] | None:
     """The optimizer steps of a ``--profile-steps`` value (both ends included); None when empty.
 
@@ -246,6 +274,7 @@ def _check_numbers(c: TrainConfig) -> None:
     need(bool(c.target_modules()), "lora_target_modules", "a comma-separated list of module names")
     parse_layers(c.lora_layers, 10**6)  # the syntax now; the layer count once the model is known
     parse_step_range(c.profile_steps)
+    parse_category_weights(c.category_weights)  # the syntax now; the categories once the data is read
     need(bool(c.output_dir.strip()), "output_dir", "a directory path")
     need(bool(c.model_name.strip()), "model_name", "a model alias, path or hub name")
     need(bool(re.fullmatch(r"[\w.:-]+", c.dashboard_host)), "dashboard_host", "a host name or IP address")

@@ -223,6 +223,30 @@ def split_records(
     return train, val
 
 
+def weight_by_category(records: Sequence[dict[str, str]], weights: dict[str, float], seed: int) -> list[dict[str, str]]:
+    """Training records with each category seen ``weight`` times as often: every record ``floor(weight)``
+    times, and a seeded ``weight - floor(weight)`` share of them once more (in file order; the sampler
+    shuffles). Categories not named keep weight 1.
+
+    >>> recs = [{"input": str(i), "output": "o", "category": "ab"[i % 2]} for i in range(8)]
+    >>> weighted = weight_by_category(recs, {"a": 2, "b": 0.5}, seed=0)
+    >>> sorted(Counter(r["category"] for r in weighted).items())
+    [('a', 8), ('b', 2)]
+    """
+    by_cat: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for rec in records:
+        by_cat[rec.get("category") or UNCATEGORIZED].append(rec)
+    rng = random.Random(seed)
+    chosen: dict[int, int] = Counter()
+    for cat in sorted(by_cat):
+        recs, weight = by_cat[cat], weights.get(cat, 1.0)
+        for rec in recs:
+            chosen[id(rec)] += int(weight)
+        for rec in rng.sample(recs, round((weight - int(weight)) * len(recs))):
+            chosen[id(rec)] += 1
+    return [rec for rec in records for _ in range(chosen[id(rec)])]
+
+
 def dataset_stats(records: Sequence[dict[str, str]]) -> dict[str, Any]:
     """Counts per category and character lengths of inputs and outputs."""
     cats = Counter(r.get("category") or UNCATEGORIZED for r in records)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from robolora.config import TrainConfig, save_config
+from robolora.config import TrainConfig, parse_category_weights, save_config
 from robolora.errors import UserError
 from robolora.fileio import atomic_write_text
 from robolora.progress import PROGRESS, ProgressWatcher
@@ -115,7 +115,27 @@ def _check_creatable(out: Path) -> None:
 
 
 def load_datasets(cfg: TrainConfig) -> tuple[list[dict[str, str]], list[dict[str, str]], str]:
-    """Validated train and validation records (split off when only one file is given)."""
+    """Validated train and validation records (split off when only one file is given), the training
+    records weighted by category where ``--category-weights`` asks."""
+    train, val, how = _read_datasets(cfg)
+    weights = parse_category_weights(cfg.category_weights)
+    if not weights:
+        return train, val, how
+    from robolora.data import UNCATEGORIZED, weight_by_category
+
+    present = sorted({r.get("category") or UNCATEGORIZED for r in train})
+    for name in weights:
+        if name not in present:
+            raise UserError(
+                f"--category-weights: no training record has the category {name!r}; "
+                f"the training records have: {', '.join(present)}"
+            )
+    weighted = weight_by_category(train, weights, cfg.seed)
+    said = ", ".join(f"{name} x{w:g}" for name, w in weights.items())
+    return weighted, val, f"{how}; {len(weighted)} training examples per epoch with {said}"
+
+
+def _read_datasets(cfg: TrainConfig) -> tuple[list[dict[str, str]], list[dict[str, str]], str]:
     from robolora.data import load_records, split_records
 
     if cfg.data_json:

@@ -17,6 +17,8 @@ from robolora.schedule import lr_factor
 from tests.integration.conftest import metric_rows, series
 
 CUSTOM = {
+    # Data
+    "category_weights": "control_flow=2,navigation=0.5",
     # Model and LoRA
     "lora_r": 4,
     "lora_alpha": 32,

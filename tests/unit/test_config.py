@@ -146,6 +146,21 @@ def _error(argv=None, file_text=None, tmp_path=None, name="run.yaml") -> str:
             ["--profile-steps", "0"],
             "--profile-steps: '0' is not a step range; use START-END, such as 10-12 (steps from 1)",
         ),
+        *(
+            (
+                ["--category-weights", spec],
+                f"--category-weights: {part!r} is not a weight; use CATEGORY=WEIGHT pairs with weights above 0, "
+                "each category once, such as 'control_flow=2,navigation=0.5'",
+            )
+            for spec, part in (
+                ("control_flow", "control_flow"),
+                ("control_flow=0", "control_flow=0"),
+                ("a=2,b=x", "b=x"),
+                ("a=nan", "a=nan"),
+                ("=2", "=2"),
+                ("a=1,a=2", "a=2"),
+            )
+        ),
         (["--val-json", "v.json"], "--val-json needs --train-json: pass both, or a single --data-json"),
         (
             ["--zero-stage", "2", "--offload", "all"],

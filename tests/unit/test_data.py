@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -200,3 +201,34 @@ def test_a_data_error_crosses_processes_whole():
 
     error = pickle.loads(pickle.dumps(DataError([f"d.json: record {i}: output: invalid" for i in range(25)])))
     assert len(error.problems) == 25 and str(error).endswith("... and 5 more")
+
+
+# ----------------------------------------------------------------------------- category weights
+
+
+def test_category_weights_change_what_an_epoch_holds_and_never_the_validation(write_json):
+    from robolora.config import from_dict
+    from robolora.launcher import load_datasets
+
+    path = write_json("d.json", _recs({"loops": 40, "moves": 40, "talk": 20}))
+    plain = load_datasets(from_dict({"data_json": str(path)}))
+    weighted = load_datasets(from_dict({"data_json": str(path), "category_weights": "loops=2.5,talk=0.5"}))
+    assert weighted[1] == plain[1]  # the same validation records
+    counts = Counter(r["category"] for r in weighted[0])
+    assert counts == {"loops": 90, "moves": 36, "talk": 9}  # 36 x 2.5, 36, 18 x 0.5
+    assert {r["input"] for r in weighted[0]} <= {r["input"] for r in plain[0]}
+    assert Counter(r["input"] for r in weighted[0] if r["category"] == "loops").most_common()[-1][1] == 2
+    assert weighted[2].endswith("135 training examples per epoch with loops x2.5, talk x0.5")
+
+
+def test_a_category_weight_for_a_category_the_data_lacks_is_refused(write_json):
+    from robolora.config import from_dict
+    from robolora.errors import UserError
+    from robolora.launcher import load_datasets
+
+    path = write_json("d.json", _recs({"loops": 10, "moves": 10}))
+    with pytest.raises(UserError) as e:
+        load_datasets(from_dict({"data_json": str(path), "category_weights": "loop=2"}))
+    assert str(e.value) == (
+        "--category-weights: no training record has the category 'loop'; the training records have: loops, moves"
+    )
