@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import DATA, LORA, MODEL, TIMED, timed_rate  # noqa: E402
+from common import DATA, LORA, MODEL, TIMED, timed_rate, with_short_validation  # noqa: E402
 
 BATCH, MAX_LENGTH = 8, TIMED["max_length"]
 LR = TIMED["learning_rate"]
@@ -60,11 +60,10 @@ def ours(setup: Setup, steps: int, warmup: int, out: Path) -> dict:
     from robolora.config import from_dict
     from robolora.launcher import run_training
 
+    values = {**TIMED, **setup.lora, "data_json": str(setup.data)}
     cfg = from_dict(
         {
-            **TIMED,
-            **setup.lora,
-            "data_json": str(setup.data),
+            **with_short_validation(values, out / "data"),
             "output_dir": str(out / "ours"),
             "model_name": setup.model,
             "batch_size": setup.batch,
