@@ -218,15 +218,17 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
     return tokenizer
 
 
-def load_model(name: str, dtype: Any = None, trust_remote_code: bool = False) -> Any:
-    """A causal LM for training or inference, on the CPU, in ``dtype`` (float32 by default)."""
+def load_model(name: str, dtype: Any = None, trust_remote_code: bool = False, attention: str | None = None) -> Any:
+    """A causal LM for training or inference, on the CPU, in ``dtype`` (float32 by default), with the
+    ``attention`` implementation given (transformers' choice by default)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     source = resolve_model(name)
+    extra = {"attn_implementation": attention} if attention else {}
     try:
         return AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code
+            source, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code, **extra
         )
     except OSError as e:
         raise _not_found(name, f"it could not be loaded ({' '.join(str(e).split())[:200]})") from None

@@ -39,6 +39,7 @@ from robolora.data import IGNORE_INDEX, collate, target_count, tokenize_records
 from robolora.ds_config import load_template, resolve
 from robolora.fileio import atomic_write_text
 from robolora.gpu import DeviceMonitor, process_rss_mb, summarize
+from robolora.kernels import training_attention, use_fast_dropout
 from robolora.profiling import StepProfiler
 from robolora.progress import METRICS, PROGRESS
 from robolora.sampler import plan_epoch, steps_per_epoch
@@ -394,7 +395,12 @@ class Trainer:
                 dist_backend=get_accelerator().communication_backend_name(), dist_init_required=False
             )
             self._zero3_loading = HfDeepSpeedConfig(ds_config)
-        model = load_model(self.spec.model_path, dtype=dtype, trust_remote_code=self.cfg.trust_remote_code)
+        model = load_model(
+            self.spec.model_path,
+            dtype=dtype,
+            trust_remote_code=self.cfg.trust_remote_code,
+            attention=training_attention(self.spec.use_gpu),
+        )
         model.config.use_cache = False
         if self.cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -409,6 +415,8 @@ class Trainer:
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
+        if not self.spec.use_gpu:
+            use_fast_dropout(model)
         if self.spec.resume_weights:
             load_adapter_weights(model, self.spec.resume_weights)
         self.marks["model"] = time.time()

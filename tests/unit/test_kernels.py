@@ -1,0 +1,84 @@
+"""The CPU kernels the training loop swaps in: same meaning as the ops they replace."""
+
+import pytest
+import torch
+
+from robolora.kernels import FastDropout, drop_positions, training_attention, use_fast_dropout
+
+
+def test_drop_positions_are_sorted_distinct_in_range_at_the_rate():
+    torch.manual_seed(0)
+    positions = drop_positions(200_000, 0.1)
+    assert positions.dtype == torch.long
+    assert positions.min() >= 0 and positions.max() < 200_000
+    assert torch.all(positions[1:] > positions[:-1])
+    assert len(positions) / 200_000 == pytest.approx(0.1, abs=0.003)
+    # spread evenly: each tenth of the range holds a tenth of them
+    counts = torch.histc(positions.float(), bins=10, min=0, max=200_000)
+    assert (counts / counts.mean() - 1).abs().max() < 0.05
+
+
+def test_drop_positions_draw_more_gaps_until_the_range_is_covered():
+    torch.manual_seed(1)
+    positions = drop_positions(50_000, 0.2, first_draw=3)  # far too few gaps at first
+    assert positions.max() > 49_900
+    assert len(positions) / 50_000 == pytest.approx(0.2, abs=0.01)
+    assert len(drop_positions(1000, 0.0)) == 0
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        drop_positions(10, 1.0)
+
+
+def test_fast_dropout_drops_at_the_rate_and_keeps_the_mean():
+    torch.manual_seed(0)
+    x = torch.ones(64, 128, 96)
+    out = FastDropout(0.2).train()(x)
+    dropped = (out == 0).float().mean().item()
+    assert dropped == pytest.approx(0.2, abs=0.005)
+    assert out.mean().item() == pytest.approx(1.0, abs=0.01)
+    kept = out[out != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 1 / 0.8))
+
+
+def test_fast_dropout_masks_the_gradient_as_the_forward_and_repeats_under_a_seed():
+    x = torch.randn(4, 10, 32, requires_grad=True)
+    torch.manual_seed(3)
+    out = FastDropout(0.5).train()(x)
+    out.sum().backward()
+    assert torch.equal(x.grad == 0, out == 0)
+    assert torch.allclose(x.grad[x.grad != 0], torch.tensor(2.0))
+    torch.manual_seed(3)
+    assert torch.equal(FastDropout(0.5).train()(x), out)
+    # a transposed (non-contiguous) input is dropped by its logical positions
+    y = torch.ones(6, 5).t()
+    assert FastDropout(0.5).train()(y).shape == (5, 6)
+
+
+def test_fast_dropout_is_the_identity_in_eval_mode_and_at_rate_zero():
+    x = torch.randn(3, 5)
+    assert FastDropout(0.3).eval()(x) is x
+    assert FastDropout(0.0).train()(x) is x
+
+
+def test_use_fast_dropout_replaces_each_lora_dropout_of_a_peft_model():
+    from peft import LoraConfig, get_peft_model
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q_proj = torch.nn.Linear(8, 8)
+            self.v_proj = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.v_proj(self.q_proj(x))
+
+    model = get_peft_model(Tiny(), LoraConfig(r=2, lora_dropout=0.1, target_modules=["q_proj", "v_proj"]))
+    assert use_fast_dropout(model) == 2
+    layers = [m for m in model.modules() if isinstance(m, FastDropout)]
+    assert [d.p for d in layers] == [0.1, 0.1]
+    assert not any(isinstance(m, torch.nn.Dropout) for m in model.modules())
+    model(torch.randn(2, 8)).sum().backward()  # still trains
+
+
+def test_training_attention_is_eager_on_the_cpu_only():
+    assert training_attention(use_gpu=False) == "eager"
+    assert training_attention(use_gpu=True) is None
