@@ -347,15 +347,10 @@ def check_batches(cfg: TrainConfig, plan: Plan, num_train: int) -> Check:
 
 
 def check_model(cfg: TrainConfig) -> tuple[Check, Any]:
-    from transformers import AutoConfig
-
-    from robolora.models import _not_found, resolve_model
+    from robolora.models import load_config, resolve_model
 
     source = resolve_model(cfg.model_name)
-    try:
-        model_config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise _not_found(cfg.model_name, f"it could not be loaded ({' '.join(str(e).split())[:160]})") from None
+    model_config = load_config(cfg.model_name, trust_remote_code=cfg.trust_remote_code)
     where = source if source != cfg.model_name else "hub"
     detail = f"{cfg.model_name} ({model_config.model_type}, {where})"
     num_layers = getattr(model_config, "num_hidden_layers", None)

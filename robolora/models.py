@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,6 +204,43 @@ def bf16_supported(use_gpu: bool) -> bool:
     if use_gpu:
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+#: Keys a config.json must state for :func:`load_config` to read it without transformers.
+PLAIN_CONFIG_KEYS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "tie_word_embeddings",
+)
+
+
+def load_config(name: str, trust_remote_code: bool = False) -> Any:
+    """The model's config, for planning and checks.
+
+    A local ``config.json`` that states every dimension the planner needs and asks for no remote code
+    is read as it stands (attributes of a namespace; ``num_key_value_heads`` defaults to the heads, as
+    in transformers): the driver then never imports transformers' model code, about 2 s of start-up.
+    Anything else goes through ``AutoConfig``.
+    """
+    source = resolve_model(name)
+    path = Path(source) / "config.json"
+    if path.is_file() and not trust_remote_code:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = None
+        if isinstance(data, dict) and "auto_map" not in data and all(k in data for k in PLAIN_CONFIG_KEYS):
+            return types.SimpleNamespace(**{"num_key_value_heads": None, **data})
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _not_found(name, f"it could not be loaded ({' '.join(str(e).split())[:160]})") from None
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:

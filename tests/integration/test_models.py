@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,3 +108,28 @@ def test_target_logits_loss_matches_the_plain_forward():
         torch.testing.assert_close(ours[0], plain[0])
         for a, b in zip(ours[1], plain[1], strict=True):
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "tiny-llama"])
+def test_config_read_without_transformers_has_the_planners_dimensions(name):
+    from transformers import AutoConfig
+
+    from robolora.models import load_config
+    from robolora.sizing import ModelDims
+
+    light = load_config(name)
+    assert not hasattr(light, "to_dict")  # read from config.json, not through AutoConfig
+    assert ModelDims.from_config(light) == ModelDims.from_config(AutoConfig.from_pretrained(resolve_model(name)))
+
+
+def test_config_missing_a_dimension_or_asking_for_remote_code_goes_through_autoconfig(tmp_path):
+    from robolora.models import load_config
+
+    config = json.loads((Path(resolve_model("tiny-llama")) / "config.json").read_text())
+    for change in ({"tie_word_embeddings": None}, {"auto_map": {"AutoConfig": "x.Y"}}):
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        data = {k: v for k, v in {**config, **change}.items() if v is not None}
+        (folder / "config.json").write_text(json.dumps(data))
+        loaded = load_config(str(folder))
+        assert hasattr(loaded, "to_dict") and loaded.hidden_size == config["hidden_size"]
