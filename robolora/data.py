@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import random
@@ -356,9 +358,6 @@ def tokenize_records(records: Sequence[dict[str, str]], tokenizer: Any, max_leng
 
     Returns the dataset and a :class:`TokenizeReport`.
     """
-    import datasets
-    from datasets.table import InMemoryTable
-
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
         raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token")
@@ -379,11 +378,92 @@ def tokenize_records(records: Sequence[dict[str, str]], tokenizer: Any, max_leng
         rows["labels"].append(ex["labels"])
         rows["length"].append(len(ex["input_ids"]))
         rows["category"].append(rec.get("category") or UNCATEGORIZED)
+    return _dataset(rows), report
+
+
+def _dataset(rows: dict[str, list]) -> Any:
+    import datasets
+    from datasets.table import InMemoryTable
+
     # An explicit fingerprint spares datasets from hashing the table with dill, which is slow and,
     # inside Ray workers, prints the bytecode it disassembles.
     digest = hashlib.sha256(json.dumps([rows["input_ids"], rows["labels"]]).encode()).hexdigest()[:32]
-    table = InMemoryTable.from_pydict(rows)
-    return datasets.Dataset(table, fingerprint=digest), report
+    return datasets.Dataset(InMemoryTable.from_pydict(rows), fingerprint=digest)
+
+
+#: Files whose code decides how records become tokens: a change to any of them changes every cache key.
+_TOKENIZING_CODE = (Path(__file__), Path(__file__).parent / "robot" / "normalize.py")
+#: Tokenizer files that decide its output (whichever the folder has).
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+#: Tokenized datasets kept in the cache folder; the oldest go first.
+TOKENIZED_CACHE_KEEP = 64
+
+
+def tokenized_key(records: Sequence[dict[str, str]], tokenizer: Any, max_length: int) -> str | None:
+    """A digest of everything the tokenized examples depend on: the records' text, the tokenizer's files,
+    max_length, the tokenizing code and the library versions. None when the tokenizer has no local
+    folder to fingerprint (nothing is cached then)."""
+    from importlib.metadata import version
+
+    folder = Path(str(getattr(tokenizer, "name_or_path", "") or ""))
+    if not folder.is_dir():
+        return None
+    h = hashlib.sha256()
+    for name in _TOKENIZER_FILES:
+        if (folder / name).is_file():
+            h.update(name.encode() + b"\0" + (folder / name).read_bytes())
+    for path in _TOKENIZING_CODE:
+        h.update(path.read_bytes())
+    texts = [[r["input"], r["output"], r.get("category") or UNCATEGORIZED] for r in records]
+    meta = [type(tokenizer).__name__, max_length, version("transformers"), version("tokenizers")]
+    h.update(json.dumps([meta, texts], ensure_ascii=False).encode())
+    return h.hexdigest()[:40]
+
+
+def tokenize_cached(
+    records: Sequence[dict[str, str]], tokenizer: Any, max_length: int, cache: Path | None
+) -> tuple[Any, TokenizeReport]:
+    """:func:`tokenize_records`, kept in ``cache`` (a folder) so the next run with the same records,
+    tokenizer and settings reads the examples instead of tokenizing them again. A cache that cannot
+    be read or written is ignored."""
+    key = tokenized_key(records, tokenizer, max_length) if cache is not None else None
+    path = cache / f"{key}.json" if cache is not None and key else None
+    if path is not None:
+        try:
+            data = json.loads(path.read_text())
+            return _dataset(data["rows"]), TokenizeReport(**data["report"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    dataset, report = tokenize_records(records, tokenizer, max_length)
+    if path is not None:
+        _store(path, {"rows": dataset.to_dict(), "report": dataclasses.asdict(report)})
+    return dataset, report
+
+
+def _store(path: Path, value: Any) -> None:
+    """Write ``value`` as JSON atomically (another worker may write the same file), then keep only the
+    newest :data:`TOKENIZED_CACHE_KEEP` files of the folder."""
+    from robolora.fileio import atomic_write_text
+
+    with contextlib.suppress(OSError):
+        atomic_write_text(path, json.dumps(value, separators=(",", ":")))
+        ages = {}
+        for f in path.parent.glob("*.json"):
+            with contextlib.suppress(OSError):
+                ages[f] = f.stat().st_mtime
+        for old in sorted(ages, key=ages.get, reverse=True)[TOKENIZED_CACHE_KEEP:]:
+            with contextlib.suppress(OSError):
+                old.unlink()
 
 
 def collate(examples: Sequence[dict[str, Any]], pad_id: int, pad_to_multiple_of: int = 1) -> dict[str, list[list[int]]]:

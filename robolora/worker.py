@@ -35,7 +35,7 @@ import torch
 from robolora import dist
 from robolora.checkpoints import publish, remove_partials
 from robolora.config import TrainConfig, from_dict, parse_step_range
-from robolora.data import IGNORE_INDEX, collate, target_count, tokenize_records
+from robolora.data import IGNORE_INDEX, collate, target_count, tokenize_cached
 from robolora.ds_config import load_template, resolve
 from robolora.fileio import atomic_write_text
 from robolora.gpu import DeviceMonitor, process_rss_mb, summarize
@@ -324,7 +324,7 @@ class Trainer:
     # -- setup
 
     def setup(self) -> None:
-        from robolora.models import load_tokenizer
+        from robolora.models import cache_dir, load_tokenizer
 
         if self.spec.threads_per_worker:
             torch.set_num_threads(self.spec.threads_per_worker)
@@ -335,10 +335,14 @@ class Trainer:
             dist.print0(f"device monitoring: {self.monitor.note}")
         torch.manual_seed(self.cfg.seed)
         self.tokenizer = load_tokenizer(self.spec.model_path, trust_remote_code=self.cfg.trust_remote_code)
-        self.train_ds, self.train_report = tokenize_records(
-            self.spec.train_records, self.tokenizer, self.cfg.max_length
+        # Tokenized examples are cached: a rerun on the same data and tokenizer reads them back.
+        cache = cache_dir() / "tokenized"
+        self.train_ds, self.train_report = tokenize_cached(
+            self.spec.train_records, self.tokenizer, self.cfg.max_length, cache
         )
-        self.val_ds, self.val_report = tokenize_records(self.spec.val_records, self.tokenizer, self.cfg.max_length)
+        self.val_ds, self.val_report = tokenize_cached(
+            self.spec.val_records, self.tokenizer, self.cfg.max_length, cache
+        )
         self.marks["data"] = time.time()
         self.memory = {"before_model_mb": current_memory_mb(self.device)}
         dist.print0(self.train_report.describe("train", self.cfg.max_length))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
@@ -92,3 +93,54 @@ def test_collated_batch_masks_padding(tokenizer):
         n = sum(mask)
         assert all(lab == IGNORE_INDEX for lab in labels[n:])
         assert all(t == tokenizer.pad_token_id for t in ids[n:])
+
+
+def test_tokenized_examples_are_cached_and_read_back_unchanged(tokenizer, tmp_path, monkeypatch):
+    import robolora.data as data
+
+    first, report = data.tokenize_cached(RECORDS, tokenizer, 256, tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 1
+
+    def no_tokenizing(*args):
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr(data, "tokenize_records", no_tokenizing)
+    again, report_again = data.tokenize_cached(RECORDS, tokenizer, 256, tmp_path)
+    assert again.to_dict() == first.to_dict() == tokenize_records(RECORDS, tokenizer, 256)[0].to_dict()
+    assert report_again == report
+    # other records or another max_length are other keys
+    with pytest.raises(AssertionError, match="tokenized again"):
+        data.tokenize_cached(RECORDS, tokenizer, 128, tmp_path)
+    changed = [dict(RECORDS[0], output="robot.move_forward(distance=4.0, speed=1.0)"), *RECORDS[1:]]
+    with pytest.raises(AssertionError, match="tokenized again"):
+        data.tokenize_cached(changed, tokenizer, 256, tmp_path)
+
+
+def test_a_damaged_or_unwritable_cache_is_ignored(tokenizer, tmp_path):
+    from robolora.data import tokenize_cached, tokenized_key
+
+    expected = tokenize_records(RECORDS, tokenizer, 256)[0].to_dict()
+    key = tokenized_key(RECORDS, tokenizer, 256)
+    (tmp_path / f"{key}.json").write_text('{"rows": [1, 2')  # cut short
+    assert tokenize_cached(RECORDS, tokenizer, 256, tmp_path)[0].to_dict() == expected
+    assert json.loads((tmp_path / f"{key}.json").read_text())["rows"] == expected  # rewritten whole
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    assert tokenize_cached(RECORDS, tokenizer, 256, blocked / "cache")[0].to_dict() == expected
+    assert tokenize_cached(RECORDS, tokenizer, 256, None)[0].to_dict() == expected
+
+
+def test_the_cache_keeps_only_the_newest_files(tokenizer, tmp_path, monkeypatch):
+    import os
+
+    import robolora.data as data
+
+    monkeypatch.setattr(data, "TOKENIZED_CACHE_KEEP", 2)
+    for i in range(3):
+        old = tmp_path / f"old{i}.json"
+        old.write_text("{}")
+        os.utime(old, (1000 + i, 1000 + i))
+    data.tokenize_cached(RECORDS, tokenizer, 256, tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted(
+        ["old2.json", f"{data.tokenized_key(RECORDS, tokenizer, 256)}.json"]
+    )
