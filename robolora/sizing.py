@@ -281,10 +281,11 @@ def activation_memory(
     plain = layer_activation_bytes(dims, w=w, lora_r=lora_r, targets=[], lora_dropout=lora_dropout)
     adapted = layer_activation_bytes(dims, w=w, lora_r=lora_r, targets=targets, lora_dropout=lora_dropout)
     if not on_gpu:
-        # SDPA's fused kernels on the GPU keep only the output and the log-sum-exp; on the CPU with a
-        # padding mask it may run the math kernel, which keeps the attention probabilities.
-        plain += dims.heads * seq_len * w
-        adapted += dims.heads * seq_len * w
+        # SDPA's fused kernels on the GPU keep only the output and the log-sum-exp; CPU workers train
+        # with the eager attention (robolora.kernels), which keeps the attention probabilities twice:
+        # the float32 softmax output and its copy in the compute dtype that multiplies the values.
+        plain += dims.heads * seq_len * (4 + w)
+        adapted += dims.heads * seq_len * (4 + w)
     if gradient_checkpointing:
         # Each layer keeps only its input (the worker makes the embeddings require grad, so every layer
         # is in the graph), and one layer's activations exist again while it is recomputed.

@@ -115,7 +115,9 @@ def test_activations_and_logits_by_hand():
     # output and o_proj's copy (5 * 4 * 576), the MLP's gate, up, SiLU and product (4 * 4 * 1536)
     block = 2 * 8 * 576 + 5 * 4 * 576 + 4 * 4 * 1536
     lora_q = (4 + 1) * 576 + 8 * 4  # dropout copy of the input and its mask, the rank-8 intermediate
-    scores = 9 * 100 * 4  # the CPU's math kernel keeps the attention probabilities: heads x seq per token
+    # the CPU's eager attention keeps the probabilities (heads x seq per token) as the fp32 softmax output
+    # and as their copy in the compute dtype (here fp32 too)
+    scores = 9 * 100 * (4 + 4)
     assert est.activations == tokens * 30 * (block + lora_q + scores)
     # logits at half the positions (the response share), vocab wide: fp32 output + fp32 copy + log-softmax
     assert est.logits == 100 * 49152 * (4 + 8)
