@@ -235,18 +235,18 @@ def weight_by_category(records: Sequence[dict[str, str]], weights: dict[str, flo
     >>> sorted(Counter(r["category"] for r in weighted).items())
     [('a', 8), ('b', 2)]
     """
-    by_cat: dict[str, list[dict[str, str]]] = defaultdict(list)
-    for rec in records:
-        by_cat[rec.get("category") or UNCATEGORIZED].append(rec)
+    by_cat: dict[str, list[int]] = defaultdict(list)
+    for i, rec in enumerate(records):
+        by_cat[rec.get("category") or UNCATEGORIZED].append(i)
     rng = random.Random(seed)
-    chosen: dict[int, int] = Counter()
+    copies = [0] * len(records)
     for cat in sorted(by_cat):
-        recs, weight = by_cat[cat], weights.get(cat, 1.0)
-        for rec in recs:
-            chosen[id(rec)] += int(weight)
-        for rec in rng.sample(recs, round((weight - int(weight)) * len(recs))):
-            chosen[id(rec)] += 1
-    return [rec for rec in records for _ in range(chosen[id(rec)])]
+        indices, weight = by_cat[cat], weights.get(cat, 1.0)
+        for i in indices:
+            copies[i] += int(weight)
+        for i in rng.sample(indices, round((weight - int(weight)) * len(indices))):
+            copies[i] += 1
+    return [rec for rec, n in zip(records, copies, strict=True) for _ in range(n)]
 
 
 def dataset_stats(records: Sequence[dict[str, str]]) -> dict[str, Any]:
