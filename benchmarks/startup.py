@@ -2,8 +2,8 @@
 
     python benchmarks/startup.py --json-out benchmarks/results/startup.json
 
-The same one-step run twice: the first fills the caches (the converted bundled model, DeepSpeed's
-compiled CPU ops, Python's bytecode), the second is measured warm. The phases come from the run's
+The same one-step run twice: the first fills the caches (the converted bundled model, the tokenized
+examples, DeepSpeed's compiled CPU ops, Python's bytecode), the second is measured warm. The phases come from the run's
 own start-up report (``startup_s`` in ``train_summary.json``): the pre-training checks (imports,
 dataset validation, model config), starting Ray, starting the workers, tokenizing, loading the model
 with LoRA, building the DeepSpeed engine and the first step.
@@ -12,14 +12,13 @@ with LoRA, building the DeepSpeed engine and the first step.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DATA, TIMED, train, write_json
+from common import DATA, TIMED, train, with_short_validation, write_json
 
 LABELS = {
     "checks": "checks (imports, data, config)",
@@ -37,13 +36,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json-out", default=None, help="also write the results here")
     args = parser.parse_args()
-    records = json.loads(DATA.read_text())
     with tempfile.TemporaryDirectory(prefix="robolora-bench-") as tmp:
-        # The shipped training data, and a small validation file: the run's final evaluation is not start-up.
-        val = Path(tmp) / "val.json"
-        val.write_text(json.dumps(records[:16]))
-        values = {k: v for k, v in TIMED.items() if k != "data_json"}
-        values |= {"train_json": str(DATA), "val_json": str(val), "max_steps": 1}
+        # The shipped dataset's training split, and a short validation file: the run's final evaluation
+        # is not start-up.
+        values = with_short_validation({**TIMED, "data_json": str(DATA), "max_steps": 1}, Path(tmp) / "data")
         runs = [train(values, Path(tmp) / name)["summary"]["startup_s"] for name in ("cold", "warm")]
     results = {"cold": runs[0], "warm": runs[1]}
     print(f"{'phase':34}{'first run':>10}{'warm':>8}  (seconds)")
