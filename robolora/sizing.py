@@ -12,7 +12,8 @@ Per worker (one GPU, or one CPU process) for a decoder with ``F`` frozen paramet
 * under ZeRO-3, the largest module gathered whole while it runs (and its gradient, if it trains);
 * activations kept for the backward pass, or only each layer's input with gradient checkpointing;
 * logits, at the response positions only (the training loop applies the LM head there alone);
-* a fixed margin for the CUDA context, the allocator and DeepSpeed's communication buckets.
+* a fixed margin for the CUDA context, the allocator and DeepSpeed's communication buckets; on the CPU,
+  the process itself and the heap's share of freed activation blocks.
 
 :func:`plan_memory` then picks the simplest layout that fits a GPU inventory.
 
@@ -42,6 +43,11 @@ GIB = 2**30
 MARGIN_GPU = int(1.5 * GIB)
 #: The Python process with torch, transformers, Ray and DeepSpeed imported (bytes).
 MARGIN_CPU = int(1.2 * GIB)
+#: On the CPU, glibc's heap keeps the blocks that a step's activations and logits free, and batches of
+#: other shapes cannot always reuse them: a worker's resident peak settles above its live bytes. On 2
+#: CPU workers training the bundled model on full-length batches it was 25-35% of the activations and
+#: logits above them (benchmarks/memory.py), under ZeRO-2 and ZeRO-3 alike.
+HEAP_SHARE_CPU = 0.3
 #: Share of a batch's positions where the LM head runs. The training loop computes logits only where
 #: the next token is a response token (``TargetLogitsLM`` in worker.py), not at every position. In the
 #: shipped robot dataset the code is 37% of an example's characters on average and 62% at most, and
@@ -344,7 +350,7 @@ def estimate_worker_memory(
         on_gpu=on_gpu,
     )
     logits = math.ceil(tokens * response_share) * dims.vocab * (w + LOGIT_FP32_BYTES)
-    margin = MARGIN_GPU if on_gpu else MARGIN_CPU
+    margin = MARGIN_GPU if on_gpu else MARGIN_CPU + math.ceil(HEAP_SHARE_CPU * (activations + logits))
     return replace(states, activations=activations, logits=logits, margin=margin)
 
 
