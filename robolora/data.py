@@ -358,6 +358,14 @@ def tokenize_records(records: Sequence[dict[str, str]], tokenizer: Any, max_leng
 
     Returns the dataset and a :class:`TokenizeReport`.
     """
+    rows, report = _tokenized_rows(records, tokenizer, max_length)
+    return _dataset(rows), report
+
+
+def _tokenized_rows(
+    records: Sequence[dict[str, str]], tokenizer: Any, max_length: int
+) -> tuple[dict[str, list], TokenizeReport]:
+    """The columns of :func:`tokenize_records`' dataset as lists, and its report."""
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
         raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token")
@@ -378,7 +386,7 @@ def tokenize_records(records: Sequence[dict[str, str]], tokenizer: Any, max_leng
         rows["labels"].append(ex["labels"])
         rows["length"].append(len(ex["input_ids"]))
         rows["category"].append(rec.get("category") or UNCATEGORIZED)
-    return _dataset(rows), report
+    return rows, report
 
 
 def _dataset(rows: dict[str, list]) -> Any:
@@ -444,10 +452,10 @@ def tokenize_cached(
             return _dataset(data["rows"]), TokenizeReport(**data["report"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    dataset, report = tokenize_records(records, tokenizer, max_length)
+    rows, report = _tokenized_rows(records, tokenizer, max_length)
     if path is not None:
-        _store(path, {"rows": dataset.to_dict(), "report": dataclasses.asdict(report)})
-    return dataset, report
+        _store(path, {"rows": rows, "report": dataclasses.asdict(report)})
+    return _dataset(rows), report
 
 
 def _store(path: Path, value: Any) -> None:

@@ -100,13 +100,14 @@ def test_tokenized_examples_are_cached_and_read_back_unchanged(tokenizer, tmp_pa
 
     first, report = data.tokenize_cached(RECORDS, tokenizer, 256, tmp_path)
     assert len(list(tmp_path.glob("*.json"))) == 1
+    expected = tokenize_records(RECORDS, tokenizer, 256)[0].to_dict()
 
     def no_tokenizing(*args):
         raise AssertionError("tokenized again")
 
-    monkeypatch.setattr(data, "tokenize_records", no_tokenizing)
+    monkeypatch.setattr(data, "_tokenized_rows", no_tokenizing)
     again, report_again = data.tokenize_cached(RECORDS, tokenizer, 256, tmp_path)
-    assert again.to_dict() == first.to_dict() == tokenize_records(RECORDS, tokenizer, 256)[0].to_dict()
+    assert again.to_dict() == first.to_dict() == expected
     assert report_again == report
     # other records or another max_length are other keys
     with pytest.raises(AssertionError, match="tokenized again"):
