@@ -4,6 +4,11 @@
   element; on a 2-core CPU that took 15% of a training step. This draws only the positions that are
   dropped, as the geometric gaps between them (about ``p`` draws per element instead of one), from
   the same seeded generator: the same distribution of masks, at a fraction of the cost.
+- :func:`use_fused_lora`: PEFT's LoRA branch runs as five operations with autograd between them
+  (dropout, ``A``, ``B``, the ``scaling`` multiply, the add to the base output), each a full pass over
+  the activations forward and back. Fused into one autograd function, the dropout's ``1 / (1 - p)`` and
+  ``scaling`` ride inside the last matrix multiply (which also adds the base output), and the backward
+  pass scales only the rank-``r`` intermediate.
 - :func:`training_attention`: on the CPU, the eager attention (plain matmuls) trains faster than
   PyTorch's fused CPU attention kernel, whose backward pass is slow for the short sequences of robot
   commands; on a GPU the fused kernels win.
@@ -13,7 +18,9 @@ Only the CPU path changes; results keep their meaning (same dropout rate, same a
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Any
 
 import torch
 
@@ -39,7 +46,7 @@ def drop_positions(n: int, p: float, first_draw: int | None = None) -> torch.Ten
         reached = float(ends[-1])
         want = int(max(16, (n - reached) * p * 2))
     positions = (torch.cat(parts) if len(parts) > 1 else parts[0]).sub_(1)
-    return positions[positions < n].long()
+    return positions[: int(torch.searchsorted(positions, float(n)))].long()  # sorted: cut where n would go
 
 
 class _Dropout(torch.autograd.Function):
@@ -96,6 +103,100 @@ def use_fast_dropout(model: torch.nn.Module) -> int:
                 container[name] = FastDropout(dropout.p)
                 replaced += 1
     return replaced
+
+
+class _LoraBranch(torch.autograd.Function):
+    """``result + scale * ((x with the flat ``positions`` zeroed) @ a.T) @ b.T`` and its gradients.
+
+    ``scale`` is LoRA's ``scaling`` times the dropout's ``1 / (1 - p)``: zeroing is all the dropout does
+    to the activations, its rescaling joins ``scaling`` in the multiply that adds the base output.
+    """
+
+    @staticmethod
+    def forward(ctx, result, x, a, b, positions, scale):
+        h = x.reshape(-1, x.shape[-1])
+        if positions.numel():
+            h = h.clone()
+            h.view(-1).index_fill_(0, positions, 0)
+        u = h @ a.t()
+        out = torch.addmm(result.reshape(-1, result.shape[-1]), u, b.t(), alpha=scale)
+        ctx.save_for_backward(h, u, a, b, positions)
+        ctx.scale, ctx.x_shape = scale, x.shape
+        return out.view(result.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, u, a, b, positions = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])
+        gu = (g @ b).mul_(ctx.scale)
+        gx = ga = gb = None
+        if ctx.needs_input_grad[1]:
+            gx = gu @ a
+            if positions.numel():
+                gx.view(-1).index_fill_(0, positions, 0)
+            gx = gx.view(ctx.x_shape)
+        if ctx.needs_input_grad[2]:
+            ga = gu.t() @ h
+        if ctx.needs_input_grad[3]:
+            gb = (g.t() @ u).mul_(ctx.scale)
+        return grad, gx, ga, gb, None, None
+
+
+def _fusable(layer: torch.nn.Module, x: torch.Tensor) -> str | None:
+    """The one active adapter of a PEFT LoRA ``Linear`` if its branch is a plain LoRA the fused function
+    computes exactly: on the CPU, unmerged, without DoRA or bias, on a plain linear base, weights whole
+    (not ZeRO-3 shards) and all of the input's dtype. ``None`` otherwise."""
+    if layer.disable_adapters or layer.merged or x.device.type != "cpu":
+        return None
+    if type(layer.base_layer) is not torch.nn.Linear:
+        return None
+    active = [n for n in layer.active_adapters if n in layer.lora_A]
+    if len(active) != 1 or active[0] in getattr(layer, "lora_variant", {}):
+        return None
+    name = active[0]
+    a, b = layer.lora_A[name], layer.lora_B[name]
+    if not (type(a) is torch.nn.Linear and type(b) is torch.nn.Linear) or a.bias is not None or b.bias is not None:
+        return None
+    if hasattr(a.weight, "ds_id") or hasattr(b.weight, "ds_id"):
+        return None
+    if not (x.dtype == layer.base_layer.weight.dtype == a.weight.dtype == b.weight.dtype):
+        return None
+    if not isinstance(layer.lora_dropout[name], (FastDropout, torch.nn.Dropout, torch.nn.Identity)):
+        return None
+    return name
+
+
+def _fused_forward(layer: torch.nn.Module, original: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    name = None if args or kwargs else _fusable(layer, x)
+    if name is None:
+        return original(x, *args, **kwargs)
+    dropout = layer.lora_dropout[name]
+    p = dropout.p if dropout.training and isinstance(dropout, (FastDropout, torch.nn.Dropout)) else 0.0
+    result = layer.base_layer(x)
+    positions = drop_positions(x.numel(), p) if p > 0 else _NO_POSITIONS
+    scale = layer.scaling[name] / (1.0 - p)
+    return _LoraBranch.apply(result, x, layer.lora_A[name].weight, layer.lora_B[name].weight, positions, scale)
+
+
+_NO_POSITIONS = torch.empty(0, dtype=torch.long)
+
+
+def use_fused_lora(model: torch.nn.Module) -> int:
+    """Route every PEFT LoRA ``Linear`` through the fused branch; returns how many.
+
+    Each layer checks at every call that its branch is one the fused function computes exactly (see
+    :func:`_fusable`) and otherwise runs PEFT's own forward, so merging, disabling adapters, several
+    adapters or ZeRO-3 shards keep PEFT's behaviour.
+    """
+    from peft.tuners.lora import Linear
+
+    count = 0
+    for module in model.modules():
+        if type(module) is Linear and not getattr(module, "_robolora_fused", False):
+            module.forward = functools.partial(_fused_forward, module, module.forward)
+            module._robolora_fused = True
+            count += 1
+    return count
 
 
 def training_attention(use_gpu: bool) -> str | None:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from robolora.kernels import FastDropout, drop_positions, training_attention, use_fast_dropout
+from robolora.kernels import FastDropout, drop_positions, training_attention, use_fast_dropout, use_fused_lora
 
 
 def test_drop_positions_are_sorted_distinct_in_range_at_the_rate():
@@ -82,3 +82,68 @@ def test_use_fast_dropout_replaces_each_lora_dropout_of_a_peft_model():
 def test_training_attention_is_eager_on_the_cpu_only():
     assert training_attention(use_gpu=False) == "eager"
     assert training_attention(use_gpu=True) is None
+
+
+def _lora_model(p: float, seed: int = 0):
+    from collections import OrderedDict
+
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    layers = OrderedDict(fc=torch.nn.Linear(16, 24), act=torch.nn.Tanh(), out=torch.nn.Linear(24, 8))
+    model = get_peft_model(
+        torch.nn.Sequential(layers), LoraConfig(r=4, lora_alpha=8, lora_dropout=p, target_modules=["fc", "out"])
+    )
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # PEFT starts B at zero; a non-zero B makes the branch count
+            torch.nn.init.normal_(param)
+    use_fast_dropout(model)
+    return model
+
+
+def _output_and_grads(model, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    x = x.clone().requires_grad_(True)
+    torch.manual_seed(7)
+    out = model(x)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return out.detach(), grads | {"input": x.grad}
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_fused_lora_computes_what_peft_computes(p):
+    x = torch.randn(3, 5, 16)
+    plain = _lora_model(p).train()
+    fused = _lora_model(p).train()
+    assert use_fused_lora(fused) == 2
+    assert use_fused_lora(fused) == 0  # already routed
+    assert "_LoraBranch" in fused.base_model.model.fc(x.detach().requires_grad_()).grad_fn.name()
+    want_out, want_grads = _output_and_grads(plain, x)
+    got_out, got_grads = _output_and_grads(fused, x)
+    assert torch.allclose(got_out, want_out, atol=1e-5)
+    assert want_grads.keys() == got_grads.keys() and len(got_grads) == 5
+    for name, grad in want_grads.items():
+        assert torch.allclose(got_grads[name], grad, atol=1e-5), name
+    if p:  # the dropout really drops: another draw gives another output
+        assert not torch.allclose(fused(x), got_out)
+    assert torch.allclose(fused.eval()(x), plain.eval()(x), atol=1e-5)
+
+
+def test_fused_lora_leaves_disabled_merged_and_other_dtypes_to_peft():
+    x = torch.randn(2, 16)
+    plain, fused = _lora_model(0.0).eval(), _lora_model(0.0).eval()
+    use_fused_lora(fused)
+    assert "_LoraBranch" in fused.base_model.model.out(torch.randn(2, 24, requires_grad=True)).grad_fn.name()
+    with fused.disable_adapter():
+        base = fused(x)
+        assert "_LoraBranch" not in fused.base_model.model.out(torch.randn(2, 24, requires_grad=True)).grad_fn.name()
+    with plain.disable_adapter():
+        assert torch.allclose(base, plain(x))
+    assert not torch.allclose(base, fused(x))
+    assert torch.allclose(fused.to(torch.float64)(x.double()), plain.to(torch.float64)(x.double()))
+    for model in (fused, plain):  # adapters in float32 on a float64 base: PEFT casts the input
+        model.base_model.model.fc.lora_A["default"].to(torch.float32)
+        model.base_model.model.fc.lora_B["default"].to(torch.float32)
+    assert torch.allclose(fused(x.double()), plain(x.double()), atol=1e-5)
+    fused.merge_adapter()
+    assert torch.allclose(fused(x.double()), plain(x.double()), atol=1e-5)
