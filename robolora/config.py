@@ -99,7 +99,13 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0: off)", "train")
     warmup_ratio: float = _f(0.1, "share of steps with linear warmup", "train")
     lr_scheduler_type: str = _f("linear", "learning-rate schedule after warmup", "train", SCHEDULERS)
-    optim: str = _f("adamw_torch", "optimizer", "train", OPTIMIZERS)
+    optim: str = _f(
+        "adamw_torch_fused",
+        "optimizer: AdamW as one fused kernel (the default, as in Hugging Face Trainer), AdamW over tensor "
+        "lists (adamw_torch) or SGD with momentum",
+        "train",
+        OPTIMIZERS,
+    )
     loraplus_lr_ratio: float = _f(
         0.0, "LoRA+: the B matrices' learning rate as a multiple of --learning-rate (0: off; 16 is typical)", "train"
     )
