@@ -142,6 +142,11 @@ class _LoraBranch(torch.autograd.Function):
         return grad, gx, ga, gb, None, None
 
 
+#: The dropouts a fused branch reproduces by their rate ``p`` (``torch.nn.Identity`` is PEFT's rate 0).
+_RATE_DROPOUTS = (FastDropout, torch.nn.Dropout)
+_NO_POSITIONS = torch.empty(0, dtype=torch.long)
+
+
 def _fusable(layer: torch.nn.Module, x: torch.Tensor) -> str | None:
     """The one active adapter of a PEFT LoRA ``Linear`` if its branch is a plain LoRA the fused function
     computes exactly: on the CPU, unmerged, without DoRA or bias, on a plain linear base, weights whole
@@ -161,7 +166,7 @@ def _fusable(layer: torch.nn.Module, x: torch.Tensor) -> str | None:
         return None
     if not (x.dtype == layer.base_layer.weight.dtype == a.weight.dtype == b.weight.dtype):
         return None
-    if not isinstance(layer.lora_dropout[name], (FastDropout, torch.nn.Dropout, torch.nn.Identity)):
+    if not isinstance(layer.lora_dropout[name], (*_RATE_DROPOUTS, torch.nn.Identity)):
         return None
     return name
 
@@ -171,14 +176,11 @@ def _fused_forward(layer: torch.nn.Module, original: Any, x: torch.Tensor, *args
     if name is None:
         return original(x, *args, **kwargs)
     dropout = layer.lora_dropout[name]
-    p = dropout.p if dropout.training and isinstance(dropout, (FastDropout, torch.nn.Dropout)) else 0.0
+    p = dropout.p if dropout.training and isinstance(dropout, _RATE_DROPOUTS) else 0.0
     result = layer.base_layer(x)
     positions = drop_positions(x.numel(), p) if p > 0 else _NO_POSITIONS
     scale = layer.scaling[name] / (1.0 - p)
     return _LoraBranch.apply(result, x, layer.lora_A[name].weight, layer.lora_B[name].weight, positions, scale)
-
-
-_NO_POSITIONS = torch.empty(0, dtype=torch.long)
 
 
 def use_fused_lora(model: torch.nn.Module) -> int:
