@@ -30,6 +30,7 @@ def test_template_resolves_and_deepspeed_accepts_it(stage, offload):
     assert (parsed.train_micro_batch_size_per_gpu, parsed.gradient_accumulation_steps) == (4, 2)
     assert parsed.train_batch_size == 8
     assert parsed.bfloat16_config.enabled is True
+    assert parsed.bfloat16_config.check_grad_overflow is False  # no per-step device wait in bf16
     assert parsed.gradient_clipping == 1.0
     zero = parsed.zero_config
     assert (zero.offload_optimizer is not None) == (offload != "none")
@@ -51,7 +52,25 @@ def test_without_hidden_size_auto_buckets_fall_back_to_deepspeed_defaults():
         pin_memory=True,
     )
     assert find_auto(cfg) == [] and "reduce_bucket_size" not in cfg["zero_optimization"]
-    assert cfg["train_batch_size"] == 2 and cfg["bf16"] == {"enabled": False}
+    assert cfg["train_batch_size"] == 2 and cfg["bf16"]["enabled"] is False
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_one_worker_does_not_overlap_communication_it_does_not_have(stage):
+    def overlap(world_size):
+        cfg = resolve(
+            load_template(stage, "none"),
+            micro_batch=1,
+            grad_accum=1,
+            world_size=world_size,
+            bf16=True,
+            grad_clip=1.0,
+            hidden_size=64,
+            pin_memory=False,
+        )
+        return cfg["zero_optimization"]["overlap_comm"]
+
+    assert overlap(2) is True and overlap(1) is False
 
 
 def test_templates_load_from_a_source_checkout_that_is_not_installed(monkeypatch):
