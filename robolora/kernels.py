@@ -1,4 +1,4 @@
-"""Faster CPU equivalents of what the training loop runs most, chosen where a profile showed them.
+"""Faster equivalents of what the training loop runs most, chosen where a profile showed them.
 
 - :class:`FastDropout`: PEFT's LoRA dropout (``torch.nn.Dropout``) draws one Bernoulli number per
   element; on a 2-core CPU that took 15% of a training step. This draws only the positions that are
@@ -6,14 +6,17 @@
   the same seeded generator: the same distribution of masks, at a fraction of the cost.
 - :func:`use_fused_lora`: PEFT's LoRA branch runs as five operations with autograd between them
   (dropout, ``A``, ``B``, the ``scaling`` multiply, the add to the base output), each a full pass over
-  the activations forward and back. Fused into one autograd function, the dropout's ``1 / (1 - p)`` and
-  ``scaling`` ride inside the last matrix multiply (which also adds the base output), and the backward
-  pass scales only the rank-``r`` intermediate.
+  the activations forward and back (on the CPU) or a kernel launch and its Python around it (on a GPU,
+  where a 7B model's LoRA step is bound by the host). Fused into one autograd function, ``scaling``
+  rides inside the last matrix multiply (which also adds the base output), and the backward pass
+  scales only the rank-``r`` intermediate.
 - :func:`training_attention`: on the CPU, the eager attention (plain matmuls) trains faster than
   PyTorch's fused CPU attention kernel, whose backward pass is slow for the short sequences of robot
   commands; on a GPU the fused kernels win.
+- :func:`use_shape_free_attention`: on a GPU, PyTorch's cuDNN attention builds an execution plan for
+  every new batch shape; length-grouped batches bring a new shape most steps.
 
-Only the CPU path changes; results keep their meaning (same dropout rate, same attention maths).
+Results keep their meaning (same dropout rate, same attention maths).
 """
 
 from __future__ import annotations
@@ -106,40 +109,47 @@ def use_fast_dropout(model: torch.nn.Module) -> int:
 
 
 class _LoraBranch(torch.autograd.Function):
-    """``result + scale * ((x with the flat ``positions`` zeroed) @ a.T) @ b.T`` and its gradients.
+    """``result + scale * (dropout(x) @ a.T) @ b.T`` and its gradients, with one of two dropouts:
 
-    ``scale`` is LoRA's ``scaling`` times the dropout's ``1 / (1 - p)``: zeroing is all the dropout does
-    to the activations, its rescaling joins ``scaling`` in the multiply that adds the base output.
+    - ``positions``, flat positions of ``x`` to zero (the CPU's :func:`drop_positions`); zeroing is
+      all it does to the activations, its ``1 / (1 - p)`` is part of ``scale``;
+    - ``p``, a rate for ``torch.native_dropout`` (other devices): one kernel draws the mask and
+      scales the kept elements, as ``torch.nn.Dropout`` does there (the same draws for the same seed).
     """
 
     @staticmethod
-    def forward(ctx, result, x, a, b, positions, scale):
+    def forward(ctx, result, x, a, b, positions, p, scale):
         h = x.reshape(-1, x.shape[-1])
-        if positions.numel():
+        mask = None
+        if p > 0:
+            h, mask = torch.native_dropout(h, p, True)
+        elif positions.numel():
             h = h.clone()
             h.view(-1).index_fill_(0, positions, 0)
         u = h @ a.t()
         out = torch.addmm(result.reshape(-1, result.shape[-1]), u, b.t(), alpha=scale)
-        ctx.save_for_backward(h, u, a, b, positions)
-        ctx.scale, ctx.x_shape = scale, x.shape
+        ctx.save_for_backward(h, u, a, b, positions, mask)
+        ctx.scale, ctx.x_shape, ctx.p = scale, x.shape, p
         return out.view(result.shape)
 
     @staticmethod
     def backward(ctx, grad):
-        h, u, a, b, positions = ctx.saved_tensors
+        h, u, a, b, positions, mask = ctx.saved_tensors
         g = grad.reshape(-1, grad.shape[-1])
         gu = (g @ b).mul_(ctx.scale)
         gx = ga = gb = None
         if ctx.needs_input_grad[1]:
             gx = gu @ a
-            if positions.numel():
+            if mask is not None:
+                gx = torch.ops.aten.native_dropout_backward(gx, mask, 1.0 / (1.0 - ctx.p))
+            elif positions.numel():
                 gx.view(-1).index_fill_(0, positions, 0)
             gx = gx.view(ctx.x_shape)
         if ctx.needs_input_grad[2]:
             ga = gu.t() @ h
         if ctx.needs_input_grad[3]:
             gb = (g.t() @ u).mul_(ctx.scale)
-        return grad, gx, ga, gb, None, None
+        return grad, gx, ga, gb, None, None, None
 
 
 #: The dropouts a fused branch reproduces by their rate ``p`` (``torch.nn.Identity`` is PEFT's rate 0).
@@ -149,9 +159,9 @@ _NO_POSITIONS = torch.empty(0, dtype=torch.long)
 
 def _fusable(layer: torch.nn.Module, x: torch.Tensor) -> str | None:
     """The one active adapter of a PEFT LoRA ``Linear`` if its branch is a plain LoRA the fused function
-    computes exactly: on the CPU, unmerged, without DoRA or bias, on a plain linear base, weights whole
-    (not ZeRO-3 shards) and all of the input's dtype. ``None`` otherwise."""
-    if layer.disable_adapters or layer.merged or x.device.type != "cpu":
+    computes exactly: unmerged, without DoRA or bias, on a plain linear base, weights whole (not ZeRO-3
+    shards) and all of the input's dtype. ``None`` otherwise."""
+    if layer.disable_adapters or layer.merged:
         return None
     if type(layer.base_layer) is not torch.nn.Linear:
         return None
@@ -178,9 +188,11 @@ def _fused_forward(layer: torch.nn.Module, original: Any, x: torch.Tensor, *args
     dropout = layer.lora_dropout[name]
     p = dropout.p if dropout.training and isinstance(dropout, _RATE_DROPOUTS) else 0.0
     result = layer.base_layer(x)
+    a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
+    if x.device.type != "cpu":
+        return _LoraBranch.apply(result, x, a, b, _NO_POSITIONS, p, layer.scaling[name])
     positions = drop_positions(x.numel(), p) if p > 0 else _NO_POSITIONS
-    scale = layer.scaling[name] / (1.0 - p)
-    return _LoraBranch.apply(result, x, layer.lora_A[name].weight, layer.lora_B[name].weight, positions, scale)
+    return _LoraBranch.apply(result, x, a, b, positions, 0.0, layer.scaling[name] / (1.0 - p))
 
 
 def use_fused_lora(model: torch.nn.Module) -> int:
@@ -204,3 +216,14 @@ def use_fused_lora(model: torch.nn.Module) -> int:
 def training_attention(use_gpu: bool) -> str | None:
     """The attention implementation to train with: eager on the CPU; the model's default on a GPU."""
     return None if use_gpu else "eager"
+
+
+def use_shape_free_attention() -> None:
+    """Leave cuDNN out of the kernels PyTorch's fused attention chooses from on a GPU.
+
+    cuDNN builds an execution plan for every new (batch, length) shape it sees, a large fraction of a
+    second forward and backward, and length-grouped batches (or generation, one token longer each
+    step) bring a new shape most steps. FlashAttention and the memory-efficient kernel need no plan.
+    """
+    if torch.cuda.is_available():
+        torch.backends.cuda.enable_cudnn_sdp(False)

@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from robolora.kernels import FastDropout, drop_positions, training_attention, use_fast_dropout, use_fused_lora
+from robolora.kernels import (
+    FastDropout,
+    _LoraBranch,
+    drop_positions,
+    training_attention,
+    use_fast_dropout,
+    use_fused_lora,
+)
 
 
 def test_drop_positions_are_sorted_distinct_in_range_at_the_rate():
@@ -105,7 +112,7 @@ def _output_and_grads(model, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, t
     x = x.clone().requires_grad_(True)
     torch.manual_seed(7)
     out = model(x)
-    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    (out * torch.linspace(-1, 1, out.numel(), device=out.device, dtype=out.dtype).view_as(out)).sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     return out.detach(), grads | {"input": x.grad}
 
@@ -147,3 +154,50 @@ def test_fused_lora_leaves_disabled_merged_and_other_dtypes_to_peft():
     assert torch.allclose(fused(x.double()), plain(x.double()), atol=1e-5)
     fused.merge_adapter()
     assert torch.allclose(fused(x.double()), plain(x.double()), atol=1e-5)
+
+
+def test_lora_branch_with_native_dropout_matches_its_composition():
+    """The GPU form of the branch (``torch.native_dropout`` inside, ``scaling`` alone in the multiply)
+    against the same operations run one by one with autograd, from the same seed, here on the CPU."""
+    result, x = torch.randn(3, 5, 24), torch.randn(3, 5, 16)
+    a, b = torch.randn(4, 16), torch.randn(24, 4)
+
+    def run(fused: bool):
+        leaves = [t.clone().requires_grad_(True) for t in (result, x, a, b)]
+        r, xx, aa, bb = leaves
+        torch.manual_seed(11)
+        if fused:
+            out = _LoraBranch.apply(r, xx, aa, bb, torch.empty(0, dtype=torch.long), 0.4, 2.0)
+        else:
+            h, _ = torch.native_dropout(xx.reshape(-1, 16), 0.4, True)
+            out = r + 2.0 * (h @ aa.t() @ bb.t()).view(3, 5, 24)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return out.detach(), [t.grad for t in leaves]
+
+    want_out, want_grads = run(False)
+    got_out, got_grads = run(True)
+    assert torch.allclose(got_out, want_out, atol=1e-5)
+    for got, want in zip(got_grads, want_grads, strict=True):
+        assert torch.allclose(got, want, atol=1e-5)
+    assert (got_grads[1] == 0).float().mean().item() == pytest.approx(0.4, abs=0.15)  # the input's dropped share
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
+def test_fused_lora_on_a_gpu_draws_the_masks_peft_draws(dtype, tolerance):
+    """On a GPU the branch's ``native_dropout`` draws the masks ``torch.nn.Dropout`` draws there: the same
+    outputs and gradients as PEFT (to rounding; bf16 rounds PEFT's separate steps each time)."""
+    x = torch.randn(4, 7, 16, device="cuda", dtype=dtype)
+    plain = _lora_model(0.3).to("cuda", dtype).train()
+    fused = _lora_model(0.3).to("cuda", dtype).train()
+    use_fused_lora(fused)
+    assert "_LoraBranch" in fused.base_model.model.fc(x.detach().requires_grad_()).grad_fn.name()
+    want_out, want_grads = _output_and_grads(plain, x)
+    got_out, got_grads = _output_and_grads(fused, x)
+
+    def close(got: torch.Tensor, want: torch.Tensor) -> bool:
+        return bool((got.float() - want.float()).norm() <= tolerance * want.float().norm())
+
+    assert close(got_out, want_out)
+    for name, grad in want_grads.items():
+        assert close(got_grads[name], grad), name
