@@ -138,6 +138,7 @@ class Generator:
         from peft import PeftModel
         from transformers.utils import logging as hf_logging
 
+        from robolora.kernels import use_shape_free_attention
         from robolora.models import bf16_supported, load_model, load_tokenizer
 
         hf_logging.disable_progress_bar()
@@ -147,6 +148,7 @@ class Generator:
         if name is None:
             raise UserError("--model-name: give the base model (or --lora-path to a trained adapter)")
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        use_shape_free_attention()  # each generated token brings a new shape
         # Decoding reads every weight once per token: bf16 halves that traffic where it runs natively.
         dtype = dtype or (torch.bfloat16 if bf16_supported(device == "cuda") else torch.float32)
         model = load_model(name, dtype=dtype).to(device)

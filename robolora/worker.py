@@ -39,7 +39,7 @@ from robolora.data import IGNORE_INDEX, collate, target_count, tokenize_cached
 from robolora.ds_config import load_template, resolve
 from robolora.fileio import atomic_write_text
 from robolora.gpu import DeviceMonitor, process_rss_mb, summarize
-from robolora.kernels import training_attention, use_fast_dropout, use_fused_lora
+from robolora.kernels import training_attention, use_fast_dropout, use_fused_lora, use_shape_free_attention
 from robolora.profiling import StepProfiler
 from robolora.progress import METRICS, PROGRESS
 from robolora.sampler import plan_epoch, steps_per_epoch
@@ -209,6 +209,25 @@ def with_targets(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch | {"target_index": rows * labels.shape[1] + cols, "target_ids": targets[rows, cols]}
 
 
+def without_padding_mask(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``batch`` without its ``attention_mask`` where every row is right-padded (ones, then zeros).
+
+    In a causal model a token attends only to the tokens before it, so padding after the last real
+    token is already out of every real token's sight: the mask changes nothing the loss sees. Without
+    it attention runs its causal kernels (FlashAttention on a GPU) and no mask is built or read.
+
+    >>> mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    >>> sorted(without_padding_mask({"input_ids": mask, "attention_mask": mask}))
+    ['input_ids']
+    >>> sorted(without_padding_mask({"input_ids": mask, "attention_mask": mask.flip(1)}))  # left padding stays
+    ['attention_mask', 'input_ids']
+    """
+    mask = batch.get("attention_mask")
+    if mask is None or not bool((mask[:, 1:] <= mask[:, :-1]).all()):
+        return batch
+    return {k: v for k, v in batch.items() if k != "attention_mask"}
+
+
 class TargetLogitsLM(torch.nn.Module):
     """A causal LM whose loss computes logits only where a response token is predicted.
 
@@ -340,6 +359,7 @@ class Trainer:
             torch.set_num_threads(self.spec.threads_per_worker)
         clear_stale_build_locks()  # before DeepSpeed compiles or loads its ops
         skip_unused_ops()
+        use_shape_free_attention()
         self.monitor = DeviceMonitor(self.device.index if self.device.type == "cuda" else None)
         if self.monitor.note:
             dist.print0(f"device monitoring: {self.monitor.note}")
@@ -437,7 +457,7 @@ class Trainer:
         model = get_peft_model(model, lora)
         if not self.spec.use_gpu:
             use_fast_dropout(model)
-            use_fused_lora(model)
+        use_fused_lora(model)
         if self.spec.resume_weights:
             load_adapter_weights(model, self.spec.resume_weights)
         self.marks["model"] = time.time()
@@ -590,7 +610,7 @@ class Trainer:
                 if idx >= len(batches):
                     batch["labels"] = [[IGNORE_INDEX] * len(r) for r in batch["labels"]]
                 n = sum(target_count(r) for r in batch["labels"])
-                tensors = with_targets(_to_tensors(batch, torch.device("cpu")))
+                tensors = without_padding_mask(with_targets(_to_tensors(batch, torch.device("cpu"))))
                 out = self.engine(**{k: v.to(self.device) for k, v in tensors.items()}, num_items_in_batch=1)
                 loss_sum += out.loss.float().item() if n else 0.0
                 tokens += n
@@ -699,7 +719,8 @@ class Trainer:
         pad_id = self.tokenizer.pad_token_id
 
         def collate_tensors(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-            return with_targets(_to_tensors(collate(rows, pad_id), torch.device("cpu")))  # to the device in the loop
+            # to the device in the loop
+            return without_padding_mask(with_targets(_to_tensors(collate(rows, pad_id), torch.device("cpu"))))
 
         return torch.utils.data.DataLoader(
             self.train_rows,

@@ -110,6 +110,41 @@ def test_target_logits_loss_matches_the_plain_forward():
             torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_right_padded_batches_train_the_same_without_their_padding_mask(attention):
+    """The loop drops the mask of right-padded batches: a causal model's loss and LoRA gradients on
+    the real tokens are those it computes with the mask."""
+    from peft import LoraConfig, get_peft_model
+
+    from robolora.data import IGNORE_INDEX, collate
+    from robolora.worker import TargetLogitsLM, _to_tensors, with_targets, without_padding_mask
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        load_model("tiny-llama", attention=attention),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
+    rows = []
+    for length in (12, 9, 5):
+        ids = torch.randint(5, 200, (length,)).tolist()
+        rows.append({"input_ids": ids, "labels": [IGNORE_INDEX] * 3 + ids[3:]})
+    full = with_targets(_to_tensors(collate(rows, pad_id=0), torch.device("cpu")))
+    lean = without_padding_mask(full)
+    assert "attention_mask" in full and "attention_mask" not in lean
+    wrapped, lora = TargetLogitsLM(model), [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(batch):
+        model.zero_grad()
+        loss = wrapped(**batch, num_items_in_batch=len(batch["target_ids"])).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in lora]
+
+    want, got = loss_and_grads(full), loss_and_grads(lean)
+    torch.testing.assert_close(got[0], want[0])
+    for a, b in zip(got[1], want[1], strict=True):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("name", ["smollm2-135m", "tiny-llama"])
 def test_config_read_without_transformers_has_the_planners_dimensions(name):
     from transformers import AutoConfig
