@@ -1,0 +1,240 @@
+"""Where a 7B-shaped LoRA step's time goes on one GPU: variants of the same step side by side in one process.
+
+    python benchmarks/gpu_step.py
+
+Without Ray or data loading: a CodeLlama-7B-shaped model (random bf16 weights), the product's default
+LoRA (r=32 on q/k/v/o, dropout 0.05), 16 random sequences of 200-256 tokens a step, the last 40% of each
+a response. Each variant runs 3 untimed steps, then 8 timed ones; "host" is the time the Python side
+spends issuing a step, "step" the time until the device has run it. A host time close to the step time
+means the host waits for the device (device-bound); a short one means the device waits for the host.
+
+Variants: the fused LoRA branch against PEFT's forward, with and without the padding mask, cuDNN
+attention allowed (its first pass builds a plan for each new batch shape); forward and backward alone;
+DeepSpeed ZeRO-2 as the worker builds it, with its bf16 gradient-overflow check on and off. Then the
+device synchronisations of one DeepSpeed step and a torch.profiler table of two.
+
+On a machine without a GPU the same code runs a 4-layer, 64-wide model on the CPU: a check that the
+script works, not a measurement.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+GPU = torch.cuda.is_available()
+DEVICE = "cuda" if GPU else "cpu"
+SHAPE_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32)
+SHAPE_SMOKE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4)
+#: micro-batch, shortest and longest sequence, untimed and timed steps
+BATCH, SHORTEST, LONGEST, WARMUP, STEPS = (16, 200, 256, 3, 8) if GPU else (4, 20, 32, 1, 2)
+PARAMS_7B = 6.74e9  # CodeLlama-7B's parameters, for the rough TFLOP/s column (4 x parameters per token)
+
+
+def build() -> tuple[Any, list]:
+    """The model with PEFT's LoRA in bf16 (the fused branch installed) and its LoRA layers."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from robolora.kernels import use_fused_lora, use_shape_free_attention
+
+    use_shape_free_attention()
+    torch.manual_seed(0)
+    shape = SHAPE_7B if GPU else SHAPE_SMOKE
+    config = LlamaConfig(
+        **shape,
+        num_key_value_heads=shape["num_attention_heads"],
+        vocab_size=49152,
+        max_position_embeddings=4096,
+        rope_theta=1e6,
+        tie_word_embeddings=False,
+    )
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device(DEVICE):
+        model = LlamaForCausalLM(config)
+    torch.set_default_dtype(torch.float32)
+    model.config.use_cache = False
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    lora = LoraConfig(r=32, lora_alpha=64, lora_dropout=0.05, target_modules=targets, task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.to(torch.bfloat16)
+    use_fused_lora(model)
+    return model, [m for m in model.modules() if getattr(m, "_robolora_fused", False)]
+
+
+def batches() -> tuple[list[dict[str, torch.Tensor]], int]:
+    """Collated batches of random token ids, and the real tokens of the timed ones."""
+    from robolora.data import collate
+    from robolora.worker import _to_tensors, with_targets
+
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(WARMUP + STEPS):
+        rows = []
+        for n in torch.randint(SHORTEST, LONGEST + 1, (BATCH,), generator=g).tolist():
+            ids = torch.randint(5, 49000, (n,), generator=g).tolist()
+            cut = n * 6 // 10
+            rows.append({"input_ids": ids, "labels": [-100] * cut + ids[cut:]})
+        out.append(with_targets(_to_tensors(collate(rows, 0), torch.device("cpu"))))
+    return out, sum(int(b["attention_mask"].sum()) for b in out[WARMUP:])
+
+
+def sync() -> None:
+    if GPU:
+        torch.cuda.synchronize()
+
+
+def to_device(batch: dict[str, torch.Tensor], mask: bool) -> dict[str, torch.Tensor]:
+    from robolora.worker import without_padding_mask
+
+    batch = batch if mask else without_padding_mask(batch)
+    return {k: v.pin_memory().to(DEVICE, non_blocking=True) if GPU else v for k, v in batch.items()}
+
+
+def measure(name: str, step: Callable, raw: list, tokens: int, mask: bool = False) -> None:
+    data = [to_device(b, mask) for b in raw]
+    for b in data[:WARMUP]:
+        step(b)
+    sync()
+    host = 0.0
+    start = time.perf_counter()
+    for b in data[WARMUP:]:
+        t = time.perf_counter()
+        step(b)
+        host += time.perf_counter() - t
+    sync()
+    wall = (time.perf_counter() - start) / STEPS
+    rate = tokens / STEPS / wall
+    print(
+        f"{name:48} {wall * 1000:7.1f} ms/step  host {host / STEPS * 1000:7.1f} ms  {rate:8.0f} tok/s  "
+        f"~{rate * 4 * PARAMS_7B / 1e12:5.0f} TFLOP/s",
+        flush=True,
+    )
+
+
+def profile_deepspeed(step: Callable, raw: list) -> None:
+    """The device synchronisations of one step (where they come from) and a profile of two."""
+    from torch.profiler import ProfilerActivity, profile
+
+    data = [to_device(b, False) for b in raw[:2]]
+    torch.cuda.set_sync_debug_mode("warn")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        step(data[0])
+    torch.cuda.set_sync_debug_mode(0)
+    where = collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+    print("syncs in one deepspeed step:", sum(where.values()), dict(where))
+    sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for b in data:
+            step(b)
+        sync()
+        wall = time.perf_counter() - start
+    table = prof.key_averages()
+    device_ms = sum(e.self_device_time_total for e in table) / 1e3
+    print(f"profiled 2 deepspeed steps: wall {wall * 1000:.0f} ms, device self time {device_ms:.0f} ms")
+    print(table.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=60))
+    print(table.table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=60))
+
+
+def main() -> int:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29561", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    import deepspeed
+    import torch.distributed as tdist
+
+    from robolora.config import TrainConfig
+    from robolora.ds_config import load_template, resolve
+    from robolora.worker import TargetLogitsLM, build_optimizer, param_groups
+
+    tdist.init_process_group("nccl" if GPU else "gloo")
+    start = time.perf_counter()
+    model, lora_layers = build()
+    print(f"attention: {model.config._attn_implementation}, built in {time.perf_counter() - start:.0f} s", flush=True)
+    fused_forward = {m: m.forward for m in lora_layers}
+
+    def fused(on: bool) -> None:
+        for m in lora_layers:  # the fused forward is a partial holding PEFT's own as its second argument
+            m.forward = fused_forward[m] if on else fused_forward[m].args[1]
+
+    wrapped = TargetLogitsLM(model)
+    raw, tokens = batches()
+    cfg = TrainConfig()
+
+    def optimizer() -> torch.optim.Optimizer:
+        return build_optimizer(param_groups([(n, p) for n, p in model.named_parameters() if p.requires_grad], cfg), cfg)
+
+    opt = optimizer()
+
+    def plain(b: dict) -> None:
+        wrapped(**b, num_items_in_batch=100.0).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def forward_backward(b: dict) -> None:
+        wrapped(**b, num_items_in_batch=100.0).loss.backward()
+        opt.zero_grad(set_to_none=True)
+
+    measure("plain: fused LoRA, no mask", plain, raw, tokens)
+    measure("plain: fused LoRA, mask", plain, raw, tokens, mask=True)
+    fused(False)
+    measure("plain: PEFT LoRA, no mask", plain, raw, tokens)
+    measure("plain: PEFT LoRA, mask", plain, raw, tokens, mask=True)
+    if GPU:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        measure("plain: PEFT LoRA, mask, cuDNN attention allowed", plain, raw, tokens, mask=True)
+        measure("plain: PEFT LoRA, mask, cuDNN attention, again", plain, raw, tokens, mask=True)
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    fused(True)
+    measure("fwd+bwd only: fused, no mask", forward_backward, raw, tokens)
+    with torch.no_grad():
+        measure("forward only (no grad): fused, no mask", lambda b: wrapped(**b, num_items_in_batch=100.0), raw, tokens)
+
+    ds = resolve(
+        load_template(2, "none"),
+        micro_batch=BATCH,
+        grad_accum=1,
+        world_size=1,
+        bf16=True,
+        grad_clip=1.0,
+        hidden_size=model.config.hidden_size,
+        pin_memory=GPU,
+    )
+    ds["zero_force_ds_cpu_optimizer"] = False
+    ds["zero_allow_untested_optimizer"] = True
+    ds["bf16"]["check_grad_overflow"] = True  # as DeepSpeed defaults; turned off below, as the templates do
+    engine, _, _, _ = deepspeed.initialize(model=wrapped, optimizer=optimizer(), config=ds, dist_init_required=False)
+
+    def deepspeed_step(b: dict) -> None:
+        out = engine(**b, num_items_in_batch=100.0)
+        engine.backward(out.loss)
+        engine.step()
+
+    measure("deepspeed ZeRO-2: fused, no mask", deepspeed_step, raw, tokens)
+    engine.optimizer.check_grad_overflow = False
+    measure("deepspeed, check_grad_overflow off", deepspeed_step, raw, tokens)
+    engine.optimizer.check_grad_overflow = True
+    engine.optimizer.clip_grad = 0.0
+    measure("deepspeed, no clipping", deepspeed_step, raw, tokens)
+    engine.optimizer.clip_grad = 1.0
+    if GPU:
+        profile_deepspeed(deepspeed_step, raw)
+    print(f"done in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
