@@ -13,7 +13,7 @@ Example:
     >>> cfg = resolve(load_template(2, "none"), micro_batch=4, grad_accum=2, world_size=2, bf16=True,
     ...               grad_clip=1.0, hidden_size=576, pin_memory=False)
     >>> cfg["train_batch_size"], cfg["bf16"], cfg["zero_optimization"]["stage"]
-    (16, {'enabled': True}, 2)
+    (16, {'enabled': True, 'check_grad_overflow': False}, 2)
 """
 
 from __future__ import annotations
