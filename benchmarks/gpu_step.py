@@ -10,8 +10,10 @@ means the host waits for the device (device-bound); a short one means the device
 
 Variants: the fused LoRA branch against PEFT's forward, with and without the padding mask, cuDNN
 attention allowed (its first pass builds a plan for each new batch shape); forward and backward alone;
-DeepSpeed ZeRO-2 as the worker builds it, with its bf16 gradient-overflow check on and off. Then the
-device synchronisations of one DeepSpeed step and a torch.profiler table of two.
+the elementwise passes fused, which the worker does not do (yet): RMSNorm as ``torch.nn.functional.rms_norm``,
+or RMSNorm, SwiGLU and the rotary embeddings each compiled with ``torch.compile``; DeepSpeed ZeRO-2 as the
+worker builds it, with its bf16 gradient-overflow check on and off. Then the device synchronisations of
+one DeepSpeed step and a torch.profiler table of two.
 
 On a machine without a GPU the same code runs a 4-layer, 64-wide model on the CPU: a check that the
 script works, not a measurement.
@@ -125,6 +127,44 @@ def measure(name: str, step: Callable, raw: list, tokens: int, mask: bool = Fals
     )
 
 
+def fused_elementwise(model: Any, how: str) -> Callable[[], None]:
+    """Swap the model's elementwise passes for fused ones (``how``: "rms_norm" or "compile"); returns
+    what undoes it."""
+    import functools
+
+    from transformers.models.llama import modeling_llama as llama
+
+    norms = [m for m in model.modules() if isinstance(m, llama.LlamaRMSNorm)]
+    mlps = [m for m in model.modules() if isinstance(m, llama.LlamaMLP)]
+    rotary = llama.apply_rotary_pos_emb
+    if how == "rms_norm":
+
+        def norm(m: Any, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.rms_norm(x, m.weight.shape, m.weight, m.variance_epsilon)
+
+        for m in norms:
+            m.forward = functools.partial(norm, m)
+    else:
+        compiled_norm = torch.compile(llama.LlamaRMSNorm.forward, dynamic=True)
+        silu_mul = torch.compile(lambda g, u: torch.nn.functional.silu(g) * u, dynamic=True)
+
+        def mlp(m: Any, x: torch.Tensor) -> torch.Tensor:
+            return m.down_proj(silu_mul(m.gate_proj(x), m.up_proj(x)))
+
+        for m in norms:
+            m.forward = functools.partial(compiled_norm, m)
+        for m in mlps:
+            m.forward = functools.partial(mlp, m)
+        llama.apply_rotary_pos_emb = torch.compile(rotary, dynamic=True)
+
+    def undo() -> None:
+        for m in norms + mlps:
+            m.__dict__.pop("forward", None)
+        llama.apply_rotary_pos_emb = rotary
+
+    return undo
+
+
 def profile_deepspeed(step: Callable, raw: list) -> None:
     """The device synchronisations of one step (where they come from) and a profile of two."""
     from torch.profiler import ProfilerActivity, profile
@@ -199,6 +239,21 @@ def main() -> int:
         measure("plain: PEFT LoRA, mask, cuDNN attention, again", plain, raw, tokens, mask=True)
         torch.backends.cuda.enable_cudnn_sdp(False)
     fused(True)
+    first = to_device(raw[0], False)
+
+    def eval_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            loss = wrapped(**first, num_items_in_batch=100.0).loss.float().item()
+        model.train()
+        return loss
+
+    for how in ("rms_norm", "compile"):
+        reference = eval_loss()  # the weights move with every measured step
+        undo = fused_elementwise(model, how)
+        print(f"fused elementwise ({how}): loss {eval_loss():.5f} against {reference:.5f}", flush=True)
+        measure(f"plain: fused LoRA, no mask, fused elementwise ({how})", plain, raw, tokens)
+        undo()
     measure("fwd+bwd only: fused, no mask", forward_backward, raw, tokens)
     with torch.no_grad():
         measure("forward only (no grad): fused, no mask", lambda b: wrapped(**b, num_items_in_batch=100.0), raw, tokens)
