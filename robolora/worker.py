@@ -228,6 +228,12 @@ def without_padding_mask(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return {k: v for k, v in batch.items() if k != "attention_mask"}
 
 
+def model_inputs(batch: dict[str, list[list[int]]]) -> dict[str, torch.Tensor]:
+    """A collated batch as the host tensors the model takes: its targets located (:func:`with_targets`)
+    and its padding mask left out where it changes nothing (:func:`without_padding_mask`)."""
+    return without_padding_mask(with_targets(_to_tensors(batch, torch.device("cpu"))))
+
+
 class TargetLogitsLM(torch.nn.Module):
     """A causal LM whose loss computes logits only where a response token is predicted.
 
@@ -610,7 +616,7 @@ class Trainer:
                 if idx >= len(batches):
                     batch["labels"] = [[IGNORE_INDEX] * len(r) for r in batch["labels"]]
                 n = sum(target_count(r) for r in batch["labels"])
-                tensors = without_padding_mask(with_targets(_to_tensors(batch, torch.device("cpu"))))
+                tensors = model_inputs(batch)
                 out = self.engine(**{k: v.to(self.device) for k, v in tensors.items()}, num_items_in_batch=1)
                 loss_sum += out.loss.float().item() if n else 0.0
                 tokens += n
@@ -719,8 +725,7 @@ class Trainer:
         pad_id = self.tokenizer.pad_token_id
 
         def collate_tensors(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-            # to the device in the loop
-            return without_padding_mask(with_targets(_to_tensors(collate(rows, pad_id), torch.device("cpu"))))
+            return model_inputs(collate(rows, pad_id))  # to the device in the loop
 
         return torch.utils.data.DataLoader(
             self.train_rows,
