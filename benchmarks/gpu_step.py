@@ -32,13 +32,16 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
+from gpu_7b import LORA_DEFAULTS, SHAPE_7B  # noqa: E402
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
-SHAPE_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32)
-SHAPE_SMOKE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4)
+SHAPE_SMOKE = SHAPE_7B | dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4
+)
 #: micro-batch, shortest and longest sequence, untimed and timed steps
 BATCH, SHORTEST, LONGEST, WARMUP, STEPS = (16, 200, 256, 3, 8) if GPU else (4, 20, 32, 1, 2)
 PARAMS_7B = 6.74e9  # CodeLlama-7B's parameters, for the rough TFLOP/s column (4 x parameters per token)
@@ -54,21 +57,19 @@ def build() -> tuple[Any, list]:
     use_shape_free_attention()
     torch.manual_seed(0)
     shape = SHAPE_7B if GPU else SHAPE_SMOKE
-    config = LlamaConfig(
-        **shape,
-        num_key_value_heads=shape["num_attention_heads"],
-        vocab_size=49152,
-        max_position_embeddings=4096,
-        rope_theta=1e6,
-        tie_word_embeddings=False,
-    )
+    config = LlamaConfig(**shape, vocab_size=49152)
     torch.set_default_dtype(torch.bfloat16)
     with torch.device(DEVICE):
         model = LlamaForCausalLM(config)
     torch.set_default_dtype(torch.float32)
     model.config.use_cache = False
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
-    lora = LoraConfig(r=32, lora_alpha=64, lora_dropout=0.05, target_modules=targets, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=LORA_DEFAULTS["lora_r"],
+        lora_alpha=LORA_DEFAULTS["lora_alpha"],
+        lora_dropout=LORA_DEFAULTS["lora_dropout"],
+        target_modules=LORA_DEFAULTS["lora_target_modules"].split(","),
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, lora)
     for p in model.parameters():
         if p.requires_grad:
