@@ -8,11 +8,11 @@ a response. Each variant runs 3 untimed steps, then 8 timed ones; "host" is the 
 spends issuing a step, "step" the time until the device has run it. A host time close to the step time
 means the host waits for the device (device-bound); a short one means the device waits for the host.
 
-Variants: the fused LoRA branch against PEFT's forward, with and without the padding mask, cuDNN
-attention allowed (its first pass builds a plan for each new batch shape); forward and backward alone;
-the elementwise passes fused, which the worker does not do (yet): RMSNorm as ``torch.nn.functional.rms_norm``,
-or RMSNorm, SwiGLU and the rotary embeddings each compiled with ``torch.compile``; DeepSpeed ZeRO-2 as the
-worker builds it, with its bf16 gradient-overflow check on and off. Then the device synchronisations of
+Variants: the step as the worker runs it (fused LoRA branch, fused RMSNorm) against Llama's own RMSNorm
+and PEFT's own LoRA forward, with and without the padding mask, cuDNN attention allowed (its first pass
+builds a plan for each new batch shape); forward and backward alone; SwiGLU and the rotary embeddings
+compiled with ``torch.compile``, which the worker does not do; DeepSpeed ZeRO-2 as the worker builds it,
+with its bf16 gradient-overflow check on and off. Then the device synchronisations of
 one DeepSpeed step and a torch.profiler table of two.
 
 On a machine without a GPU the same code runs a 4-layer, 64-wide model on the CPU: a check that the
@@ -48,11 +48,11 @@ PARAMS_7B = 6.74e9  # CodeLlama-7B's parameters, for the rough TFLOP/s column (4
 
 
 def build() -> tuple[Any, list]:
-    """The model with PEFT's LoRA in bf16 (the fused branch installed) and its LoRA layers."""
+    """The model with PEFT's LoRA in bf16 (the fused branch and norms installed) and its LoRA layers."""
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from robolora.kernels import use_fused_lora, use_shape_free_attention
+    from robolora.kernels import use_fused_lora, use_fused_norms, use_shape_free_attention
 
     use_shape_free_attention()
     torch.manual_seed(0)
@@ -75,6 +75,7 @@ def build() -> tuple[Any, list]:
         if p.requires_grad:
             p.data = p.data.to(torch.bfloat16)
     use_fused_lora(model)
+    use_fused_norms(model)
     return model, [m for m in model.modules() if getattr(m, "_robolora_fused", False)]
 
 
@@ -122,46 +123,27 @@ def measure(name: str, step: Callable, raw: list, tokens: int, mask: bool = Fals
     wall = (time.perf_counter() - start) / STEPS
     rate = tokens / STEPS / wall
     print(
-        f"{name:48} {wall * 1000:7.1f} ms/step  host {host / STEPS * 1000:7.1f} ms  {rate:8.0f} tok/s  "
+        f"{name:56} {wall * 1000:7.1f} ms/step  host {host / STEPS * 1000:7.1f} ms  {rate:8.0f} tok/s  "
         f"~{rate * 4 * PARAMS_7B / 1e12:5.0f} TFLOP/s",
         flush=True,
     )
 
 
-def fused_elementwise(model: Any, how: str) -> Callable[[], None]:
-    """Swap the model's elementwise passes for fused ones (``how``: "rms_norm" or "compile"); returns
-    what undoes it."""
-    import functools
-
+def compiled_elementwise() -> Callable[[], None]:
+    """Compile Llama's SwiGLU and rotary embeddings with ``torch.compile``; returns what undoes it."""
     from transformers.models.llama import modeling_llama as llama
 
-    norms = [m for m in model.modules() if isinstance(m, llama.LlamaRMSNorm)]
-    mlps = [m for m in model.modules() if isinstance(m, llama.LlamaMLP)]
-    rotary = llama.apply_rotary_pos_emb
-    if how == "rms_norm":
+    mlp_forward, rotary = llama.LlamaMLP.forward, llama.apply_rotary_pos_emb
+    silu_mul = torch.compile(lambda g, u: torch.nn.functional.silu(g) * u, dynamic=True)
 
-        def norm(m: Any, x: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.rms_norm(x, m.weight.shape, m.weight, m.variance_epsilon)
+    def mlp(m: Any, x: torch.Tensor) -> torch.Tensor:
+        return m.down_proj(silu_mul(m.gate_proj(x), m.up_proj(x)))
 
-        for m in norms:
-            m.forward = functools.partial(norm, m)
-    else:
-        compiled_norm = torch.compile(llama.LlamaRMSNorm.forward, dynamic=True)
-        silu_mul = torch.compile(lambda g, u: torch.nn.functional.silu(g) * u, dynamic=True)
-
-        def mlp(m: Any, x: torch.Tensor) -> torch.Tensor:
-            return m.down_proj(silu_mul(m.gate_proj(x), m.up_proj(x)))
-
-        for m in norms:
-            m.forward = functools.partial(compiled_norm, m)
-        for m in mlps:
-            m.forward = functools.partial(mlp, m)
-        llama.apply_rotary_pos_emb = torch.compile(rotary, dynamic=True)
+    llama.LlamaMLP.forward = mlp
+    llama.apply_rotary_pos_emb = torch.compile(rotary, dynamic=True)
 
     def undo() -> None:
-        for m in norms + mlps:
-            m.__dict__.pop("forward", None)
-        llama.apply_rotary_pos_emb = rotary
+        llama.LlamaMLP.forward, llama.apply_rotary_pos_emb = mlp_forward, rotary
 
     return undo
 
@@ -206,10 +188,19 @@ def main() -> int:
     model, lora_layers = build()
     print(f"attention: {model.config._attn_implementation}, built in {time.perf_counter() - start:.0f} s", flush=True)
     fused_forward = {m: m.forward for m in lora_layers}
+    norms = [m for m in model.modules() if type(m).__name__ == "LlamaRMSNorm"]
+    norm_forward = {m: m.forward for m in norms}  # the fused norm, routed by use_fused_norms
 
     def fused(on: bool) -> None:
         for m in lora_layers:  # the fused forward is a partial holding PEFT's own as its second argument
             m.forward = fused_forward[m] if on else fused_forward[m].args[1]
+
+    def fused_norms(on: bool) -> None:
+        for m, forward in norm_forward.items():
+            if on:
+                m.forward = forward
+            else:
+                del m.forward  # Llama's own
 
     wrapped = TargetLogitsLM(model)
     raw, tokens = batches()
@@ -229,7 +220,10 @@ def main() -> int:
         wrapped(**b, num_items_in_batch=100.0).loss.backward()
         opt.zero_grad(set_to_none=True)
 
-    measure("plain: fused LoRA, no mask", plain, raw, tokens)
+    measure("plain: as the worker (fused LoRA, fused norms), no mask", plain, raw, tokens)
+    fused_norms(False)
+    measure("plain: fused LoRA, Llama's RMSNorm, no mask", plain, raw, tokens)
+    fused_norms(True)
     measure("plain: fused LoRA, mask", plain, raw, tokens, mask=True)
     fused(False)
     measure("plain: PEFT LoRA, no mask", plain, raw, tokens)
@@ -249,12 +243,14 @@ def main() -> int:
         model.train()
         return loss
 
-    for how in ("rms_norm", "compile"):
-        reference = eval_loss()  # the weights move with every measured step
-        undo = fused_elementwise(model, how)
-        print(f"fused elementwise ({how}): loss {eval_loss():.5f} against {reference:.5f}", flush=True)
-        measure(f"plain: fused LoRA, no mask, fused elementwise ({how})", plain, raw, tokens)
-        undo()
+    reference = eval_loss()  # the weights move with every measured step
+    fused_norms(False)
+    print(f"fused RMSNorm: loss {reference:.5f} against Llama's RMSNorm {eval_loss():.5f}", flush=True)
+    fused_norms(True)
+    undo = compiled_elementwise()
+    print(f"compiled SwiGLU and rotary: loss {eval_loss():.5f} against {reference:.5f}", flush=True)
+    measure("plain: as the worker, SwiGLU and rotary compiled", plain, raw, tokens)
+    undo()
     measure("fwd+bwd only: fused, no mask", forward_backward, raw, tokens)
     with torch.no_grad():
         measure("forward only (no grad): fused, no mask", lambda b: wrapped(**b, num_items_in_batch=100.0), raw, tokens)

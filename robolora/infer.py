@@ -138,7 +138,7 @@ class Generator:
         from peft import PeftModel
         from transformers.utils import logging as hf_logging
 
-        from robolora.kernels import use_shape_free_attention
+        from robolora.kernels import use_fused_norms, use_shape_free_attention
         from robolora.models import bf16_supported, load_model, load_tokenizer
 
         hf_logging.disable_progress_bar()
@@ -157,6 +157,7 @@ class Generator:
             model = PeftModel.from_pretrained(model, str(lora))
             if merge:
                 model = model.merge_and_unload()
+        use_fused_norms(model)
         # A short label for tables: the run folder (and checkpoint), not the whole path.
         short = f"{lora.parent.name}/{lora.name}" if lora and lora.name.startswith("checkpoint-") else None
         label = (short or lora.name) if lora else f"{name} (base{f', {few_shot}-shot' if few_shot else ''})"

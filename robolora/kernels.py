@@ -10,6 +10,11 @@
   1-2% of a 7B LoRA step on one H100). Fused into one autograd function, ``scaling``
   rides inside the last matrix multiply (which also adds the base output), and the backward pass
   scales only the rank-``r`` intermediate.
+- :func:`use_fused_norms`: on a GPU, Llama's RMSNorm runs as eight kernels forward (to float32,
+  square, mean, add, reciprocal square root, multiply, back to the input dtype, times the weight) and
+  more backward, most a full pass over the activations: 65 norms in a 7B model.
+  ``torch.nn.functional.rms_norm`` is one fused kernel there, forward and backward. (On the CPU it
+  decomposes into the same passes: nothing to gain.)
 - :func:`training_attention`: on the CPU, the eager attention (plain matmuls) trains faster than
   PyTorch's fused CPU attention kernel, whose backward pass is slow for the short sequences of robot
   commands; on a GPU the fused kernels win.
@@ -209,6 +214,30 @@ def use_fused_lora(model: torch.nn.Module) -> int:
         if type(module) is Linear and not getattr(module, "_robolora_fused", False):
             module.forward = functools.partial(_fused_forward, module, module.forward)
             module._robolora_fused = True
+            count += 1
+    return count
+
+
+def _rms_norm(norm: torch.nn.Module, original: Any, x: torch.Tensor) -> torch.Tensor:
+    if x.device.type == "cpu" or x.dtype != norm.weight.dtype:
+        return original(x)  # Llama's forward promotes a bf16 input with a float32 weight to float32
+    return torch.nn.functional.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
+
+
+def use_fused_norms(model: torch.nn.Module) -> int:
+    """Run every Llama RMSNorm as ``torch.nn.functional.rms_norm`` on GPUs; returns how many norms.
+
+    The same maths: the mean square in float32, the activations scaled by its reciprocal square root,
+    times the weight. The fused kernel rounds to the input's dtype once, after the weight, where Llama's
+    passes also round before it: in bf16 the results differ by at most one bf16 step. CPU tensors, and
+    a weight of another dtype than the input's, keep Llama's own forward.
+    """
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    count = 0
+    for module in model.modules():
+        if type(module).forward is LlamaRMSNorm.forward and "forward" not in vars(module):
+            module.forward = functools.partial(_rms_norm, module, module.forward)
             count += 1
     return count
 

@@ -243,13 +243,16 @@ def model_states(
     return MemoryEstimate(frozen, lora, gradients, optimizer, gathered, 0, 0, 0, host)
 
 
-def layer_activation_bytes(dims: ModelDims, *, w: int, lora_r: int, targets: Sequence[str], lora_dropout: bool) -> int:
+def layer_activation_bytes(
+    dims: ModelDims, *, w: int, lora_r: int, targets: Sequence[str], lora_dropout: bool, fused_norms: bool = False
+) -> int:
     """Bytes one decoder layer keeps per token for its backward pass (without checkpointing).
 
     Counted from what autograd saves in a Llama block run by transformers with SDPA attention:
 
-    * each RMSNorm keeps its input upcast to fp32 (4 bytes) and hands a ``w``-byte result to the
-      projections, which keep it: ``2 * (4 + w) * h``;
+    * each RMSNorm keeps its input upcast to fp32 (4 bytes; as it came, ``w`` bytes, where it runs as
+      one fused kernel: on GPUs, ``robolora.kernels.use_fused_norms``) and hands a ``w``-byte result to
+      the projections, which keep it: ``2 * (4 + w) * h`` (fused: ``4 * w * h``);
     * SDPA keeps q, k and v (k and v repeated to every head under a padding mask, so ``h`` wide each)
       and its output, and o_proj keeps its own contiguous copy: ``5 * w * h``;
     * the MLP keeps the gate and up outputs, SiLU(gate) and the product entering down_proj: ``4 * w * i``;
@@ -257,14 +260,17 @@ def layer_activation_bytes(dims: ModelDims, *, w: int, lora_r: int, targets: Seq
       and the rank-``r`` intermediate.
 
     Korthikanti et al. count 34 bytes per hidden unit for a GPT block with a 4x MLP; a CodeLlama-7B
-    block comes to 43.5, and 55.6 with LoRA on q, k, v and o.
+    block comes to 43.5 (39.5 with fused norms), and 55.6 with LoRA on q, k, v and o.
 
     >>> layer_activation_bytes(SIZES["7B"], w=2, lora_r=32, targets=[], lora_dropout=True)
     178176
+    >>> layer_activation_bytes(SIZES["7B"], w=2, lora_r=32, targets=[], lora_dropout=True, fused_norms=True)
+    161792
     """
     h, i = dims.hidden, dims.intermediate
     shapes = dims.module_shapes()
-    base = 2 * (4 + w) * h + 5 * w * h + 4 * w * i
+    norm_input = w if fused_norms else 4
+    base = 2 * (norm_input + w) * h + 5 * w * h + 4 * w * i
     lora = sum((w + 1) * shapes[t][0] * lora_dropout + lora_r * w for t in targets if t in shapes)
     return base + lora
 
@@ -284,8 +290,9 @@ def activation_memory(
 ) -> int:
     """Activation bytes of one micro-batch of ``tokens`` positions (micro-batch x sequence length)."""
     lora_count = len(lora_layers) if lora_layers else dims.layers
-    plain = layer_activation_bytes(dims, w=w, lora_r=lora_r, targets=[], lora_dropout=lora_dropout)
-    adapted = layer_activation_bytes(dims, w=w, lora_r=lora_r, targets=targets, lora_dropout=lora_dropout)
+    kw = dict(w=w, lora_r=lora_r, lora_dropout=lora_dropout, fused_norms=on_gpu)
+    plain = layer_activation_bytes(dims, targets=[], **kw)
+    adapted = layer_activation_bytes(dims, targets=targets, **kw)
     if not on_gpu:
         # SDPA's fused kernels on the GPU keep only the output and the log-sum-exp; CPU workers train
         # with the eager attention (robolora.kernels), which keeps the attention probabilities twice:

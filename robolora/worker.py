@@ -39,7 +39,13 @@ from robolora.data import IGNORE_INDEX, collate, target_count, tokenize_cached
 from robolora.ds_config import load_template, resolve
 from robolora.fileio import atomic_write_text
 from robolora.gpu import DeviceMonitor, process_rss_mb, summarize
-from robolora.kernels import training_attention, use_fast_dropout, use_fused_lora, use_shape_free_attention
+from robolora.kernels import (
+    training_attention,
+    use_fast_dropout,
+    use_fused_lora,
+    use_fused_norms,
+    use_shape_free_attention,
+)
 from robolora.profiling import StepProfiler
 from robolora.progress import METRICS, PROGRESS
 from robolora.sampler import plan_epoch, steps_per_epoch
@@ -464,6 +470,7 @@ class Trainer:
         if not self.spec.use_gpu:
             use_fast_dropout(model)
         use_fused_lora(model)
+        use_fused_norms(model)
         if self.spec.resume_weights:
             load_adapter_weights(model, self.spec.resume_weights)
         self.marks["model"] = time.time()

@@ -10,6 +10,7 @@ from robolora.kernels import (
     training_attention,
     use_fast_dropout,
     use_fused_lora,
+    use_fused_norms,
 )
 
 
@@ -201,3 +202,50 @@ def test_fused_lora_on_a_gpu_draws_the_masks_peft_draws(dtype, tolerance):
     assert close(got_out, want_out)
     for name, grad in want_grads.items():
         assert close(got_grads[name], grad), name
+
+
+def _tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config)
+    for name, param in model.named_parameters():
+        if "norm" in name:  # Llama starts them at one; other weights make the multiply count
+            torch.nn.init.normal_(param, 1.0, 0.3)
+    return model
+
+
+def _norm_outputs(model, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    logits = model(inputs_embeds=embeds).logits
+    (logits * torch.linspace(-1, 1, logits.numel(), device=logits.device).view_as(logits)).sum().backward()
+    return logits.detach(), embeds.grad
+
+
+def test_fused_norms_route_each_llama_norm_once_and_leave_the_cpu_to_llama():
+    ids = torch.randint(0, 64, (2, 9))
+    plain, fused = _tiny_llama(), _tiny_llama()
+    assert use_fused_norms(fused) == 5  # two per layer and the final one
+    assert use_fused_norms(fused) == 0  # already routed
+    for got, want in zip(_norm_outputs(fused, ids), _norm_outputs(plain, ids), strict=True):
+        assert torch.equal(got, want)  # CPU tensors: Llama's own forward
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_fused_norms_on_a_gpu_run_the_fused_kernel_with_llamas_results(dtype, tolerance):
+    """On a GPU each norm is one fused kernel forward and back, with Llama's outputs and gradients (to
+    rounding: bf16 rounds once where Llama's passes round twice)."""
+    ids = torch.randint(0, 64, (2, 9), device="cuda")
+    plain, fused = _tiny_llama().to("cuda", dtype), _tiny_llama().to("cuda", dtype)
+    use_fused_norms(fused)
+    norm = fused.model.norm
+    assert "FusedRmsNorm" in norm(torch.randn(3, 32, device="cuda", dtype=dtype, requires_grad=True)).grad_fn.name()
+    for got, want in zip(_norm_outputs(fused, ids), _norm_outputs(plain, ids), strict=True):
+        assert (got.float() - want.float()).norm() <= tolerance * want.float().norm()
+    norm.weight.data = norm.weight.data.float()  # another dtype than the input's: Llama's forward, promoting
+    assert norm(torch.randn(3, 32, device="cuda", dtype=dtype)).dtype == torch.float32

@@ -149,12 +149,17 @@ def test_codellama_block_keeps_43_5_bytes_per_hidden_unit():
     assert with_lora == 178_176 + 2 * (3 * 4096 + 32 * 2)
     without_dropout = layer_activation_bytes(LLAMA7B, w=2, lora_r=32, targets=["q_proj"], lora_dropout=False)
     assert without_dropout == 178_176 + 32 * 2
+    # a fused RMSNorm (GPUs) keeps its bf16 input, not a float32 copy: 2 bytes less per unit, twice
+    fused = layer_activation_bytes(LLAMA7B, w=2, lora_r=32, targets=[], lora_dropout=False, fused_norms=True)
+    assert fused == 178_176 - 2 * 2 * 4096
+    fp32 = dict(w=4, lora_r=32, targets=[], lora_dropout=False)
+    assert layer_activation_bytes(LLAMA7B, **fp32, fused_norms=True) == layer_activation_bytes(LLAMA7B, **fp32)
 
 
 def test_lora_on_top_layers_keeps_activations_only_from_there_up():
     kw = dict(tokens=1024, seq_len=256, w=2, lora_r=32, targets=["q_proj"], lora_dropout=True, on_gpu=True)
-    plain = layer_activation_bytes(LLAMA7B, w=2, lora_r=32, targets=[], lora_dropout=True)
-    adapted = layer_activation_bytes(LLAMA7B, w=2, lora_r=32, targets=["q_proj"], lora_dropout=True)
+    plain = layer_activation_bytes(LLAMA7B, w=2, lora_r=32, targets=[], lora_dropout=True, fused_norms=True)
+    adapted = layer_activation_bytes(LLAMA7B, w=2, lora_r=32, targets=["q_proj"], lora_dropout=True, fused_norms=True)
     top8 = activation_memory(LLAMA7B, lora_layers=list(range(24, 32)), gradient_checkpointing=False, **kw)
     assert top8 == 1024 * 8 * adapted  # layers 0-23 are not in the autograd graph
     mixed = activation_memory(LLAMA7B, lora_layers=[0, 1, 2, 3, 8], gradient_checkpointing=False, **kw)
