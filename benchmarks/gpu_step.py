@@ -187,20 +187,21 @@ def main() -> int:
     start = time.perf_counter()
     model, lora_layers = build()
     print(f"attention: {model.config._attn_implementation}, built in {time.perf_counter() - start:.0f} s", flush=True)
-    fused_forward = {m: m.forward for m in lora_layers}
-    norms = [m for m in model.modules() if type(m).__name__ == "LlamaRMSNorm"]
-    norm_forward = {m: m.forward for m in norms}  # the fused norm, routed by use_fused_norms
+    # What robolora.kernels routed: each forward is a partial holding the module's own as its second argument.
+    routed = {m: vars(m)["forward"] for m in model.modules() if "forward" in vars(m)}
+    lora_forward = {m: f for m, f in routed.items() if m in lora_layers}
+    norm_forward = {m: f for m, f in routed.items() if m not in lora_layers}
+    print(f"routed: {len(lora_forward)} LoRA layers, {len(norm_forward)} norms", flush=True)
+
+    def toggle(forwards: dict, on: bool) -> None:
+        for m, forward in forwards.items():
+            m.forward = forward if on else forward.args[1]
 
     def fused(on: bool) -> None:
-        for m in lora_layers:  # the fused forward is a partial holding PEFT's own as its second argument
-            m.forward = fused_forward[m] if on else fused_forward[m].args[1]
+        toggle(lora_forward, on)
 
     def fused_norms(on: bool) -> None:
-        for m, forward in norm_forward.items():
-            if on:
-                m.forward = forward
-            else:
-                del m.forward  # Llama's own
+        toggle(norm_forward, on)
 
     wrapped = TargetLogitsLM(model)
     raw, tokens = batches()

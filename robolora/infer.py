@@ -157,7 +157,8 @@ class Generator:
             model = PeftModel.from_pretrained(model, str(lora))
             if merge:
                 model = model.merge_and_unload()
-        use_fused_norms(model)
+        if device == "cuda":
+            use_fused_norms(model)
         # A short label for tables: the run folder (and checkpoint), not the whole path.
         short = f"{lora.parent.name}/{lora.name}" if lora and lora.name.startswith("checkpoint-") else None
         label = (short or lora.name) if lora else f"{name} (base{f', {few_shot}-shot' if few_shot else ''})"

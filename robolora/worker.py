@@ -467,10 +467,11 @@ class Trainer:
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
-        if not self.spec.use_gpu:
+        if self.spec.use_gpu:
+            use_fused_norms(model)
+        else:
             use_fast_dropout(model)
         use_fused_lora(model)
-        use_fused_norms(model)
         if self.spec.resume_weights:
             load_adapter_weights(model, self.spec.resume_weights)
         self.marks["model"] = time.time()

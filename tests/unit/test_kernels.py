@@ -205,14 +205,13 @@ def test_fused_lora_on_a_gpu_draws_the_masks_peft_draws(dtype, tolerance):
 
 
 def _tiny_llama(seed: int = 0):
+    """The test model's dimensions (``robolora.models.TINY_LLAMA``) with a small vocabulary."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from robolora.models import TINY_LLAMA
+
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5,
-    )  # fmt: skip
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, **TINY_LLAMA))
     for name, param in model.named_parameters():
         if "norm" in name:  # Llama starts them at one; other weights make the multiply count
             torch.nn.init.normal_(param, 1.0, 0.3)
@@ -244,8 +243,9 @@ def test_fused_norms_on_a_gpu_run_the_fused_kernel_with_llamas_results(dtype, to
     plain, fused = _tiny_llama().to("cuda", dtype), _tiny_llama().to("cuda", dtype)
     use_fused_norms(fused)
     norm = fused.model.norm
-    assert "FusedRmsNorm" in norm(torch.randn(3, 32, device="cuda", dtype=dtype, requires_grad=True)).grad_fn.name()
+    x = torch.randn(3, norm.weight.shape[0], device="cuda", dtype=dtype)
+    assert "FusedRmsNorm" in norm(x.requires_grad_()).grad_fn.name()
     for got, want in zip(_norm_outputs(fused, ids), _norm_outputs(plain, ids), strict=True):
         assert (got.float() - want.float()).norm() <= tolerance * want.float().norm()
     norm.weight.data = norm.weight.data.float()  # another dtype than the input's: Llama's forward, promoting
-    assert norm(torch.randn(3, 32, device="cuda", dtype=dtype)).dtype == torch.float32
+    assert norm(x.detach()).dtype == torch.float32
