@@ -5,7 +5,9 @@ default), and registers the checkpoint only once every worker's part is there; r
 there. After all workers have reported, rank 0 *publishes* the checkpoint for people and tools: it
 links (or, across file systems, copies) the files into a hidden ``.checkpoint-<step>.partial``
 folder and renames that to ``checkpoint-<step>``, so a visible checkpoint folder is always complete.
-Leftover partial folders from an interrupted publish are removed on the next start.
+Leftover partial folders from an interrupted publish are removed on the next start. Ray Train's
+controller registers a reported checkpoint only when it next polls the workers: a run stopped in
+between resumes from the published one (:func:`newer_than_registered`), read from Ray's storage.
 
 Example:
     >>> import tempfile
@@ -62,6 +64,24 @@ def visible_steps(out: Path) -> list[int]:
     if not out.is_dir():
         return []
     return sorted(int(m.group(1)) for p in out.iterdir() if (m := VISIBLE.fullmatch(p.name)) and p.is_dir())
+
+
+def newer_than_registered(visible: list[int], registered: str | None) -> int | None:
+    """The newest of the ``visible`` checkpoint steps if Ray Train's newest registered checkpoint (its
+    folder name, None for none) is older; None when the registered one is the one to resume from.
+
+    >>> newer_than_registered([3, 6], "checkpoint-3"), newer_than_registered([3, 6], None)
+    (6, 6)
+    >>> newer_than_registered([3, 6], "checkpoint-6"), newer_than_registered([], None)
+    (None, None)
+    """
+    if not visible:
+        return None
+    if registered is not None:
+        match = VISIBLE.fullmatch(registered)
+        if match is None or int(match.group(1)) >= visible[-1]:  # not a name this toolkit gives, or as new
+            return None
+    return visible[-1]
 
 
 def prune(out: Path, keep: int) -> None:

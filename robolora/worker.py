@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from robolora import dist
-from robolora.checkpoints import publish, remove_partials
+from robolora.checkpoints import newer_than_registered, publish, remove_partials, visible_steps
 from robolora.config import TrainConfig, from_dict, parse_step_range
 from robolora.data import IGNORE_INDEX, collate, target_count, tokenize_cached
 from robolora.ds_config import load_template, resolve
@@ -521,35 +521,64 @@ class Trainer:
     # -- checkpoints
 
     def restore(self) -> None:
-        """Continue from the last checkpoint Ray Train reports for this run, if any."""
+        """Continue from the run's last checkpoint, if any: the newest one Ray Train registered, or a newer
+        one published in the output directory (see :meth:`_published_checkpoint`)."""
         import ray.train
 
         if dist.is_main():
             remove_partials(self.out)
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
+        published = self._published_checkpoint(checkpoint)
+        if published is not None:
+            self._load_checkpoint(published)
+            source = str(published)
+        elif checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                self._load_checkpoint(Path(d))
+            source = checkpoint.path
+        else:
             if dist.is_main():
                 (self.out / METRICS).unlink(missing_ok=True)
             return
-        with checkpoint.as_directory() as d:
-            self.engine.load_checkpoint(
-                d, tag=DS_TAG, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=True
-            )
-            state = json.loads((Path(d) / TRAINER_STATE).read_text())
-            rng = Path(d) / f"rng_rank{self.rank}.safetensors"
-            if rng.is_file():  # dropout continues where it stopped
-                from safetensors.torch import load_file
+        if dist.is_main():
+            self._truncate_metrics(self.step)
+        dist.print0(f"resumed from {source} at step {self.step}")
 
-                states = load_file(str(rng))
-                torch.set_rng_state(states["cpu"])
-                if "cuda" in states and self.device.type == "cuda":
-                    torch.cuda.set_rng_state(states["cuda"], self.device)
+    def _published_checkpoint(self, registered: Any) -> Path | None:
+        """The newest checkpoint in the output directory if Ray Train has not registered it.
+
+        Ray Train's controller registers a reported checkpoint when it next polls the workers (every 2 s
+        by default); a run stopped in between has published the checkpoint (all of it persisted) but
+        Ray Train would resume from the one before. Its files are read from Ray's storage, which every
+        node reaches; if any worker cannot read them, the registered one is used.
+        """
+        if not self.spec.checkpoint_root:
+            return None
+        visible = visible_steps(self.out) if dist.is_main() else []
+        newest = dist.broadcast_object(newer_than_registered(visible, registered and Path(registered.path).name))
+        if newest is None:
+            return None
+        folder = Path(self.spec.checkpoint_root) / f"checkpoint-{newest}"
+        (readable,) = dist.all_reduce([float((folder / DS_TAG).is_dir())], self.device)
+        return folder if readable == self.world else None
+
+    def _load_checkpoint(self, d: Path) -> None:
+        """Engine, optimizer, scheduler, random state and loop counters from the checkpoint folder ``d``."""
+        self.engine.load_checkpoint(
+            str(d), tag=DS_TAG, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        state = json.loads((d / TRAINER_STATE).read_text())
+        rng = d / f"rng_rank{self.rank}.safetensors"
+        if rng.is_file():  # dropout continues where it stopped
+            from safetensors.torch import load_file
+
+            states = load_file(str(rng))
+            torch.set_rng_state(states["cpu"])
+            if "cuda" in states and self.device.type == "cuda":
+                torch.cuda.set_rng_state(states["cuda"], self.device)
         self.step, self.epoch = state["step"], state["epoch"]
         self.best_eval = state.get("best_eval", math.inf)
         self.evals_without_improvement = state.get("evals_without_improvement", 0)
-        if dist.is_main():
-            self._truncate_metrics(self.step)
-        dist.print0(f"resumed from {checkpoint.path} at step {self.step}")
 
     def _truncate_metrics(self, step: int) -> None:
         path = self.out / METRICS

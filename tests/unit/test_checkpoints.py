@@ -62,3 +62,19 @@ def test_only_the_newest_k_are_kept(tmp_path):
     assert visible_steps(out) == [9, 12]
     prune(out, 1)
     assert visible_steps(out) == [12]
+
+
+@pytest.mark.parametrize(
+    ("visible", "registered", "expected"),
+    [
+        ([3, 6], "checkpoint-3", 6),  # stopped before Ray Train registered step 6
+        ([3], None, 3),  # stopped before it registered the first one
+        ([3, 6], "checkpoint-6", None),  # registered: Ray Train's own
+        ([3], "checkpoint-6", None),  # the visible one pruned or removed: the registered one is newer
+        ([], "checkpoint-3", None),
+        ([], None, None),  # a fresh run
+        ([6], "checkpoint_000001", None),  # a name this toolkit does not give: Ray Train's choice stands
+    ],
+)
+def test_resume_takes_a_published_checkpoint_ray_train_has_not_registered(visible, registered, expected):
+    assert checkpoints.newer_than_registered(visible, registered) == expected
