@@ -55,6 +55,11 @@ from robolora.startup import describe, phases
 DS_TAG = "deepspeed"
 TRAINER_STATE = "trainer_state.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+#: Seconds between metrics-only ``ray.train.report`` calls. Ray Train's controller collects a worker's
+#: report when it polls (every 2 s by default) and holds one at a time: a second report before that
+#: waits for the poll, 0.15-1.6 s a step when logging every step. Log lines and ``metrics.jsonl`` keep
+#: every ``--logging-steps``; reports (which feed a sweep's progress lines) are spaced at least this far.
+METRICS_REPORT_INTERVAL_S = 4.0
 
 
 @dataclass
@@ -697,6 +702,7 @@ class Trainer:
         self.engine.train()
         start = time.perf_counter()
         interval = {"loss": 0.0, "tokens": 0.0, "seen": 0.0, "padded": 0.0, "t": time.perf_counter()}
+        self.last_report = time.perf_counter()
         last: dict[str, Any] = {}
         stop = self.step >= self.total_steps
         while not stop:
@@ -744,12 +750,12 @@ class Trainer:
                 interval["seen"] += local_seen
                 interval["padded"] += local_padded
                 row = self._maybe_log(interval)
+                report = bool(row) and row.pop("report_due")
                 if row:
                     last.update(row)
-                paused = time.perf_counter()
-                stop = self._after_step(last)
+                stop, paused = self._after_step(last, report)
                 # tokens/s measures training alone: evaluation and checkpoint time are left out
-                interval["t"] += time.perf_counter() - paused
+                interval["t"] += paused
                 if stop:
                     break
             else:
@@ -783,7 +789,10 @@ class Trainer:
         loss_sum, tokens, seen, padded = dist.all_reduce(
             [loss, interval["tokens"], interval["seen"], interval["padded"]], self.device
         )
-        (mem,) = dist.all_reduce([memory_mb(self.device)], self.device, op="max")
+        # The largest time since a rank's last report: every rank decides alike (a report is a barrier).
+        mem, since_report = dist.all_reduce(
+            [memory_mb(self.device), time.perf_counter() - self.last_report], self.device, op="max"
+        )
         elapsed = time.perf_counter() - interval["t"]
         row = {
             "step": self.step,
@@ -797,14 +806,16 @@ class Trainer:
         }
         self.log(row)
         interval.update(loss=0.0, tokens=0.0, seen=0.0, padded=0.0, t=time.perf_counter())
-        return row
+        return row | {"report_due": since_report >= METRICS_REPORT_INTERVAL_S}
 
-    def _after_step(self, last: dict[str, Any]) -> bool:
-        """Evaluate, checkpoint and decide whether to stop; returns True to stop."""
+    def _after_step(self, last: dict[str, Any], report: bool) -> tuple[bool, float]:
+        """Evaluate, checkpoint, report metrics if ``report``; returns whether to stop and the seconds spent
+        evaluating and checkpointing."""
         import ray.train
 
         done = self.step >= self.total_steps
         stop_early = False
+        start = time.perf_counter()
         if (self.step % self.cfg.eval_steps == 0 or done) and len(self.val_ds):
             eval_loss = self.evaluate()
             last["eval_loss"] = eval_loss
@@ -820,11 +831,15 @@ class Trainer:
                     f"early stopping: no eval improvement in {patience} evaluations (best {self.best_eval:.4f})"
                 )
         metrics = {k: v for k, v in last.items() if isinstance(v, (int, float))} | {"step": self.step}
-        if self.step % self.cfg.save_steps == 0 or done or stop_early:
-            self.save_checkpoint(metrics)
-        elif self.step % self.cfg.logging_steps == 0:
+        checkpoint = self.step % self.cfg.save_steps == 0 or done or stop_early
+        if checkpoint:
+            self.save_checkpoint(metrics)  # reports the metrics with the checkpoint
+        paused = time.perf_counter() - start
+        if report and not checkpoint:
             ray.train.report(metrics)
-        return done or stop_early
+        if report or checkpoint:
+            self.last_report = time.perf_counter()
+        return done or stop_early, paused
 
     def finish(self, last: dict[str, Any]) -> None:
         """Rank 0 writes the final adapter and tokenizer into the output directory."""

@@ -56,9 +56,9 @@ def train_run(ray_session, small_dataset, tmp_path):
     """Run `robolora train` in-process on the tiny model; returns the output directory."""
     from robolora.launcher import run_training
 
-    def run(name: str = "run", train_loop=None, **overrides) -> Path:
+    def run(name: str = "run", train_loop=None, callbacks=(), **overrides) -> Path:
         values = {**TINY, "data_json": str(small_dataset), "output_dir": str(tmp_path / name), **overrides}
-        run_training(from_dict(values), train_loop=train_loop)
+        run_training(from_dict(values), train_loop=train_loop, callbacks=callbacks)
         return tmp_path / name
 
     return run

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import ray.cloudpickle
+import ray.train
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -113,6 +114,31 @@ def test_one_and_two_workers_follow_the_same_curve(train_run):
         gpu = torch.cuda.is_available()
         key = "gpu_mem_used_mb" if gpu else "rss_mb"
         assert all(s[key] > (0 if gpu else 100) for r in logged for s in r["devices"])
+
+
+class ReportLog(ray.train.UserCallback):
+    """Ray Train's controller calls this after every ``ray.train.report``: one line per report in a file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def after_report(self, run_context, metrics, checkpoint):
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": metrics[0]["step"], "checkpoint": checkpoint is not None}) + "\n")
+
+
+def test_logging_every_step_reports_to_ray_at_most_every_few_seconds(train_run, tmp_path):
+    # Ray Train's controller holds one report per worker until it polls: a report every step waited
+    # for that poll, up to 1.6 s a step.
+    from robolora.worker import METRICS_REPORT_INTERVAL_S
+
+    log = tmp_path / "reports.jsonl"
+    out = train_run("spaced", callbacks=[ReportLog(log)], max_steps=12, save_steps=6, eval_steps=50)
+    assert sorted(series(out, "train_loss")) == list(range(1, 13))  # every step still logged
+    reports = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in reports if r["checkpoint"]] == [6, 12]
+    runtime = json.loads((out / "train_summary.json").read_text())["train_runtime_s"]
+    assert len([r for r in reports if not r["checkpoint"]]) <= runtime // METRICS_REPORT_INTERVAL_S
 
 
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
