@@ -560,7 +560,8 @@ class Trainer:
         if not self.spec.checkpoint_root:
             return None
         visible = visible_steps(self.out) if dist.is_main() else []
-        newest = dist.broadcast_object(newer_than_registered(visible, registered and Path(registered.path).name))
+        name = Path(registered.path).name if registered is not None else None
+        newest = dist.broadcast_object(newer_than_registered(visible, name))
         if newest is None:
             return None
         folder = Path(self.spec.checkpoint_root) / f"checkpoint-{newest}"
