@@ -750,8 +750,7 @@ class Trainer:
                 interval["tokens"] += local_items
                 interval["seen"] += local_seen
                 interval["padded"] += local_padded
-                row = self._maybe_log(interval)
-                report = bool(row) and row.pop("report_due")
+                row, report = self._maybe_log(interval)
                 if row:
                     last.update(row)
                 stop, paused = self._after_step(last, report)
@@ -783,9 +782,10 @@ class Trainer:
     def _epoch_float(self) -> float:
         return round(self.step / max(1, self.steps_per_epoch), 4)
 
-    def _maybe_log(self, interval: dict[str, float]) -> dict[str, Any] | None:
+    def _maybe_log(self, interval: dict[str, float]) -> tuple[dict[str, Any] | None, bool]:
+        """The log row if this step logs one (None otherwise), and whether a metrics report to Ray is due."""
         if self.step % self.cfg.logging_steps and self.step != self.total_steps:
-            return None
+            return None, False
         loss = float(interval["loss"])
         loss_sum, tokens, seen, padded = dist.all_reduce(
             [loss, interval["tokens"], interval["seen"], interval["padded"]], self.device
@@ -807,7 +807,7 @@ class Trainer:
         }
         self.log(row)
         interval.update(loss=0.0, tokens=0.0, seen=0.0, padded=0.0, t=time.perf_counter())
-        return row | {"report_due": since_report >= METRICS_REPORT_INTERVAL_S}
+        return row, since_report >= METRICS_REPORT_INTERVAL_S
 
     def _after_step(self, last: dict[str, Any], report: bool) -> tuple[bool, float]:
         """Evaluate, checkpoint, report metrics if ``report``; returns whether to stop and the seconds spent

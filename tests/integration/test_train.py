@@ -129,7 +129,7 @@ class ReportLog(ray.train.UserCallback):
 
 def test_logging_every_step_reports_to_ray_at_most_every_few_seconds(train_run, tmp_path):
     # Ray Train's controller holds one report per worker until it polls: a report every step waited
-    # for that poll, up to 1.6 s a step.
+    # for that poll, up to 1.7 s a step.
     from robolora.worker import METRICS_REPORT_INTERVAL_S
 
     log = tmp_path / "reports.jsonl"
