@@ -120,6 +120,12 @@ class TrainConfig:
     # Performance
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass to save memory", "perf")
     group_by_length: bool = _f(False, "batch examples of similar length to reduce padding", "perf")
+    packing: bool = _f(
+        False,
+        "pack several examples into each row of up to --max-length tokens, each attending only to itself: "
+        "fuller micro-batches, fewer steps; --batch-size then counts rows",
+        "perf",
+    )
     dataloader_num_workers: int = _f(0, "data-loading processes per worker", "perf")
     dataloader_pin_memory: bool | None = _f(
         None, "pin host memory for asynchronous copies to the GPU (default: on when training on GPUs)", "perf"

@@ -335,6 +335,46 @@ def target_count(labels: Sequence[int]) -> int:
     return sum(t != IGNORE_INDEX for t in labels[1:])
 
 
+def pack_examples(examples: Sequence[dict[str, Any]], max_length: int) -> list[dict[str, list[int]]]:
+    """Examples packed into rows of at most ``max_length`` tokens (``--packing``), best fit decreasing.
+
+    The longest examples are placed first, each into the row with the least room that still holds it
+    (else a new row), so rows come out nearly full. A row concatenates its examples' ``input_ids`` and
+    ``labels``; its ``position_ids`` restart at 0 at every example. Given those positions and no
+    attention mask, the model builds a block-diagonal causal mask (transformers' packed-sequence
+    masking): each example attends only to itself, at the rotary positions it would have alone, and so
+    trains as it would unpacked. Each example's first label is -100, so no loss crosses a boundary.
+
+    >>> a = {"input_ids": [1, 5, 6], "labels": [-100, 6, 2]}
+    >>> b = {"input_ids": [1, 7], "labels": [-100, 2]}
+    >>> c = {"input_ids": [1, 8, 9, 4], "labels": [-100, -100, 9, 2]}
+    >>> [row["input_ids"] for row in pack_examples([a, b, c], max_length=6)]
+    [[1, 8, 9, 4, 1, 7], [1, 5, 6]]
+    >>> pack_examples([a, b, c], max_length=6)[0]["position_ids"]
+    [0, 1, 2, 3, 0, 1]
+    """
+    order = sorted(range(len(examples)), key=lambda i: (-len(examples[i]["input_ids"]), i))
+    rows: list[dict[str, list[int]]] = []
+    # room[r]: the rows (indices into ``rows``) with exactly r tokens free, newest last
+    room: list[list[int]] = [[] for _ in range(max_length + 1)]
+    for i in order:
+        ids, labels = examples[i]["input_ids"], examples[i]["labels"]
+        n = len(ids)
+        if not 0 < n <= max_length:
+            raise ValueError(f"example {i} has {n} tokens; packing takes 1 to max_length={max_length}")
+        free = next((r for r in range(n, max_length + 1) if room[r]), None)
+        if free is None:
+            rows.append({"input_ids": [], "labels": [], "position_ids": []})
+            row, free = len(rows) - 1, max_length
+        else:
+            row = room[free].pop()
+        rows[row]["input_ids"] += ids
+        rows[row]["labels"] += [IGNORE_INDEX, *labels[1:]]
+        rows[row]["position_ids"] += range(n)
+        room[free - n].append(row)
+    return rows
+
+
 @dataclass
 class TokenizeReport:
     """How many examples were tokenized, had their prompt truncated, or were dropped as too long."""
@@ -476,7 +516,8 @@ def _store(path: Path, value: Any) -> None:
 
 def collate(examples: Sequence[dict[str, Any]], pad_id: int, pad_to_multiple_of: int = 1) -> dict[str, list[list[int]]]:
     """Right-pad a batch to its longest example: ``input_ids`` with ``pad_id``, ``labels`` with -100,
-    ``attention_mask`` 1 on real tokens. Returns lists; the worker turns them into tensors.
+    ``attention_mask`` 1 on real tokens (and packed rows' ``position_ids`` counting on from 0). Returns
+    lists; the worker turns them into tensors.
 
     >>> examples = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [1, 4], "labels": [-100, 4]}]
     >>> batch = collate(examples, pad_id=0)
@@ -486,9 +527,14 @@ def collate(examples: Sequence[dict[str, Any]], pad_id: int, pad_to_multiple_of:
     width = max(len(e["input_ids"]) for e in examples)
     width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "attention_mask": []}
+    packed = "position_ids" in examples[0]
+    if packed:
+        batch["position_ids"] = []
     for e in examples:
         pad = width - len(e["input_ids"])
         batch["input_ids"].append(list(e["input_ids"]) + [pad_id] * pad)
         batch["labels"].append(list(e["labels"]) + [IGNORE_INDEX] * pad)
         batch["attention_mask"].append([1] * len(e["input_ids"]) + [0] * pad)
+        if packed:  # the padding continues as one more sequence, which no real token attends to
+            batch["position_ids"].append(list(e["position_ids"]) + list(range(pad)))
     return batch

@@ -342,6 +342,13 @@ def check_batches(cfg: TrainConfig, plan: Plan, num_train: int) -> Check:
             f"(--batch-size {cfg.batch_size} x --gradient-accumulation-steps {cfg.gradient_accumulation_steps} x "
             f"{plan.num_workers} workers); lower those or add records"
         )
+    if cfg.packing:
+        return Check(
+            "batches",
+            True,
+            f"global batch {global_batch} rows of packed examples (up to {cfg.max_length} tokens each); the "
+            "steps per epoch follow from the packing, printed when training starts",
+        )
     steps = num_train // global_batch
     return Check("batches", True, f"global batch {global_batch}, {steps} optimizer steps per epoch")
 

@@ -35,7 +35,7 @@ import torch
 from robolora import dist
 from robolora.checkpoints import newer_than_registered, publish, remove_partials, visible_steps
 from robolora.config import TrainConfig, from_dict, parse_step_range
-from robolora.data import IGNORE_INDEX, collate, target_count, tokenize_cached
+from robolora.data import IGNORE_INDEX, collate, pack_examples, target_count, tokenize_cached
 from robolora.ds_config import load_template, resolve
 from robolora.fileio import atomic_write_text
 from robolora.gpu import DeviceMonitor, process_rss_mb, summarize
@@ -274,24 +274,27 @@ class TargetLogitsLM(torch.nn.Module):
         num_items_in_batch: float | torch.Tensor = 1,
         target_index: torch.Tensor | None = None,
         target_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> Any:
         """``.loss`` is the summed cross-entropy of the targets divided by ``num_items_in_batch``.
 
         Without labels this is the model's own forward (all the logits). ``target_index`` and
         ``target_ids`` (:func:`with_targets`) say where the targets are without the device having to
-        find them in ``labels``.
+        find them in ``labels``. ``position_ids`` that restart within a row mark packed examples
+        (:func:`robolora.data.pack_examples`); the model then keeps each one's attention to itself.
         """
+        # No key/value cache: besides its memory, a cache turns off the packed examples' masking.
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        inputs["use_cache"] = False
         if labels is None:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask)
+            return self.model(**inputs)
         if self._parts is None:
-            return self.model(
-                input_ids=input_ids, attention_mask=attention_mask, labels=labels, num_items_in_batch=num_items_in_batch
-            )
+            return self.model(**inputs, labels=labels, num_items_in_batch=num_items_in_batch)
         if target_index is None or target_ids is None:
             found = with_targets({"labels": labels})
             target_index, target_ids = found["target_index"], found["target_ids"]
         decoder, head = self._parts
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = decoder(**inputs).last_hidden_state
         logits = head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, target_index)).float()
         loss = torch.nn.functional.cross_entropy(logits, target_ids, reduction="sum") / num_items_in_batch
         return types.SimpleNamespace(loss=loss)
@@ -403,11 +406,22 @@ class Trainer:
         self.train_lengths = list(self.train_ds["length"])
         # Plain rows for the DataLoader, and the response tokens of each example (what the loss averages over).
         self.train_rows = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in self.train_ds]
+        unit = "training examples"
+        self.train_examples, self.packed_rows = len(self.train_rows), None
+        if self.cfg.packing:
+            self.train_rows = pack_examples(self.train_rows, self.cfg.max_length)
+            self.train_lengths = [len(r["input_ids"]) for r in self.train_rows]
+            unit, self.packed_rows = "packed rows", len(self.train_rows)
+            full = sum(self.train_lengths) / (len(self.train_rows) * self.cfg.max_length)
+            dist.print0(
+                f"packing: {self.train_examples} examples into {len(self.train_rows)} rows of up to "
+                f"{self.cfg.max_length} tokens ({full:.1%} full)"
+            )
         self.train_label_counts = [target_count(r["labels"]) for r in self.train_rows]
         self.global_batch = self.cfg.global_batch_size(self.world)
         self.steps_per_epoch = steps_per_epoch(len(self.train_lengths), self.global_batch)
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(self.train_lengths)} training examples make no global batch of {self.global_batch}")
+            raise ValueError(f"{len(self.train_lengths)} {unit} make no global batch of {self.global_batch}")
         total = self.steps_per_epoch * self.cfg.num_epochs
         self.total_steps = min(self.cfg.max_steps, math.ceil(total)) if self.cfg.max_steps > 0 else math.ceil(total)
         window = parse_step_range(self.cfg.profile_steps) if dist.is_main() else None
@@ -857,6 +871,8 @@ class Trainer:
                 "optimizer": self.optimizer_name,
                 "precision": "bf16" if self.spec.bf16 else "fp32",
                 "gradient_checkpointing": _checkpointing(self.model.get_base_model()),
+                "train_examples": self.train_examples,
+                "packed_rows": self.packed_rows,
                 "max_tokens": self.train_report.max_tokens,
                 "truncated_prompts": self.train_report.truncated,
                 "dropped_records": self.train_report.dropped,

@@ -281,3 +281,17 @@ def test_an_interrupted_save_leaves_no_visible_checkpoint_and_resume_uses_the_pr
     assert_same_curve(out, reference, steps=8, after=3)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6", "checkpoint-8"]
     assert not list(out.glob(".checkpoint-*"))
+
+
+def test_packed_examples_fill_their_rows_and_train(train_run):
+    """--packing: several examples per row (positions restarting at each), fewer and fuller rows per epoch."""
+    out = train_run("packed", packing=True, group_by_length=True)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["packed_rows"] < summary["train_examples"] / 1.5
+    rows = [r for r in metric_rows(out) if "train_loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert all(r["padding_efficiency"] > 0.9 for r in rows)
+    # an epoch is its packed rows, 2 workers x 4 a step
+    assert round(rows[0]["step"] / rows[0]["epoch"]) == summary["packed_rows"] // 8
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.15
+    assert "eval_loss" in summary
