@@ -305,6 +305,11 @@ def _check_consistency(c: TrainConfig) -> None:
         raise ConfigError(
             "--offload all needs --zero-stage 3: ZeRO-2 cannot offload parameters (use --offload optimizer)"
         )
+    if c.packing and c.trust_remote_code:
+        raise ConfigError(
+            "--packing cannot be combined with --trust-remote-code: packed examples are kept apart by "
+            "transformers' own attention masking, which a model's remote code may not do; drop one of them"
+        )
 
 
 # ----------------------------------------------------------------------------- types

@@ -166,6 +166,11 @@ def _error(argv=None, file_text=None, tmp_path=None, name="run.yaml") -> str:
             ["--zero-stage", "2", "--offload", "all"],
             "--offload all needs --zero-stage 3: ZeRO-2 cannot offload parameters (use --offload optimizer)",
         ),
+        (
+            ["--packing", "--trust-remote-code"],
+            "--packing cannot be combined with --trust-remote-code: packed examples are kept apart by "
+            "transformers' own attention masking, which a model's remote code may not do; drop one of them",
+        ),
     ],
 )
 def test_bad_flags(argv, message):
