@@ -406,21 +406,19 @@ class Trainer:
         self.train_lengths = list(self.train_ds["length"])
         # Plain rows for the DataLoader, and the response tokens of each example (what the loss averages over).
         self.train_rows = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in self.train_ds]
-        unit = "training examples"
-        self.train_examples, self.packed_rows = len(self.train_rows), None
         if self.cfg.packing:
             self.train_rows = pack_examples(self.train_rows, self.cfg.max_length)
             self.train_lengths = [len(r["input_ids"]) for r in self.train_rows]
-            unit, self.packed_rows = "packed rows", len(self.train_rows)
             full = sum(self.train_lengths) / (len(self.train_rows) * self.cfg.max_length)
             dist.print0(
-                f"packing: {self.train_examples} examples into {len(self.train_rows)} rows of up to "
+                f"packing: {len(self.train_ds)} examples into {len(self.train_rows)} rows of up to "
                 f"{self.cfg.max_length} tokens ({full:.1%} full)"
             )
         self.train_label_counts = [target_count(r["labels"]) for r in self.train_rows]
         self.global_batch = self.cfg.global_batch_size(self.world)
         self.steps_per_epoch = steps_per_epoch(len(self.train_lengths), self.global_batch)
         if self.steps_per_epoch == 0:
+            unit = "packed rows" if self.cfg.packing else "training examples"
             raise ValueError(f"{len(self.train_lengths)} {unit} make no global batch of {self.global_batch}")
         total = self.steps_per_epoch * self.cfg.num_epochs
         self.total_steps = min(self.cfg.max_steps, math.ceil(total)) if self.cfg.max_steps > 0 else math.ceil(total)
@@ -871,8 +869,8 @@ class Trainer:
                 "optimizer": self.optimizer_name,
                 "precision": "bf16" if self.spec.bf16 else "fp32",
                 "gradient_checkpointing": _checkpointing(self.model.get_base_model()),
-                "train_examples": self.train_examples,
-                "packed_rows": self.packed_rows,
+                "train_examples": len(self.train_ds),
+                "packed_rows": len(self.train_rows) if self.cfg.packing else None,
                 "max_tokens": self.train_report.max_tokens,
                 "truncated_prompts": self.train_report.truncated,
                 "dropped_records": self.train_report.dropped,
