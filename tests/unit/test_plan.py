@@ -296,3 +296,12 @@ def test_gpu_workers_get_half_their_nodes_cpus_per_gpu_up_to_eight():
     assert cpus(16, given=2) == 2  # as given
     # CPU workers still share the cluster's CPUs
     assert plan_run(from_dict({"num_workers": 2}), cluster_cpus=8, cluster_gpus=0).cpus_per_worker == 4
+
+
+def test_cpu_clusters_get_at_most_two_workers_sharing_every_cpu_and_say_so():
+    big = plan_run(from_dict({}), cluster_cpus=16, cluster_gpus=0)
+    assert (big.num_workers, big.cpus_per_worker) == (2, 8)
+    assert big.reason == "the default on CPUs: at most 2, sharing the cluster's 16 CPUs"
+    one = plan_run(from_dict({}), cluster_cpus=1, cluster_gpus=0)
+    assert (one.num_workers, one.cpus_per_worker) == (1, 1) and one.reason.endswith("the cluster's 1 CPU")
+    assert plan_run(from_dict({"num_workers": 1}), cluster_cpus=16, cluster_gpus=0).reason == "as given"
