@@ -14,6 +14,7 @@ Example (CPU, the bundled model):
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,9 @@ class Generator:
         model = load_model(name, dtype=dtype).to(device)
         tokenizer = load_tokenizer(name)
         if lora is not None:
-            model = PeftModel.from_pretrained(model, str(lora))
+            with warnings.catch_warnings():  # PEFT reads a property transformers 5 deprecates, on every load
+                warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+                model = PeftModel.from_pretrained(model, str(lora))
             if merge:
                 model = model.merge_and_unload()
         if device == "cuda":

@@ -36,6 +36,17 @@ def test_demo_one_shot(adapter, capsys):
     assert len(out) == 2 and out[1].startswith("# ")  # the code (or "(no code)"), then its verdict
 
 
+def test_loading_an_adapter_shows_no_checkpointing_deprecation_warning(adapter):
+    import warnings
+
+    from robolora.infer import Generator
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Generator.load(adapter, merge=False)
+    assert not [str(w.message) for w in caught if "checkpointing" in str(w.message)]
+
+
 def test_constrained_decoding_keeps_even_a_random_model_in_the_grammar(adapter):
     from robolora.infer import Generator
     from robolora.robot.checker import check
