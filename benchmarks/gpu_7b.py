@@ -133,6 +133,10 @@ def main() -> int:
         help='only our side, with these extra settings (repeatable: one run each), e.g. \'{"profile_steps": "12-14"}\'',
     )
     args = parser.parse_args()
+    import torch
+
+    if not torch.cuda.is_available():  # before writing 13 GB of weights that only a GPU can train
+        raise SystemExit("gpu_7b.py: no CUDA GPU here; it trains a 7B-shaped model on one (the CPU's: throughput.py)")
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     model = build_model(args.tokenizer, work / "model")
