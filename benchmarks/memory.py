@@ -6,8 +6,9 @@ Each layout trains the bundled model for a few steps on 2 CPU workers (micro-bat
 multi-step records made from the shipped dataset, 8 commands each, so that every sequence fills the
 256-token maximum the planner sizes for. Every worker reports the parameter memory it holds (whole
 tensors, or under ZeRO-3 its shard of each), the memory the model costs it once the DeepSpeed engine
-holds it (resident memory after the engine is built minus before the model was loaded) and its peak
-resident memory over the run; on GPUs the same figures are device memory. The planner's prediction
+holds it, counted two ways (the tensors it holds, and its resident memory: both after the engine is
+built minus before the model was loaded), and its peak resident memory over the run; on GPUs the
+figures are device memory, where the two ways are one. The planner's prediction
 for the same layout (``robolora plan``'s arithmetic) stands beside each.
 """
 
@@ -74,21 +75,24 @@ def main() -> int:
             results[name] = {
                 "workers": workers,
                 "weights_mb": max(w["weights_mb"] for w in workers),
+                "model_tensors_mb": max(w["model_tensors_mb"] for w in workers),
                 "model_mb": max(w["model_mb"] for w in workers),
                 "peak_mb": max(w["peak_mb"] for w in workers),
                 "planner": prediction(stage, offload),
             }
-    for key in ("weights_mb", "model_mb"):
+    for key in ("weights_mb", "model_tensors_mb", "model_mb"):
         results[f"zero3_over_zero2_{key[:-3]}"] = results["ZeRO-3"][key] / results["ZeRO-2"][key]
-    head = ("weights", "planner", "model", "planner", "peak", "planner")
+    head = ("weights", "planner", "tensors", "resident", "planner", "peak", "planner")
+    print(f"{'':18}{'':18}{'model memory':^27}")
     print(f"{'per worker, MiB':18}" + "".join(f"{h:>9}" for h in head))
     for name in LAYOUTS:
         r, p = results[name], results[name]["planner"]
-        cells = (r["weights_mb"], p["weights_mb"], r["model_mb"], p["model_states_mb"], r["peak_mb"], p["total_mb"])
+        cells = (r["weights_mb"], p["weights_mb"], r["model_tensors_mb"], r["model_mb"], p["model_states_mb"])
+        cells += (r["peak_mb"], p["total_mb"])
         print(f"{name:18}" + "".join(f"{c:>9.0f}" for c in cells))
     print(
-        f"ZeRO-3 per worker against ZeRO-2: weights held {results['zero3_over_zero2_weights']:.0%}, "
-        f"model memory {results['zero3_over_zero2_model']:.0%}"
+        f"ZeRO-3 per worker against ZeRO-2: weights held {results['zero3_over_zero2_weights']:.0%}, model memory "
+        f"{results['zero3_over_zero2_model_tensors']:.0%} in tensors, {results['zero3_over_zero2_model']:.0%} resident"
     )
     write_json(args.json_out, results)
     return 0

@@ -34,6 +34,31 @@ def process_rss_mb() -> float:
         return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
+def live_tensor_mb() -> float:
+    """The memory of the CPU tensors Python can reach now, each storage counted once (a view shares its
+    base's): on the CPU the figure a GPU's allocator reports as allocated. The process's resident memory
+    also holds libraries, Python objects and the allocator's free pages; tensors that only C++ holds
+    (autograd's saved activations between a forward pass and its backward) are not counted here."""
+    import gc
+
+    import torch
+
+    seen: set[int] = set()
+    total = 0
+    for obj in gc.get_objects():
+        if not isinstance(obj, torch.Tensor) or obj.device.type != "cpu":
+            continue
+        try:
+            storage = obj.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # sparse or other storage-less tensors
+            continue
+        key = storage.data_ptr()
+        if key and key not in seen:
+            seen.add(key)
+            total += storage.nbytes()
+    return total / 2**20
+
+
 class DeviceMonitor:
     """Samples one worker's device; ``note`` says why GPU figures are missing, if they are."""
 

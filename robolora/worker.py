@@ -38,7 +38,7 @@ from robolora.config import TrainConfig, from_dict, parse_step_range
 from robolora.data import IGNORE_INDEX, collate, pack_examples, target_count, tokenize_cached
 from robolora.ds_config import load_template, resolve
 from robolora.fileio import atomic_write_text
-from robolora.gpu import DeviceMonitor, process_rss_mb, summarize
+from robolora.gpu import DeviceMonitor, live_tensor_mb, process_rss_mb, summarize
 from robolora.kernels import (
     training_attention,
     use_fast_dropout,
@@ -103,6 +103,13 @@ def current_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device) / 2**20
     return process_rss_mb()
+
+
+def tensor_memory_mb(device: torch.device) -> float:
+    """The tensors this worker holds now: allocated device memory on a GPU, the live CPU tensors on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    return live_tensor_mb()
 
 
 def held_weights_mb(model: torch.nn.Module) -> float:
@@ -400,7 +407,10 @@ class Trainer:
         import peft  # noqa: F401
         import transformers.modeling_utils  # noqa: F401
 
-        self.memory = {"before_model_mb": current_memory_mb(self.device)}
+        self.memory = {
+            "before_model_mb": current_memory_mb(self.device),
+            "before_model_tensors_mb": tensor_memory_mb(self.device),
+        }
         dist.print0(self.train_report.describe("train", self.cfg.max_length))
         dist.print0(self.val_report.describe("validation", self.cfg.max_length))
         self.train_lengths = list(self.train_ds["length"])
@@ -526,6 +536,8 @@ class Trainer:
         # What the model costs this worker once DeepSpeed holds it (ZeRO-3 keeps a shard of the weights)
         self.memory["engine_mb"] = current_memory_mb(self.device)
         self.memory["model_mb"] = self.memory["engine_mb"] - self.memory["before_model_mb"]
+        # The same without what does not shard (libraries' state, Python objects, free pages): the tensors alone
+        self.memory["model_tensors_mb"] = tensor_memory_mb(self.device) - self.memory["before_model_tensors_mb"]
         self.memory["weights_mb"] = held_weights_mb(model)
         dist.print0(
             f"model: {total / 1e6:.1f}M parameters, "

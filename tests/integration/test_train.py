@@ -72,11 +72,14 @@ def test_two_workers_adapter_reproduces_trained_logits(train_run, stage):
     assert json.loads((out / "robolora_run.json").read_text())["finished"] is True
     # ZeRO-2 keeps the whole model on each worker; ZeRO-3 loads each weight into its shard
     full = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    held = [w["weights_mb"] for w in json.loads((out / "train_summary.json").read_text())["memory_per_worker"]]
+    workers = json.loads((out / "train_summary.json").read_text())["memory_per_worker"]
+    held = [w["weights_mb"] for w in workers]
     if stage == 2:
         assert held == pytest.approx([full, full], rel=0.01)
     else:
         assert max(held) < 0.6 * full and sum(held) == pytest.approx(full, rel=0.05)
+    # the model's tensors on each worker: its weights (or shard) and the adapters' fp32 states beside them
+    assert all(w["weights_mb"] < w["model_tensors_mb"] < w["weights_mb"] + full for w in workers)
     assert (out / "checkpoint-4" / "adapter_model.safetensors").is_file()
 
 

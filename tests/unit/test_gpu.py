@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from robolora.gpu import DeviceMonitor, process_rss_mb, summarize
+from robolora.gpu import DeviceMonitor, live_tensor_mb, process_rss_mb, summarize
 
 
 def test_cpu_worker_reports_its_process_memory():
@@ -15,6 +16,15 @@ def test_cpu_worker_reports_its_process_memory():
     block[::4096] = b"x" * len(block[::4096])
     assert monitor.sample()["rss_mb"] >= before + 60
     assert abs(process_rss_mb() - monitor.sample()["rss_mb"]) < 16
+
+
+def test_live_tensors_count_each_storage_once_and_only_while_held():
+    before = live_tensor_mb()
+    block = torch.empty(16 * 2**20, dtype=torch.int32)  # 64 MiB, untouched: no resident pages
+    views = [block[:1000], block.view(torch.float32), block[2**20 :]]
+    assert live_tensor_mb() - before == pytest.approx(64, abs=1)
+    del block, views
+    assert live_tensor_mb() - before == pytest.approx(0, abs=1)
 
 
 def test_gpu_index_without_nvml_falls_back_once():
