@@ -106,10 +106,9 @@ def current_memory_mb(device: torch.device) -> float:
 
 
 def tensor_memory_mb(device: torch.device) -> float:
-    """The tensors this worker holds now: allocated device memory on a GPU, the live CPU tensors on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.memory_allocated(device) / 2**20
-    return live_tensor_mb()
+    """The tensors this worker holds now: on a GPU what ``current_memory_mb`` reads (the allocated device
+    memory), on the CPU the live CPU tensors."""
+    return current_memory_mb(device) if device.type == "cuda" else live_tensor_mb()
 
 
 def held_weights_mb(model: torch.nn.Module) -> float:
