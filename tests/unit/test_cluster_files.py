@@ -186,6 +186,50 @@ def test_local_cluster_script_parses_and_explains_itself():
     assert not re.search(r'^[^#]*(\bray|\$RAY"?) stop', script.read_text(), re.MULTILINE)
 
 
+def local_cluster_code() -> str:
+    """The script without its comments."""
+    lines = (CLUSTER / "local_cluster.sh").read_text().splitlines()
+    return "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+
+
+def test_local_cluster_binds_loopback_only():
+    code = local_cluster_code()
+    (flags,) = re.findall(r"^NODE_FLAGS=\(([^)]*)\)", code, re.MULTILINE)
+    assert "--node-ip-address=127.0.0.1" in flags.split(), "every node's address is loopback"
+    assert "--dashboard-host=127.0.0.1" in code
+    assert not re.search(r"0\.0\.0\.0|::/|\[::\]|--dashboard-host=(?!127\.0\.0\.1\b)", code)
+    # Ray would turn a loopback node address into the machine's network address: the head keeps it through
+    # Ray's one-machine switch, and worker nodes start through a `ray start` that keeps it.
+    from ray._private import ray_constants, services
+
+    assert ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR == "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    assert re.search(r"start_node head env RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 \"\$RAY\" start --head", code)
+    (launcher,) = re.findall(r"^LOOPBACK_RAY='([^']*)'", code, re.MULTILINE)
+    compile(launcher, "LOOPBACK_RAY", "exec")
+    assert "services.resolve_ip_for_localhost = lambda host: host" in launcher
+    assert callable(services.resolve_ip_for_localhost)
+    assert re.search(r'start_node "worker\$i" "\$PYTHON" -c "\$LOOPBACK_RAY" start --address=', code)
+
+
+def test_local_cluster_leaves_ports_to_ray_and_waits_for_a_job():
+    code = local_cluster_code()
+    # No port is probed and released for Ray to bind later: Ray binds port 0 itself.
+    assert "free_port" not in code and ".bind(" not in code
+    (flags,) = re.findall(r"^NODE_FLAGS=\(([^)]*)\)", code, re.MULTILINE)
+    for flag in ("--dashboard-agent-listen-port=0", "--min-worker-port=0", "--max-worker-port=0"):
+        assert flag in flags.split(), flag
+    for flag in ("--port=0", "--dashboard-port=0"):
+        assert flag in code, flag
+    assert re.search(r"TRIES=\d", code) and "Failed to bind|Address already in use" in code
+    # "up" only after the job server ran a no-op job with the cluster's token, within a bounded wait.
+    assert re.search(
+        r'RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="\$STATE/auth_token" timeout "\$\{READY_S:-\d+\}" \\\s*'
+        r'"\$RAY" job submit --address "\$url" --submission-id "\$READY_JOB" -- true',
+        code,
+    )
+    assert code.index('ready_check "$url"') < code.index("Ray cluster up")
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in CLUSTER.iterdir() if p.name != "README.md"))
 def test_the_readme_explains_every_file(name):
     assert f"`cluster/{name}`" in (CLUSTER / "README.md").read_text()
