@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from robolora.errors import UserError
+from robolora.fileio import FileReadError, read_text
 
 #: Never shipped to the cluster (gitignore syntax, relative to the working directory). Ray also
 #: skips what the directory's .gitignore lists.
@@ -52,6 +53,8 @@ FORWARDED_ENV = ("ROBOLORA_CACHE",)
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 CONNECT_TIMEOUT_S = 10
+#: How long a request to the job server may wait for its answer (``--timeout``), in seconds.
+REQUEST_TIMEOUT_S = 30.0
 
 
 class Detached(UserError):
@@ -68,18 +71,42 @@ def resolve_address(address: str | None) -> str:
 
     >>> resolve_address("10.0.0.5:8265"), resolve_address("https://ray.example.com/")
     ('http://10.0.0.5:8265', 'https://ray.example.com')
+    >>> resolve_address("http://head:99999")
+    Traceback (most recent call last):
+    ...
+    robolora.errors.UserError: --address http://head:99999: the port must be a number in 1..65535, e.g. http://HEAD_IP:8265
     """
-    given = address or next((os.environ[k] for k in ADDRESS_ENV if os.environ.get(k)), None)
+    source = "--address"
+    given = address
     if not given:
+        source, given = next(((k, os.environ[k]) for k in ADDRESS_ENV if os.environ.get(k)), (source, None))
+    if not given or not given.strip():
         raise UserError(
             "--address: give the Ray dashboard URL of the cluster's head node, e.g. http://HEAD_IP:8265 "
             "(or set RAY_API_SERVER_ADDRESS)"
         )
+    given = given.strip()
+    shown = given if len(given) <= 200 else f"{given[:200]}..."
     url = given if "://" in given else f"http://{given}"
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UserError(f"--address {given}: expected the dashboard URL, e.g. http://HEAD_IP:8265")
+    expected = "e.g. http://HEAD_IP:8265"
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:  # a bracket of an IPv6 address left open
+        raise UserError(f"{source} {shown}: not a URL (an IPv6 address goes in brackets: http://[::1]:8265)") from None
+    if parts.scheme not in ("http", "https") or not hostname or any(c.isspace() for c in url):
+        raise UserError(f"{source} {shown}: expected the dashboard URL, {expected}")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = 0
+    if port == 0:
+        raise UserError(f"{source} {shown}: the port must be a number in 1..65535, {expected}")
     return url.rstrip("/")
+
+
+#: Largest token file read (a token is a few hundred bytes).
+MAX_TOKEN_BYTES = 64 << 10
 
 
 def load_token() -> str | None:
@@ -91,15 +118,18 @@ def load_token() -> str | None:
     path = os.environ.get("RAY_AUTH_TOKEN_PATH")
     if path:
         try:
-            token = Path(path).expanduser().read_text().strip()
-        except OSError as e:
-            raise UserError(f"RAY_AUTH_TOKEN_PATH: {path} cannot be read ({e.strerror})") from None
+            token = read_text(Path(path).expanduser(), "a file holding the cluster's token", MAX_TOKEN_BYTES).strip()
+        except FileReadError as e:
+            raise UserError(f"RAY_AUTH_TOKEN_PATH: {e}") from None
         if not token:
             raise UserError(f"RAY_AUTH_TOKEN_PATH: {path} is empty")
         return token
     default = Path.home() / ".ray" / "auth_token"
-    if default.is_file():
-        return default.read_text().strip() or None
+    if default.exists():
+        try:
+            return read_text(default, "a file holding the cluster's token", MAX_TOKEN_BYTES).strip() or None
+        except FileReadError as e:
+            raise UserError(f"{e} (or set RAY_AUTH_TOKEN)") from None
     return None
 
 
@@ -125,32 +155,57 @@ def _refused(url: str, status: int, had_token: bool) -> UserError:
     )
 
 
-def connect(address: str | None) -> Any:
-    """A ``JobSubmissionClient`` for the cluster, with its token; one clear error if that fails."""
+def _silent(url: str, timeout_s: float) -> UserError:
+    return UserError(
+        f"--address {url}: the job server accepted the connection but did not answer within {timeout_s:g} s "
+        "(--timeout); is this the cluster's dashboard port (8265), and is the head node overloaded?"
+    )
+
+
+def _client_class(seconds: float) -> type:
+    """``JobSubmissionClient`` whose every request gives up after ``seconds`` without an answer."""
+    from ray.job_submission import JobSubmissionClient
+
+    class Client(JobSubmissionClient):
+        timeout_s = seconds
+
+        def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
+            kwargs.setdefault("timeout", self.timeout_s)
+            return super()._do_request(method, endpoint, **kwargs)
+
+    return Client
+
+
+def connect(address: str | None, timeout_s: float = REQUEST_TIMEOUT_S) -> Any:
+    """A ``JobSubmissionClient`` for the cluster, with its token; one clear error if that fails.
+
+    Every request the client makes waits at most ``timeout_s`` for the server's answer.
+    """
     url = resolve_address(address)
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     # A fast, bounded check: an unreachable host would otherwise hang for the OS's TCP timeout.
     try:
-        socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as e:
+        socket.create_connection((parts.hostname, port), timeout=min(CONNECT_TIMEOUT_S, timeout_s)).close()
+    except (OSError, UnicodeError) as e:  # UnicodeError: a host name IDNA cannot encode
         raise UserError(
-            f"--address {url}: cannot reach the Ray job server ({e.strerror or type(e).__name__}); is the cluster up "
-            "and its dashboard port (8265) reachable from here?"
+            f"--address {url}: cannot reach the Ray job server ({getattr(e, 'strerror', None) or type(e).__name__}); "
+            "is the cluster up and its dashboard port (8265) reachable from here?"
         ) from None
 
     import requests
     from ray.exceptions import AuthenticationError
-    from ray.job_submission import JobSubmissionClient
 
     token = load_token()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         with _address_env_removed():
-            return JobSubmissionClient(url, headers=headers)
+            return _client_class(timeout_s)(url, headers=headers)
     except AuthenticationError as e:
         raise _refused(url, 401 if "required" in str(e).lower() else 403, token is not None) from None
-    except (ConnectionError, RuntimeError, requests.RequestException, ValueError) as e:
+    except requests.Timeout:
+        raise _silent(url, timeout_s) from None
+    except (ConnectionError, RuntimeError, requests.RequestException, ValueError, KeyError, TypeError) as e:
         raise UserError(
             f"--address {url}: no Ray job server answers there ({' '.join(str(e).split())[:200]}); "
             "give the dashboard URL of the head node, e.g. http://HEAD_IP:8265"
@@ -165,16 +220,32 @@ def _job_error(url: str, job_id: str, e: Exception) -> UserError:
 
 
 @contextmanager
-def _job_call(client: Any, job_id: str) -> Iterator[None]:
-    """Turn the job server's errors for one job into one-line user errors."""
+def _job_call(client: Any, job_id: str | None) -> Iterator[None]:
+    """Turn the job server's errors (for one job, or ``None``: the cluster's) into one-line user errors.
+
+    Besides its refusals (RuntimeError), a server that stops answering (a timeout), drops the
+    connection or answers with something other than the JSON it should is one error too.
+    """
+    import requests
     from ray.exceptions import AuthenticationError
 
+    url = client.get_address()
     try:
         yield
     except AuthenticationError:
-        raise _refused(client.get_address(), 403, True) from None
+        raise _refused(url, 403, True) from None
+    except requests.Timeout:
+        raise _silent(url, getattr(client, "timeout_s", REQUEST_TIMEOUT_S)) from None
     except RuntimeError as e:
-        raise _job_error(client.get_address(), job_id, e) from None
+        if job_id is None:
+            raise UserError(f"the job server at {url} failed: {' '.join(str(e).split())[:300]}") from None
+        raise _job_error(url, job_id, e) from None
+    except (requests.RequestException, ConnectionError, ValueError, KeyError, TypeError) as e:
+        text = " ".join(str(e).split())[:200] or type(e).__name__
+        raise UserError(
+            f"the job server at {url} gave no usable answer ({type(e).__name__}: {text}); "
+            "is the address the cluster's Ray dashboard, and is the head node healthy?"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- submit
@@ -256,17 +327,18 @@ def submit(
     env: dict[str, str] | None = None,
     job_id: str | None = None,
     wait: bool = True,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> int:
     """Submit ``robolora ARGV`` as a Ray Job; follow its logs unless ``wait`` is False.
 
     Returns the exit code: 0 when the job succeeded (or was only submitted), 1 when it failed or
-    was stopped.
+    was stopped. ``request_timeout_s`` bounds the wait for each answer of the job server.
     """
     root = Path(working_dir or Path.cwd()).expanduser().resolve()
     if not root.is_dir():
         raise UserError(f"--working-dir {root}: no such directory")
     args = command_line(argv, root)
-    client = connect(address)
+    client = connect(address, request_timeout_s)
     url = client.get_address()
     entrypoint = "robolora " + shlex.join(args)
     # Ray logs each packaging step, and that it skips .git and .venv; the line below says the same.
@@ -277,12 +349,14 @@ def submit(
     ):
         logging.getLogger(f"ray.{name}").setLevel(logging.ERROR)
     print(f"uploading {root} (without {', '.join(e.rstrip('/') for e in EXCLUDES[:3])} and caches)", flush=True)
-    try:
-        job_id = client.submit_job(
-            entrypoint=entrypoint, runtime_env=runtime_env(root, env or {}), submission_id=job_id
-        )
-    except RuntimeError as e:
-        raise UserError(f"submit: the job server at {url} refused the job: {' '.join(str(e).split())[:300]}") from None
+    with _job_call(client, None):  # a silent or garbled server
+        try:
+            job_id = client.submit_job(
+                entrypoint=entrypoint, runtime_env=runtime_env(root, env or {}), submission_id=job_id
+            )
+        except RuntimeError as e:
+            text = " ".join(str(e).split())[:300]
+            raise UserError(f"submit: the job server at {url} refused the job: {text}") from None
     print(f"submitted job {job_id} to {url}: {entrypoint}", flush=True)
     if not wait:
         print(f"follow it with `robolora jobs logs {job_id} --follow --address {url}`", flush=True)
@@ -358,9 +432,9 @@ def _duration(info: Any) -> str:
     return f"{(end - info.start_time) / 1000:.0f} s"
 
 
-def job_status(job_id: str, address: str | None = None) -> dict[str, Any]:
+def job_status(job_id: str, address: str | None = None, request_timeout_s: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
     """The job's status, entrypoint, message and run time."""
-    client = connect(address)
+    client = connect(address, request_timeout_s)
     with _job_call(client, job_id):
         info = client.get_job_info(job_id)
     return {
@@ -372,9 +446,11 @@ def job_status(job_id: str, address: str | None = None) -> dict[str, Any]:
     }
 
 
-def job_logs(job_id: str, address: str | None = None, follow_logs: bool = False) -> int:
+def job_logs(
+    job_id: str, address: str | None = None, follow_logs: bool = False, request_timeout_s: float = REQUEST_TIMEOUT_S
+) -> int:
     """Print the job's logs so far; with ``follow_logs``, keep printing until it ends."""
-    client = connect(address)
+    client = connect(address, request_timeout_s)
     if follow_logs:
         return exit_code(client, job_id, follow(client, job_id))
     with _job_call(client, job_id):
@@ -382,9 +458,11 @@ def job_logs(job_id: str, address: str | None = None, follow_logs: bool = False)
     return 0
 
 
-def stop_job(job_id: str, address: str | None = None, timeout_s: float = 30) -> str:
+def stop_job(
+    job_id: str, address: str | None = None, timeout_s: float = 30, request_timeout_s: float = REQUEST_TIMEOUT_S
+) -> str:
     """Ask the job to stop and wait (up to ``timeout_s``) until it has; returns its final status."""
-    client = connect(address)
+    client = connect(address, request_timeout_s)
     with _job_call(client, job_id):
         client.stop_job(job_id)
         deadline = time.monotonic() + timeout_s
@@ -395,12 +473,13 @@ def stop_job(job_id: str, address: str | None = None, timeout_s: float = 30) -> 
     return status
 
 
-def list_jobs(address: str | None = None) -> list[dict[str, Any]]:
+def list_jobs(address: str | None = None, request_timeout_s: float = REQUEST_TIMEOUT_S) -> list[dict[str, Any]]:
     """Every submitted job on the cluster, oldest first."""
-    client = connect(address)
-    jobs = [j for j in client.list_jobs() if j.submission_id]
-    jobs.sort(key=lambda j: j.start_time or 0)
-    return [
-        {"job_id": j.submission_id, "status": str(j.status), "run_time": _duration(j), "entrypoint": j.entrypoint}
-        for j in jobs
-    ]
+    client = connect(address, request_timeout_s)
+    with _job_call(client, None):
+        jobs = [j for j in client.list_jobs() if j.submission_id]
+        jobs.sort(key=lambda j: j.start_time or 0)
+        return [
+            {"job_id": j.submission_id, "status": str(j.status), "run_time": _duration(j), "entrypoint": j.entrypoint}
+            for j in jobs
+        ]

@@ -1,7 +1,7 @@
 """Bad input, fuzzed: hundreds of malformed datasets, config files, flags and paths given to `robolora train`.
 
 Every case must end in one kind of output only: ``robolora: error:`` lines (one, or one per dataset
-problem) naming what is wrong, a non-zero exit, no traceback, and no file created or changed anywhere
+problem) naming what is wrong, exit code 2 (a user error), no traceback, and no file created or changed anywhere
 except inside the fresh output directory. The cases are generated from a seed, so a failure replays.
 """
 
@@ -358,7 +358,7 @@ def test_bad_input_gets_one_clear_error_and_changes_nothing(case, tmp_path, caps
     capsys.readouterr()
     code = main(["train", *args])
     captured = capsys.readouterr()
-    assert code != 0, f"{case.name}: accepted"
+    assert code == 2, f"{case.name}: exit {code} (a user error exits 2); {captured.err[-2000:]}"
     lines = without_ray_lines(captured.err).splitlines()
     assert lines, f"{case.name}: no error printed"
     assert all(line.startswith("robolora: error: ") for line in lines), captured.err[:2000]

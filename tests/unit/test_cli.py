@@ -127,3 +127,140 @@ def test_config_prints_resolved_yaml(run_cli, tmp_path):
     assert code == 0 and (cfg["data_json"], cfg["lora_r"], cfg["lora_alpha"]) == ("d.json", 16, 8)
     code, _, err = run_cli("config", "--config", f, "--lora-r", "-2")
     assert (code, err) == (2, "robolora: error: --lora-r: must be a positive integer, got -2\n")
+
+
+def test_every_numeric_training_field_has_a_bound():
+    import dataclasses
+    import typing
+
+    from robolora.config import NUMBER_BOUNDS, TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    numeric = {
+        f.name
+        for f in dataclasses.fields(TrainConfig)
+        if {int, float} & {hints[f.name], *typing.get_args(hints[f.name])} and not f.metadata["choices"]
+    }
+    assert numeric == set(NUMBER_BOUNDS)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-length", "10000000"], "--max-length: must be at most 131072 (an integer in 16..131072), got 10000000"),
+        (["--lora-r", "1000000000"], "--lora-r: must be at most 4096 (an integer in 1..4096), got 1000000000"),
+        (["--batch-size", str(10**9)], "--batch-size: must be at most 65536 (an integer in 1..65536), got 1000000000"),
+        (["--seed", "1" * 31], f"--seed: must be at most 4294967295 (an integer in 0..4294967295), got {'1' * 31}"),
+        (["--seed", "-1"], "--seed: must be an integer >= 0, got -1"),
+        (["--learning-rate", "1e300"], "--learning-rate: must be at most 10 (a number in (0, 10]), got 1e+300"),
+        (["--num-epochs", "1e9"], "--num-epochs: must be at most 10000 (a number in (0, 10000]), got 1000000000.0"),
+        (["--max-steps", str(10**10)], "--max-steps: must be at most 1000000000 (an integer in 1..1000000000), got "),
+        (
+            ["--dataloader-num-workers", str(10**6)],
+            "--dataloader-num-workers: must be at most 256 (an integer in 0..256)",
+        ),
+        (
+            ["--loraplus-lr-ratio", "1e300"],
+            "--loraplus-lr-ratio: must be at most 1000 (a number in [0, 1000]), got 1e+300",
+        ),
+        (["--weight-decay", "inf"], "--weight-decay: must be a number >= 0, got inf"),
+        (["--max-grad-norm", "1e300"], "--max-grad-norm: must be at most 10000 (a number in [0, 10000]), got 1e+300"),
+        (["--warmup-ratio", "1"], "--warmup-ratio: must be in [0, 1), got 1.0"),
+        (["--num-workers", "5000"], "--num-workers: must be at most 4096 (an integer in 1..4096), got 5000"),
+    ],
+)
+def test_absurd_training_values_are_refused_with_the_range(run_cli, args, message):
+    code, out, err = run_cli("config", *args)
+    assert code == 2 and out == "" and err.startswith(f"robolora: error: {message}") and err.count("\n") == 1
+
+
+def test_the_bounds_themselves_are_accepted(run_cli):
+    code, _, _ = run_cli(
+        "config", "--max-length", "131072", "--lora-r", "4096", "--seed", str(2**32 - 1), "--learning-rate", "10"
+    )
+    assert code == 0
+
+
+def test_limits_of_the_model():
+    from robolora.config import TrainConfig, check_against_model
+    from robolora.errors import ConfigError
+
+    cfg = TrainConfig(model_name="tiny-llama", max_length=1024, lora_r=64)
+    check_against_model(cfg, 1024, 64)
+    check_against_model(cfg.replace(max_length=100_000, lora_r=4096), None, None)  # not known: not checked
+    with pytest.raises(ConfigError, match=r"^--max-length: must be at most 1024 for tiny-llama \(its max_position_"):
+        check_against_model(cfg.replace(max_length=1025), 1024, 64)
+    with pytest.raises(ConfigError, match=r"^--lora-r: must be at most 64 for tiny-llama \(its hidden_size\), got 65$"):
+        check_against_model(cfg.replace(lora_r=65), 1024, 64)
+
+
+@pytest.mark.parametrize(
+    ("args", "flag", "message"),
+    [
+        (["eval", "--limit", "-1"], "--limit", "must be an integer in 0..10000000 (0: every record), got -1"),
+        (["eval", "--batch-size", "0"], "--batch-size", "must be an integer in 1..4096, got 0"),
+        (["eval", "--few-shot", "-1"], "--few-shot", "must be an integer in 0..8, got -1"),
+        (["eval", "--max-new-tokens", "0"], "--max-new-tokens", "must be an integer in 1..8192, got 0"),
+        (["demo", "--max-new-tokens", str(10**9)], "--max-new-tokens", "must be an integer in 1..8192, got 1000000000"),
+        (["demo", "--few-shot", "99"], "--few-shot", "must be an integer in 0..8, got 99"),
+        (["data", "stats", "d.json", "--max-length", "0"], "--max-length", "must be an integer in 16..131072, got 0"),
+        (
+            ["data", "generate", "--output", "d.json", "--seed", "1" * 31],
+            "--seed",
+            "must be an integer in 0..4294967295",
+        ),
+        (["jobs", "list", "--timeout", "0"], "--timeout", "must be an integer in 1..3600, got 0"),
+        (["eval", "--limit", "9" * 5000], "--limit", "invalid int value: '9999999999999999999999999999999999999999..."),
+    ],
+)
+def test_bounded_flags_of_the_other_commands(run_cli, args, flag, message):
+    from robolora.data import FEW_SHOT_EXAMPLES
+
+    assert len(FEW_SHOT_EXAMPLES) == 8
+    code, _, err = run_cli(*args)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"robolora: error: robolora {' '.join(args[:2]) if args[0] in ('data', 'jobs') else args[0]}")
+    assert f"argument {flag}: {message}" in err
+
+
+def test_generate_refuses_absurd_counts(run_cli, tmp_path):
+    code, _, err = run_cli("data", "generate", "--num-examples", str(10**9), "--output", tmp_path / "d.json")
+    assert (code, err) == (
+        2,
+        "robolora: error: --num-examples: must be at most 1000000 (an integer in 1..1000000), got 1000000000\n",
+    )
+    assert not (tmp_path / "d.json").exists()
+
+
+def test_robot_check_refuses_what_it_cannot_check(run_cli, monkeypatch):
+    import io
+
+    from robolora.cli import MAX_CODE_BYTES, MAX_CODE_LINES
+
+    code, _, err = run_cli("robot", "check", "robot.stop()\n" * (MAX_CODE_LINES + 1))
+    assert (code, err) == (
+        2,
+        "robolora: error: CODE: 1,001 lines of robot code; at most 1,000 lines are checked, check a shorter program\n",
+    )
+    code, _, err = run_cli("robot", "check", "robot.stop()" + " " * MAX_CODE_BYTES)
+    assert code == 2 and err.startswith("robolora: error: CODE: more than 65,536 bytes (64 KiB) of robot code")
+    code, _, err = run_cli("robot", "check", "robot.stop()\udcff")  # an undecodable byte in argv
+    assert (code, err) == (
+        2,
+        "robolora: error: CODE: not UTF-8 text (an undecodable byte at character 13); give robot code as UTF-8\n",
+    )
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b'robot.say(text="h\xe9")')))
+    code, _, err = run_cli("robot", "check", "-")
+    assert (code, err) == (
+        2,
+        "robolora: error: stdin: not UTF-8 text (an undecodable byte at byte offset 17); give robot code as UTF-8\n",
+    )
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO('robot.say(text="hé")'.encode())))
+    code, out, _ = run_cli("robot", "check", "-")
+    assert code == 0 and out.endswith('robot.say(text="hé")\n')
+
+
+def test_robot_check_prints_at_most_20_problems(run_cli):
+    code, _, err = run_cli("robot", "check", "robot.fly()\n" * 50)
+    lines = err.splitlines()
+    assert code == 1 and len(lines) == 21 and lines[-1] == "api error: ... and 30 more"

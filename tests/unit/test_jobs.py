@@ -40,7 +40,7 @@ def test_token_sources_in_rays_order(no_token, monkeypatch, tmp_path):
 
 def test_an_unreadable_token_path_is_an_error(no_token, monkeypatch, tmp_path):
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
-    with pytest.raises(UserError, match=r"RAY_AUTH_TOKEN_PATH: .*missing cannot be read"):
+    with pytest.raises(UserError, match=r"RAY_AUTH_TOKEN_PATH: .*missing: no such file"):
         jobs.load_token()
 
 
@@ -98,3 +98,41 @@ def test_cli_refusals_are_one_line(run_cli, monkeypatch):
     assert code == 2 and "not found in the working directory" in err
     code, _, err = run_cli("submit", "--working-dir", str(REPO), "--", "data", "stats", "data/robot_dataset.json")
     assert code == 2 and "--address: give the Ray dashboard URL" in err
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("http://h:99999", "--address http://h:99999: the port must be a number in 1..65535"),
+        ("http://h:abc", "--address http://h:abc: the port must be a number in 1..65535"),
+        ("http://h:0", "--address http://h:0: the port must be a number in 1..65535"),
+        ("[::1]:70000", "--address [::1]:70000: the port must be a number in 1..65535"),
+        ("http://[::1", "--address http://[::1: not a URL (an IPv6 address goes in brackets"),
+        ("http://", "--address http://: expected the dashboard URL"),
+        ("http://:8265", "--address http://:8265: expected the dashboard URL"),
+        ("ftp://h:8265", "--address ftp://h:8265: expected the dashboard URL"),
+        ("http://h st:8265", "--address http://h st:8265: expected the dashboard URL"),
+        ("   ", "--address: give the Ray dashboard URL"),
+    ],
+)
+def test_malformed_addresses_are_one_clear_error(address, message, monkeypatch):
+    for name in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(UserError) as e:
+        jobs.resolve_address(address)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_an_address_from_the_environment_is_named_as_such(monkeypatch):
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", "http://head:99999")
+    with pytest.raises(UserError, match=r"^RAY_ADDRESS http://head:99999: the port must be a number in 1\.\.65535"):
+        jobs.resolve_address(None)
+    assert jobs.resolve_address("http://[::1]:8265/") == "http://[::1]:8265"
+
+
+def test_cli_malformed_address_and_timeout_are_one_line(run_cli):
+    code, _, err = run_cli("jobs", "list", "--address", "http://[::1")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("robolora: error: --address http://[::1: not a URL")
+    code, _, err = run_cli("jobs", "status", "raysubmit_x", "--timeout", "100000", "--address", "h:1")
+    assert code == 2 and "argument --timeout: must be an integer in 1..3600, got 100000" in err
