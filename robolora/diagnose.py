@@ -16,7 +16,8 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import statistics
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from typing import Any
 
@@ -28,12 +29,23 @@ MAX_VAL_GAP = 0.3  # "Validation Gap: < 0.3 difference from training loss"
 # Logged losses are rounded decimals: 0.5 - 0.2 must read as a gap of 0.3, not 0.30000000000000004.
 _TOL = 1e-9
 
-# Underfitting, "both losses plateau at high values": over the last third of the logged train losses
-# the loss fell by less than 5% of its value. A third spans enough logging events to look past one
-# noisy value yet describes where the run is now, not its steep start; a run that is still learning
-# falls far more than 5% there (the guide's example: about 30% per 100 steps).
+# The trend of the train loss is judged where the run is now, not at its steep start: over the last
+# third of the logged train losses (at least MIN_TREND_POINTS of them), on a line fitted through all
+# of them by the median of their pairwise slopes (Theil-Sen), which a few noisy values (a hard batch,
+# a batch of long examples) barely move, where two raw end points can say anything.
+# Underfitting, "both losses plateau at high values": along that line the loss fell by less than 5%;
+# a run that is still learning falls far more than 5% there (the guide's example: about 30% per 100
+# steps). A rise of more than 5% (and more than 0.02, as near zero 0.02 -> 0.04 is noise) that is
+# also more than twice what the values' scatter around the line could make is a rising loss, never a
+# plateau: the updates are too large.
 PLATEAU_WINDOW = 1 / 3
 MIN_IMPROVEMENT = 0.05
+MIN_RISE = 0.05
+MIN_RISE_ABS = 0.02
+MIN_TREND_POINTS = 6
+#: Longer windows are first smoothed into this many medians of consecutive values (pairwise slopes
+#: grow with the square of the points).
+TREND_BINS = 200
 
 # Instability, "erratic loss fluctuations": a spike is a logged train loss more than 50% above the
 # one logged before it and at least 0.1 higher (near zero loss, 0.02 -> 0.04 is noise, not a jump).
@@ -112,6 +124,81 @@ def series(rows: list[dict], key: str) -> Series:
     return [(row["step"], float(row[key])) for row in rows if row.get(key) is not None]
 
 
+@dataclass(frozen=True)
+class Trend:
+    """Where the train loss is heading at the end of a run: a robust line through its last logged values."""
+
+    kind: str  # falling, flat or rising
+    start: float  # the line's loss at the window's first step
+    end: float  # and at its last step
+    steps: tuple[int, int]
+    points: int  # logged values in the window
+    noise: float  # how far the end could stray from the start by the values' scatter alone (2 standard errors)
+
+    @property
+    def change(self) -> float:
+        """Relative change along the line, negative when the loss fell."""
+        return (self.end - self.start) / self.start if self.start > 0 else 0.0
+
+    def describe(self) -> str:
+        return (
+            f"over the last {self.points} logged values (steps {self.steps[0]}-{self.steps[1]}) its trend went "
+            f"from {fmt_loss(self.start)} to {fmt_loss(self.end)}, {self.change:+.1%}"
+        )
+
+
+def _binned(window: Series, bins: int) -> Series:
+    """At most ``bins`` points: the median step and loss of each run of consecutive values."""
+    size = math.ceil(len(window) / bins)
+    if size == 1:
+        return window
+    chunks = [window[i : i + size] for i in range(0, len(window), size)]
+    return [(int(statistics.median(s for s, _ in c)), statistics.median(v for _, v in c)) for c in chunks]
+
+
+def loss_trend(train: Series) -> Trend | None:
+    """The trend of the last third of ``train`` (at least :data:`MIN_TREND_POINTS` values) along its
+    Theil-Sen line; None when fewer values were logged, too few to tell a trend.
+
+    >>> loss_trend([(s, v) for s, v in enumerate([2.0, 1.6, 1.5, 1.52, 1.45, 1.49, 1.51, 1.38, 1.51], 1)]).kind
+    'flat'
+    >>> loss_trend([(s, v) for s, v in enumerate([1.3, 1.4, 1.35, 1.45, 1.5, 1.55], 1)]).kind
+    'rising'
+    >>> loss_trend([(1, 1.0), (2, 0.9)]) is None
+    True
+    """
+    if len(train) < MIN_TREND_POINTS:
+        return None
+    window = train[-max(MIN_TREND_POINTS, math.ceil(len(train) * PLATEAU_WINDOW)) :]
+    points = _binned(window, TREND_BINS)
+    xs, ys = [s for s, _ in points], [v for _, v in points]
+    slopes = [
+        (ys[j] - ys[i]) / (xs[j] - xs[i]) for i in range(len(xs)) for j in range(i + 1, len(xs)) if xs[j] != xs[i]
+    ]
+    slope = statistics.median(slopes) if slopes else 0.0
+    intercept = statistics.median(y - slope * x for x, y in points)
+    # The scatter around the line (a robust standard deviation), and the standard error it gives the
+    # line's rise from the first step to the last, as for a least-squares line.
+    sigma = 1.4826 * statistics.median(abs(y - intercept - slope * x) for x, y in points)
+    mean_x = statistics.fmean(xs)
+    spread = math.sqrt(sum((x - mean_x) ** 2 for x in xs))
+    span = xs[-1] - xs[0]
+    trend = Trend(
+        "flat",
+        intercept + slope * xs[0],
+        intercept + slope * xs[-1],
+        (window[0][0], window[-1][0]),
+        len(window),
+        2 * sigma * span / spread if spread else 0.0,
+    )
+    rise = trend.end - trend.start
+    if trend.change < -MIN_IMPROVEMENT:
+        return replace(trend, kind="falling")
+    if trend.change > MIN_RISE and rise > max(MIN_RISE_ABS, trend.noise):
+        return replace(trend, kind="rising")
+    return trend
+
+
 def _steady_remedies(cfg: dict) -> list[str]:
     """The remedies for a loss that jumps or diverges: smaller, smoother updates."""
     remedies = [
@@ -163,37 +250,81 @@ def _overfitting(train: Series, evals: Series, best: tuple[int, float], cfg: dic
     ]
 
 
-def _underfitting(train: Series, headline: tuple[str, float], cfg: dict) -> Check:
+def _rising(trend: Trend | None, cfg: dict) -> Check:
+    if trend is None or trend.kind != "rising":
+        return [], []
+    return [f"The train loss is rising: {trend.describe()}: the updates are too large."], _steady_remedies(cfg)
+
+
+def _cut_short(rows: list[dict], cfg: dict) -> str | None:
+    """How --max-steps ended the run before the epochs it asks for; None where it did not."""
+    max_steps, planned = cfg.get("max_steps"), cfg.get("num_epochs")
+    if not isinstance(max_steps, int) or max_steps <= 0:
+        return None
+    epochs = [r["epoch"] for r in rows if isinstance(r.get("epoch"), (int, float))]
+    if epochs and isinstance(planned, (int, float)) and epochs[-1] >= planned - 1e-6:
+        return None  # it ran its epochs, or more
+    done = f" after {epochs[-1]:.3g} epochs" if epochs else ""
+    of = f" of the {planned:g} that {flag('num_epochs')} asks for" if epochs and planned else ""
+    return f"{flag('max_steps')} {max_steps} ended the run{done}{of}"
+
+
+def _length(cfg: dict) -> str:
+    """The field that sets a run's length: max_steps where it is given, else num_epochs."""
+    return "max_steps" if isinstance(cfg.get("max_steps"), int) and cfg["max_steps"] > 0 else "num_epochs"
+
+
+def _train_longer(cfg: dict) -> str:
+    """The remedy that lengthens a run: --max-steps where it sets the length, else --num-epochs."""
+    if _length(cfg) == "max_steps":
+        return (
+            f"train longer: {_flag(cfg, 'max_steps', times=2)}, which overrides {flag('num_epochs')}, or remove it "
+            f"to run {_flag(cfg, 'num_epochs')}"
+        )
+    return f"train for more epochs: {_flag(cfg, 'num_epochs', times=2)}"
+
+
+def _underfitting(train: Series, trend: Trend | None, headline: tuple[str, float], cfg: dict, cut: str | None) -> Check:
     kind, loss = headline
     if loss < GOOD_LOSS:
         return [], []
-    window = train[-max(2, math.ceil(len(train) * PLATEAU_WINDOW)) :]
-    (first_step, first), (last_step, last) = window[0], window[-1]
-    improvement = (first - last) / first if first > 0 else 0.0
     high = f"The final {kind} loss {fmt_loss(loss)} is not below {GOOD_LOSS}"
     more_data = "add more training data, and check it for repeated or wrong examples (`robolora data validate`)"
-    if improvement < MIN_IMPROVEMENT:
+    if trend is None:
         return [
-            f"{high}, and the train loss has plateaued: from {fmt_loss(first)} at step {first_step} to "
-            f"{fmt_loss(last)} at step {last_step}, {improvement:.1%} better (less than {MIN_IMPROVEMENT:.0%})."
-        ], [
-            f"raise the learning rate: {_flag(cfg, 'learning_rate', times=2)}",
-            f"give LoRA more capacity: {_flag(cfg, 'lora_r', times=2)} {_flag(cfg, 'lora_alpha', times=2)}, "
-            f"or adapt every linear layer: --lora-target-modules {ALL_LINEAR_MODULES}",
-            # More capacity costs activation and optimizer memory; these keep the run inside it.
-            f"if memory runs short, add --gradient-checkpointing or lower {_flag(cfg, 'batch_size')} "
-            "and raise --gradient-accumulation-steps to keep the global batch",
+            f"{high}; only {len(train)} train loss values were logged, too few to tell a plateau from a slow fall "
+            f"(at least {MIN_TREND_POINTS} are needed)."
+        ], [f"log more often to see the trend: lower {_flag(cfg, 'logging_steps')}", _train_longer(cfg), more_data]
+    if trend.kind == "falling":
+        return [f"{high}, but the train loss is still falling: {trend.describe()}: the run needs more training."], [
+            _train_longer(cfg),
             more_data,
         ]
-    capped = cfg.get("max_steps", -1) != -1
-    return [
-        f"{high}, but the train loss is still falling ({improvement:.0%} over the last {len(window)} logged "
-        "values): the run needs more training."
-    ], [
-        f"train for more epochs: {_flag(cfg, 'num_epochs', times=2)}"
-        + (f" and raise or remove {_flag(cfg, 'max_steps')}, which ends the run early" if capped else ""),
+    # Flat. A rising loss is instability, judged before this; a rise no larger than the scatter of the
+    # values is neither called a plateau nor taken as a reason for a higher learning rate.
+    uncertain_rise = trend.change > MIN_RISE
+    if uncertain_rise:
+        findings = [
+            f"{high}, and the train loss is not falling: {trend.describe()}, a rise no larger than the "
+            "scatter of the logged values."
+        ]
+    else:
+        findings = [f"{high}, and the train loss has plateaued: {trend.describe()} (within {MIN_IMPROVEMENT:.0%})."]
+    capacity = [
+        f"give LoRA more capacity: {_flag(cfg, 'lora_r', times=2)} {_flag(cfg, 'lora_alpha', times=2)}, "
+        f"or adapt every linear layer: --lora-target-modules {ALL_LINEAR_MODULES}",
+        # More capacity costs activation and optimizer memory; these keep the run inside it.
+        f"if memory runs short, add --gradient-checkpointing or lower {_flag(cfg, 'batch_size')} "
+        "and raise --gradient-accumulation-steps to keep the global batch",
         more_data,
     ]
+    if cut:
+        # The schedule decays to zero over the shortened run: its end says little about the learning rate.
+        findings.append(f"{cut}; its learning rate schedule ran over those steps alone.")
+        return findings, [f"first {_train_longer(cfg)}", *capacity]
+    if uncertain_rise:
+        return findings, [f"log more often to see the trend: lower {_flag(cfg, 'logging_steps')}", *capacity]
+    return findings, [f"raise the learning rate: {_flag(cfg, 'learning_rate', times=2)}", *capacity]
 
 
 def diagnose(rows: list[dict], config: dict | None = None) -> Diagnosis:
@@ -207,7 +338,7 @@ def diagnose(rows: list[dict], config: dict | None = None) -> Diagnosis:
         config: ``TrainConfig.to_dict()`` of the run, to name current values in the remedies.
 
     Example:
-        >>> d = diagnose([{"step": s, "train_loss": 1.8} for s in (10, 20, 30, 40)], {"learning_rate": 1e-4})
+        >>> d = diagnose([{"step": s, "train_loss": 1.8} for s in range(10, 70, 10)], {"learning_rate": 1e-4})
         >>> d.verdict, d.remedies[0]
         ('underfitting', 'raise the learning rate: --learning-rate 0.0002 (now 0.0001)')
     """
@@ -235,7 +366,7 @@ def diagnose(rows: list[dict], config: dict | None = None) -> Diagnosis:
         return result(
             "too short",
             [f"Only {len(train)} train loss values were logged; at least {MIN_POINTS} are needed to see a trend."],
-            [f"log more often: lower {_flag(cfg, 'logging_steps')}, or train longer: raise {_flag(cfg, 'num_epochs')}"],
+            [f"log more often: lower {_flag(cfg, 'logging_steps')}, or train longer: raise {_flag(cfg, _length(cfg))}"],
         )
 
     headline = ("eval", final_eval) if evals else ("train", final_train)
@@ -244,10 +375,12 @@ def diagnose(rows: list[dict], config: dict | None = None) -> Diagnosis:
         if evals
         else [f"No eval loss was logged, so overfitting cannot be judged: lower {_flag(cfg, 'eval_steps')}."]
     )
+    trend = loss_trend(train)
+    spikes = _spikes(train, cfg)
     checks = {
-        "instability": _spikes(train, cfg),
+        "instability": spikes if spikes[0] else _rising(trend, cfg),
         "overfitting": _overfitting(train, evals, (best_step, best), cfg),
-        "underfitting": _underfitting(train, headline, cfg),
+        "underfitting": _underfitting(train, trend, headline, cfg, _cut_short(rows, cfg)),
     }
     for verdict, (findings, remedies) in checks.items():  # in order of precedence
         if findings:

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 
@@ -86,6 +87,23 @@ def plan_epoch(
 def steps_per_epoch(num_examples: int, global_batch: int) -> int:
     """Optimizer steps in one epoch (the incomplete last global batch is dropped)."""
     return num_examples // global_batch
+
+
+def total_steps(steps_per_epoch: int, num_epochs: float, max_steps: int = -1) -> int:
+    """Optimizer steps of a whole run, as Hugging Face's Trainer counts them.
+
+    A positive ``max_steps`` is the run's length whatever ``num_epochs`` says: a run shorter than the
+    epochs stops early, a longer one goes on into further epochs of the seeded plan. Otherwise the
+    epochs decide, a fractional last epoch rounded up to a whole step.
+
+    >>> total_steps(16, 3.0), total_steps(16, 3.0, max_steps=20), total_steps(16, 1.0, max_steps=100)
+    (48, 20, 100)
+    >>> total_steps(16, 0.5), total_steps(10, 0.25)
+    (8, 3)
+    """
+    if max_steps > 0:
+        return max_steps
+    return math.ceil(steps_per_epoch * num_epochs)
 
 
 def padding_efficiency(lengths: Sequence[int], plan: Plan) -> float:

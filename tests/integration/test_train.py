@@ -298,3 +298,30 @@ def test_packed_examples_fill_their_rows_and_train(train_run):
     assert round(rows[0]["step"] / rows[0]["epoch"]) == summary["packed_rows"] // 8
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.15
     assert "eval_loss" in summary
+
+
+def test_max_steps_beyond_the_epochs_runs_exactly_that_many_steps(train_run):
+    """--max-steps overrides --num-epochs as in Hugging Face's Trainer: 7 steps at 3 per epoch go on into the
+    third epoch of the seeded plan; the schedule (total_steps, which the progress bar shows), the summary and the
+    model card agree."""
+    out = train_run(
+        "past-epochs",
+        batch_size=16,
+        num_epochs=1,
+        max_steps=7,
+        eval_steps=50,
+        save_steps=50,
+        lr_scheduler_type="linear",
+    )
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert (summary["steps"], summary["total_steps"]) == (7, 7)
+    rows = [r for r in metric_rows(out) if "train_loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 8))
+    # the linear decay spans the 7 steps, not the 3 of the one epoch asked for
+    assert [r["learning_rate"] for r in rows] == pytest.approx([5e-3 * (1 - s / 7) for s in range(1, 8)])
+    per_epoch = round(rows[0]["step"] / rows[0]["epoch"])
+    assert per_epoch == 3 and rows[-1]["epoch"] == round(7 / 3, 4)  # global batch 32 of ~108 training examples
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-7"]
+    assert (
+        "| length | 7 optimizer steps (--max-steps, which overrides --num-epochs) |" in (out / "README.md").read_text()
+    )

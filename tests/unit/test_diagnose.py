@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from robolora.config import TrainConfig
-from robolora.diagnose import diagnose
+from robolora.diagnose import diagnose, loss_trend
 
 CONFIG = TrainConfig(data_json="robot.json").to_dict()
 
@@ -112,8 +114,10 @@ def test_remedies_name_the_flags_with_current_values():
     assert "--lora-r 32 (now 16) --lora-alpha 64 (now 32)" in flat
     assert "--gradient-checkpointing" in flat and "--batch-size (now 4)" in flat
 
-    still_falling = "\n".join(diagnose(rows(falling(0.9)), {**config, "max_steps": 150}).remedies)
-    assert "--num-epochs 6 (now 3)" in still_falling and "--max-steps (now 150)" in still_falling
+    still_falling = "\n".join(diagnose(rows(falling(0.9)), config).remedies)
+    assert "train for more epochs: --num-epochs 6 (now 3)" in still_falling
+    capped = "\n".join(diagnose(rows(falling(0.9)), {**config, "max_steps": 150}).remedies)
+    assert "train longer: --max-steps 300 (now 150), which overrides --num-epochs" in capped
 
     overfit = "\n".join(diagnose(rows(falling(0.05), 0.9), config).remedies)
     assert "--early-stopping-patience 3 (now 0)" in overfit
@@ -148,3 +152,116 @@ def test_text_summarises_verdict_numbers_findings_and_remedies():
         "Remedies:\n"
         "  - log more often: lower --logging-steps, or train longer: raise --num-epochs"
     )
+
+
+# ----------------------------------------------------------------------------- trends of noisy curves
+
+
+def noisy(values: list[float], share: float = 0.06, seed: int = 0) -> list[float]:
+    """``values`` with seeded multiplicative noise of up to ``share`` either way."""
+    rng = random.Random(seed)
+    return [v * (1 + rng.uniform(-share, share)) for v in values]
+
+
+def ramp(start: float, end: float, n: int = 30) -> list[float]:
+    return [start + (end - start) * i / (n - 1) for i in range(n)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_noisy_rising_loss_is_never_a_plateau(seed):
+    curve = noisy([*falling(1.3, n=15), *ramp(1.3, 1.6, n=15)], seed=seed)
+    d = diagnose(rows(curve), CONFIG)
+    assert d.verdict == "instability", d.text()
+    assert d.findings[0].startswith(
+        "The train loss is rising: over the last 10 logged values (steps 210-300) its trend"
+    )
+    assert "plateau" not in d.text() and "better" not in d.text()
+    assert not any("raise the learning rate" in r for r in d.remedies)
+    assert d.remedies[0].startswith("lower the learning rate")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_noisy_falling_loss_still_needs_training(seed):
+    d = diagnose(rows(noisy(falling(0.8, n=30), seed=seed)), CONFIG)
+    assert d.verdict == "underfitting", d.text()
+    assert (
+        "the train loss is still falling: over the last 10 logged values (steps 210-300) its trend went"
+        in d.findings[0]
+    )
+    assert d.remedies[0] == "train for more epochs: --num-epochs 6 (now 3)"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_noisy_flat_loss_plateaus_whatever_its_two_end_points_say(seed):
+    curve = noisy([*falling(1.45, n=15), *[1.45] * 15], seed=seed)
+    d = diagnose(rows(curve), CONFIG)
+    assert d.verdict == "underfitting", d.text()
+    assert (
+        "the train loss has plateaued: over the last 10 logged values (steps 210-300) its trend went" in d.findings[0]
+    )
+    assert d.findings[0].endswith("(within 5%).")
+    assert d.remedies[0] == "raise the learning rate: --learning-rate 0.0002 (now 0.0001)"
+
+
+def test_the_reported_rise_from_1_38_to_1_51_is_judged_on_a_robust_line():
+    # A noisy flat end: the last third's raw end points 1.38 -> 1.51 were once called "-9.4% better".
+    curve = [2.4, 2.0, 1.8, 1.65, 1.55, 1.5, 1.47, 1.52, 1.45, 1.49, 1.38, 1.46, 1.5, 1.47, 1.51]
+    d = diagnose(rows(curve), CONFIG)
+    assert "better" not in d.text()
+    assert d.verdict == "underfitting", d.text()
+    assert "and the train loss has plateaued: over the last 6 logged values (steps 100-150) its trend" in d.findings[0]
+    rising = [*curve[:9], 1.55, 1.6, 1.62, 1.66, 1.7, 1.74]
+    d = diagnose(rows(rising), CONFIG)
+    assert d.verdict == "instability" and "The train loss is rising" in d.findings[0], d.text()
+
+
+def test_too_few_values_for_a_trend_are_said_so():
+    d = diagnose(rows([1.9, 1.7, 1.8, 1.75]), CONFIG)
+    assert d.verdict == "underfitting"
+    assert "only 4 train loss values were logged, too few to tell a plateau from a slow fall" in d.findings[0]
+    assert "at least 6 are needed" in d.findings[0]
+    assert not any("learning rate" in r for r in d.remedies)
+    assert d.remedies[0] == "log more often to see the trend: lower --logging-steps (now 50)"
+    assert loss_trend([(s, 1.0) for s in range(5)]) is None
+
+
+def test_no_higher_learning_rate_for_a_run_that_max_steps_cut_short():
+    flat = rows([*falling(1.45, n=8), *[1.45] * 10])
+    for i, row in enumerate(flat):
+        row["epoch"] = round((i + 1) * 10 / 120, 4)  # 120 steps per epoch: 1.5 epochs in all
+    d = diagnose(flat, {**CONFIG, "max_steps": 180})
+    assert d.verdict == "underfitting"
+    assert not any("raise the learning rate" in r for r in d.remedies), d.remedies
+    assert "--max-steps 180 ended the run after 1.5 epochs of the 3 that --num-epochs asks for" in d.findings[1]
+    assert d.remedies[0].startswith("first train longer: --max-steps 360 (now 180), which overrides --num-epochs")
+    # without epochs in the rows the run counts as cut short as well
+    assert not any(
+        "raise the learning rate" in r for r in diagnose(rows([1.45] * 12), {**CONFIG, "max_steps": 120}).remedies
+    )
+    # --max-steps beyond the epochs: the run was not cut short
+    for row in flat:
+        row["epoch"] *= 4
+    assert diagnose(flat, {**CONFIG, "max_steps": 720}).remedies[0].startswith("raise the learning rate")
+
+
+def test_loss_trend_fits_a_line_that_one_outlier_does_not_move():
+    line = [1.0, 0.98, 0.96, 0.94, 0.92, 0.90]  # the last third: steps 70-120
+    values = [3.0, 2.0, 1.5, 1.2, 1.1, 1.05, *line]
+    values[9] = 2.0  # one hard batch at step 100
+    t = loss_trend([(10 * (i + 1), v) for i, v in enumerate(values)])
+    assert (t.kind, t.points, t.steps) == ("falling", 6, (70, 120))
+    assert (t.start, t.end, t.change) == (pytest.approx(1.0), pytest.approx(0.9), pytest.approx(-0.1))
+    assert t.describe() == "over the last 6 logged values (steps 70-120) its trend went from 1 to 0.9, -10.0%"
+    # near zero, a rise of 0.02 or less is noise
+    assert loss_trend([(s, v) for s, v in enumerate([0.02, 0.02, 0.02, 0.035, 0.035, 0.035])]).kind == "flat"
+    # a rise within the values' scatter is not called rising
+    scattered = [1.0, 1.5, 0.9, 1.6, 1.0, 1.55, 1.05, 1.6]
+    t = loss_trend(list(enumerate(scattered)))
+    assert t.change > 0.05 and t.kind == "flat" and t.end - t.start < t.noise
+
+
+def test_long_runs_are_smoothed_before_the_line_is_fitted():
+    train = [(s, 2.0 - s / 3000) for s in range(1, 3001)]  # logged every step for 3000 steps
+    t = loss_trend(train)
+    assert t.points == 1000 and t.kind == "falling"
+    assert t.start == pytest.approx(2.0 - 2001 / 3000, abs=1e-3) and t.end == pytest.approx(1.0, abs=1e-3)

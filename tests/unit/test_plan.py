@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import subprocess
+import sys
+import time
 import types
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +18,7 @@ from robolora.config import from_dict
 from robolora.errors import ConfigError, UserError
 from robolora.launcher import plan_run
 from robolora.sizing import (
+    CARD_MEMORY,
     GIB,
     GUIDE_VRAM,
     SIZES,
@@ -26,17 +33,67 @@ from robolora.sizing import (
 
 def test_gpu_inventory_from_count_and_size():
     gpus = parse_gpus("8x80GB", nodes=2)
-    assert (gpus.count, gpus.memory, gpus.nodes, gpus.per_node) == (16, 80 * GIB, 2, 8)
+    assert (gpus.count, gpus.memory, gpus.nodes, gpus.per_node) == (16, int(79.1 * GIB), 2, 8)
     assert parse_gpus(" 4 x 24 GiB").memory == 24 * GIB and parse_gpus("1x40.5G").memory == int(40.5 * GIB)
 
 
-@pytest.mark.parametrize("text", ["8", "x80GB", "0x80GB", "8x0GB", "eightx80GB", "8x80TB"])
+@pytest.mark.parametrize(
+    ("text", "gib", "cards"),
+    [
+        ("8x80GB", 79.1, "H100, A100 80GB"),
+        ("8x80", 79.1, "H100, A100 80GB"),
+        ("4x24GB", 22.0, "A10G, L4"),
+        ("8x40G", 39.4, "A100 40GB"),
+        ("8x48gb", 44.3, "A40, L40S"),
+        ("1x16GB", 14.7, "T4"),
+    ],
+)
+def test_a_card_sold_as_n_gb_is_planned_with_the_memory_cuda_sees(text, gib, cards):
+    gpus = parse_gpus(text)
+    nominal = text.split("x")[1].rstrip("GBgb")
+    assert gpus.memory == int(gib * GIB) < int(nominal) * GIB
+    assert gpus.source.startswith(
+        f"{nominal} GB cards planned at {gib:.1f} GiB, what CUDA sees on the smallest ({cards})"
+    )
+    assert gpus.describe().endswith(f"of {gib:.1f} GiB")
+    # what CUDA reports of the larger cards of a size leaves more room: the smallest is the safe figure
+    assert CARD_MEMORY[80][0] <= 79.2 and CARD_MEMORY[24][0] <= 22.5 and CARD_MEMORY[48][0] <= 44.4
+
+
+def test_a_size_in_gib_or_an_unusual_size_is_kept():
+    assert parse_gpus("8x79.5GiB").memory == int(79.5 * GIB) and parse_gpus("8x79.5GiB").source == "as given"
+    twelve = parse_gpus("2x12GB")
+    assert twelve.memory == 12 * GIB and twelve.source.startswith("12 GB, not a usual card size, taken as 12 GiB")
+
+
+@pytest.mark.parametrize(
+    "text", ["", " ", "8", "x80GB", "0x80GB", "000x80GB", "8x0GB", "eightx80GB", "8x80TB", "8x1e3GB"]
+)
 def test_bad_gpu_inventory_is_one_line_naming_the_flag(text):
     with pytest.raises(ConfigError) as e:
         parse_gpus(text)
     assert str(e.value) == f"--gpus: {text!r} is not COUNTxSIZE; write the GPUs of one node as e.g. 8x80GB or 4x24GB"
-    with pytest.raises(ConfigError, match=r"^--nodes: must be a positive integer, got 0$"):
-        parse_gpus("8x80GB", nodes=0)
+
+
+@pytest.mark.parametrize(
+    "text", [f"{10**30}x80GB", f"8x{10**30}GB", "9" * 5000 + "x80GB", "8x" + "9" * 5000 + "GB", "257x80GB", "8x0.5GB"]
+)
+def test_an_inventory_out_of_range_is_refused(text):
+    with pytest.raises(ConfigError) as e:
+        parse_gpus(text)
+    message = str(e.value)
+    assert message.startswith("--gpus: '") and len(message) < 250
+    assert message.endswith(
+        "is out of range: COUNT must be 1 to 256 GPUs per node and SIZE 1 to 1024 GB per GPU; "
+        "write the GPUs of one node as e.g. 8x80GB or 4x24GB"
+    )
+
+
+@pytest.mark.parametrize("nodes", [0, -1, 10**30, 10_001])
+def test_a_node_count_out_of_range_is_refused(nodes):
+    with pytest.raises(ConfigError, match=rf"^--nodes: must be a whole number from 1 to 10,000, got {nodes}"):
+        parse_gpus("8x80GB", nodes=nodes)
+    assert parse_gpus("8x80GB", nodes=10_000).count == 80_000
 
 
 def test_micro_batches_keep_the_examples_per_step():
@@ -72,14 +129,14 @@ def test_batch_that_does_not_fit_is_split_and_the_global_batch_kept():
     work = Workload(SIZES["7B"], batch_size=8)
     plan = plan_memory(work, parse_gpus("1x24GB"))
     c = plan.choice
-    assert not work.estimate(1, 2, "none", 8, False).total <= 24 * GIB  # batch 8 as asked does not fit
+    assert not work.estimate(1, 2, "none", 8, False).total <= plan.gpus.memory  # batch 8 as asked does not fit
     assert (c.zero_stage, c.micro_batch, c.grad_accum, c.gradient_checkpointing) == (2, 4, 2, False)
     assert "micro-batch lowered from 8 to 4 with accumulation 1 -> 2, which keeps the global batch" in plan.reason
 
 
 def test_checkpointing_is_turned_on_only_when_needed():
     work = Workload(SIZES["7B"], batch_size=4)
-    plan = plan_memory(work, parse_gpus("1x16GB"))
+    plan = plan_memory(work, parse_gpus("1x16GiB"))
     assert not any(work.estimate(1, 2, "none", m, False).total <= 16 * GIB for m in (4, 2, 1))
     assert (plan.choice.zero_stage, plan.choice.micro_batch, plan.choice.gradient_checkpointing) == (2, 4, True)
     assert plan.reason.endswith("gradient checkpointing turned on to keep only each layer's input")
@@ -106,12 +163,12 @@ def test_13b_on_one_24gb_gpu_needs_full_offload():
 
 def test_nothing_fits_says_which_max_length_would():
     work = Workload(SIZES["34B"], seq_len=16384, batch_size=1)
-    plan = plan_memory(work, parse_gpus("1x16GB"))
+    plan = plan_memory(work, parse_gpus("1x16GiB"))
     assert not plan.fits and plan.choice.label == "ZeRO-3 + full offload"
     assert plan.choice.micro_batch == 1 and plan.choice.gradient_checkpointing  # the most frugal option
     length = int(next(f for f in plan.fixes if f.startswith("--max-length")).split()[1])
-    assert plan_memory(replace(work, seq_len=length), parse_gpus("1x16GB")).fits
-    assert not plan_memory(replace(work, seq_len=length + 1), parse_gpus("1x16GB"), suggest=False).fits
+    assert plan_memory(replace(work, seq_len=length), parse_gpus("1x16GiB")).fits
+    assert not plan_memory(replace(work, seq_len=length + 1), parse_gpus("1x16GiB"), suggest=False).fits
     refusal = plan.refusal()
     assert "\n" not in refusal and refusal.startswith("memory: nothing fits 1 GPU of 16.0 GiB: even ZeRO-3 + full")
     assert refusal.endswith("or a smaller --model-name")
@@ -121,8 +178,8 @@ def test_more_gpus_is_suggested_with_the_fewest_that_fit():
     work = Workload(SIZES["34B"], batch_size=1)
     plan = plan_memory(work, parse_gpus("1x24GB"), offload="none")
     assert not plan.fits
-    count = int(next(f for f in plan.fixes if "GPUs of 24 GiB" in f).split()[0])
-    fits = [plan_memory(work, GpuInventory(n, 24 * GIB), offload="none").fits for n in (count - 1, count)]
+    count = int(next(f for f in plan.fixes if "GPUs of 22.0 GiB" in f).split()[0])
+    fits = [plan_memory(work, GpuInventory(n, plan.gpus.memory), offload="none").fits for n in (count - 1, count)]
     assert fits == [False, True]
 
 
@@ -182,7 +239,10 @@ def test_plan_command_without_gpus_or_nvml_uses_the_guide_recommendation(run_cli
     monkeypatch.setattr("robolora.launcher.local_gpus", lambda nodes=1: None)
     code, out, _ = run_cli("plan", "--model", "34B")
     assert code == 0
-    assert "GPUs: 1 GPU of 80.0 GiB (no GPU visible here, so the training guide's recommended 80 GB for 34B" in out
+    assert (
+        "GPUs: 1 GPU of 79.1 GiB (no GPU visible here, so the training guide's recommended 80 GB for 34B: 80 GB "
+        "cards planned at 79.1 GiB, what CUDA sees on the smallest (H100, A100 80GB); pass --gpus NxSIZE for yours)"
+    ) in out
 
 
 def test_plan_command_reads_a_config_and_keeps_its_stage(run_cli, tmp_path):
@@ -196,14 +256,31 @@ def test_plan_command_reads_a_config_and_keeps_its_stage(run_cli, tmp_path):
 
 def test_plan_command_exits_1_when_nothing_fits(run_cli):
     code, out, _ = run_cli("plan", "--model", "34B", "--gpus", "1x16GB", "--max-length", "16384", "--batch-size", "1")
-    assert code == 1 and "\nPlan: memory: nothing fits 1 GPU of 16.0 GiB: even " in out and "--max-length " in out
+    assert code == 1 and "\nPlan: memory: nothing fits 1 GPU of 14.7 GiB: even " in out and "--max-length " in out
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--gpus", "8"], "--gpus: '8' is not COUNTxSIZE; write the GPUs of one node as e.g. 8x80GB or 4x24GB"),
-        (["--gpus", "1x24GB", "--nodes", "0"], "--nodes: must be a positive integer, got 0"),
+        (["--gpus", "1x24GB", "--nodes", "0"], "--nodes: must be a whole number from 1 to 10,000, got 0"),
+        (["--nodes", "-3"], "--nodes: must be a whole number from 1 to 10,000, got -3"),
+        (["--nodes", str(10**30)], f"--nodes: must be a whole number from 1 to 10,000, got {10**30}"),
+        (["--gpus", ""], "--gpus: '' is not COUNTxSIZE; write the GPUs of one node as e.g. 8x80GB or 4x24GB"),
+        (
+            ["--gpus", "0x80GB"],
+            "--gpus: '0x80GB' is not COUNTxSIZE; write the GPUs of one node as e.g. 8x80GB or 4x24GB",
+        ),
+        (
+            ["--gpus", f"{10**30}x80GB"],
+            f"--gpus: '{10**30}x80GB' is out of range: COUNT must be 1 to 256 GPUs per node and SIZE 1 to 1024 GB "
+            "per GPU; write the GPUs of one node as e.g. 8x80GB or 4x24GB",
+        ),
+        (
+            ["--gpus", f"8x{10**30}GB"],
+            f"--gpus: '8x{10**30}GB' is out of range: COUNT must be 1 to 256 GPUs per node and SIZE 1 to 1024 GB "
+            "per GPU; write the GPUs of one node as e.g. 8x80GB or 4x24GB",
+        ),
         (["--gpus", "1x24GB", "--lora-r", "0"], "--lora-r: must be a positive integer, got 0"),
         (["--gpus", "1x24GB", "--max-length", "8"], "--max-length: must be at least 16 tokens, got 8"),
         (
@@ -305,3 +382,97 @@ def test_cpu_clusters_get_at_most_two_workers_sharing_every_cpu_and_say_so():
     one = plan_run(from_dict({}), cluster_cpus=1, cluster_gpus=0)
     assert (one.num_workers, one.cpus_per_worker) == (1, 1) and one.reason.endswith("the cluster's 1 CPU")
     assert plan_run(from_dict({"num_workers": 1}), cluster_cpus=16, cluster_gpus=0).reason == "as given"
+
+
+# ----------------------------------------------------------------------------- models the planner cannot reach
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch):
+    """The hub's address is a local port nobody listens on: the connection is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    return port
+
+
+KNOWN = (
+    "use a size (7B, 13B, 34B), an alias (smollm2-135m, tiny-llama), a CodeLlama hub name such as "
+    "codellama/CodeLlama-7b-Python-hf, a local model directory, or a hub name on a machine that reaches the hub"
+)
+
+
+@pytest.mark.parametrize("name", ["70B", "1.5b", "350M"])
+def test_an_unknown_size_is_refused_at_once_without_the_network(run_cli, name):
+    start = time.monotonic()
+    code, out, err = run_cli("plan", "--model", name, "--gpus", "8x80GB")
+    assert (code, out, err) == (2, "", f"robolora: error: --model: {name!r} is not a size the planner knows; {KNOWN}\n")
+    assert time.monotonic() - start < 2
+
+
+def test_a_hub_name_is_refused_within_seconds_when_the_hub_is_out_of_reach(run_cli, unreachable_hub):
+    start = time.monotonic()
+    code, out, err = run_cli("plan", "--model", "someorg/not-a-cached-model", "--gpus", "8x80GB")
+    assert time.monotonic() - start < 5
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert err.startswith(
+        "robolora: error: --model: 'someorg/not-a-cached-model' is not in the local hub cache and cannot be fetched "
+        f"(127.0.0.1:{unreachable_hub}: Connection refused); "
+    )
+    assert err.endswith(f"{KNOWN}\n")
+
+
+def test_offline_mode_is_honoured_without_a_probe(run_cli, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", "http://192.0.2.1:9")  # TEST-NET: a probe would hang, not refuse
+    start = time.monotonic()
+    code, _, err = run_cli("plan", "--model", "someorg/not-a-cached-model", "--gpus", "8x80GB")
+    assert code == 2 and "(HF_HUB_OFFLINE is set)" in err and time.monotonic() - start < 2
+
+
+def test_the_hub_probe_answers_none_when_a_connection_opens(monkeypatch, unreachable_hub):
+    from robolora.cli import _hub_unreachable
+
+    assert _hub_unreachable() == f"127.0.0.1:{unreachable_hub}: Connection refused"
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert _hub_unreachable() is None
+
+
+# ----------------------------------------------------------------------------- a closed output pipe
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def closed_pipe_run(*args: str) -> tuple[int, str]:
+    """Run a command whose stdout is a pipe nobody reads any more (``robolora ... | head`` after head quit)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run(args, stdout=write, stderr=subprocess.PIPE, cwd=ROOT, timeout=120, check=False)
+    finally:
+        os.close(write)
+    return proc.returncode, proc.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-m", "robolora.cli", "plan", "--model", "7B", "--gpus", "4x24GB"],
+        ["-m", "robolora.cli", "data", "stats", "DATA"],
+        ["launch/validate_dataset.py", "DATA"],
+    ],
+    ids=["plan", "data-stats", "launch-script"],
+)
+def test_a_closed_pipe_ends_the_command_quietly(args, tmp_path):
+    from robolora.robot.generator import generate_records, write_dataset
+
+    data = tmp_path / "robot.json"
+    write_dataset(generate_records(20, seed=0), data)
+    code, err = closed_pipe_run(sys.executable, *[str(data) if a == "DATA" else a for a in args])
+    assert (code, err) == (141, "")
