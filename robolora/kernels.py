@@ -164,11 +164,12 @@ _NO_POSITIONS = torch.empty(0, dtype=torch.long)
 
 def _fusable(layer: torch.nn.Module, x: torch.Tensor) -> str | None:
     """The one active adapter of a PEFT LoRA ``Linear`` if its branch is a plain LoRA the fused function
-    computes exactly: unmerged, without DoRA or bias, on a plain linear base, weights whole (not ZeRO-3
-    shards) and all of the input's dtype. ``None`` otherwise."""
+    computes exactly: unmerged, without DoRA or bias, on a plain ``torch.nn.Linear`` base (not GPT-2's
+    ``Conv1D``), weights whole (not ZeRO-3 shards) and all of the input's dtype. ``None`` otherwise."""
     if layer.disable_adapters or layer.merged:
         return None
-    if type(layer.base_layer) is not torch.nn.Linear:
+    # Other bases (GPT-2's Conv1D, whose weight is stored transposed: PEFT's fan_in_fan_out) keep PEFT's forward.
+    if type(layer.base_layer) is not torch.nn.Linear or getattr(layer, "fan_in_fan_out", False):
         return None
     active = [n for n in layer.active_adapters if n in layer.lora_A]
     if len(active) != 1 or active[0] in getattr(layer, "lora_variant", {}):
