@@ -13,27 +13,23 @@ Example (CPU, the bundled model):
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from robolora.data import BASE_SYSTEM_PROMPT, FEW_SHOT_EXAMPLES, SYSTEM_PROMPT, prompt_messages, render_prompt
 from robolora.errors import UserError
 from robolora.evaluate import extract_code
-from robolora.models import adapter_dir
+from robolora.models import adapter_base_model, adapter_dir
 
 
-def base_model_of(lora: Path) -> str:
-    """The base model a run was trained from: its config.yaml (alias or hub name), else PEFT's record."""
-    for candidate in (lora / "config.yaml", lora.parent / "config.yaml"):
-        if candidate.is_file():
-            return yaml.safe_load(candidate.read_text())["model_name"]
-    return json.loads((lora / "adapter_config.json").read_text())["base_model_name_or_path"]
+def base_model_of(lora: Path, flag: str = "--lora-path") -> str:
+    """The base model a run was trained from: its config.yaml (alias or hub name), else PEFT's record;
+    a damaged or silent file is one :class:`UserError` (see :func:`robolora.models.adapter_base_model`)."""
+    return adapter_base_model(lora, flag)
 
 
 def longest_complete_program(text: str) -> str:

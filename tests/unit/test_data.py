@@ -128,7 +128,10 @@ def test_missing_file(run_cli, tmp_path):
 
 def test_directory_instead_of_file(run_cli, tmp_path):
     code, _, err = run_cli("data", "validate", tmp_path)
-    assert (code, err) == (2, f"robolora: error: {tmp_path}: is a directory, expected a JSON or JSONL file\n")
+    expected = (
+        f"robolora: error: {tmp_path}: is a directory, not a regular file; give the path of a JSON or JSONL dataset\n"
+    )
+    assert (code, err) == (2, expected)
 
 
 def test_api_check_can_be_turned_off(run_cli, write_json):
