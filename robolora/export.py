@@ -2,41 +2,92 @@
 
 The merged model loads with ``AutoModelForCausalLM.from_pretrained`` alone (no PEFT) and generates
 the same tokens as base + adapter; the export checks that on a few commands before it finishes.
+Its saved chat template holds the training prompt's system turn (:func:`robolora.data.export_chat_template`),
+so the user's command alone, as one user message, makes the prompt the model was trained on (in
+transformers, vLLM or TGI alike). Its README.md is a model card: the base model, the LoRA settings,
+the run's scores where it has an ``eval.json``, and how to prompt it, input normalization included.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
-import tempfile
+import uuid
+import warnings
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from robolora.errors import UserError
+from robolora.models import adapter_base_model, adapter_config, adapter_dir
 
 PROBES = ("move forward 3 meters", "pick up the red ball", "if you see a cup, pick it up")
+#: Hub names of the registry's aliases (the card's ``base_model``); other names are kept as given.
+HUB_NAMES = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+#: A command as a user might type it, to show the normalization in the card.
+NORMALIZE_EXAMPLE = 'GO FORWARD TEN FEET AT FIFTY CM/S, THEN WAIT TWO MINUTES AND SAY "Done"'
+RATE_NAMES = {
+    "syntax_rate": "syntax",
+    "api_valid_rate": "api-valid",
+    "exact_rate": "exact",
+    "semantic_rate": "semantic",
+}
 
 
 def export_merged(lora_path: str | Path, output: str | Path) -> Path:
-    """Write the merged model and tokenizer to ``output`` (a new directory), verified token for token."""
+    """Write the merged model, tokenizer and model card to ``output`` (a new directory), verified token
+    for token: the saved chat template renders each probe command, given alone, as the project does,
+    and the reloaded model generates what base + adapter generate."""
+    adapter_base_model(adapter_dir(lora_path))  # a damaged adapter is one error before any model loads
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from robolora.data import export_chat_template
     from robolora.infer import Generator
+    from robolora.robot.normalize import normalize_command
 
     out = Path(output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--output: {out} already exists and is not empty; choose a new directory")
     with_adapter = Generator.load(lora_path, merge=False, dtype=torch.float32)
+    lora = Path(with_adapter.adapter)
     expected = [g.raw for g in with_adapter.generate(list(PROBES), max_new_tokens=64)]
-    merged = with_adapter.model.merge_and_unload()
+    expected_prompts = [with_adapter.prompt_ids(p) for p in PROBES]
+    with warnings.catch_warnings():  # PEFT reads a property transformers 5 deprecates
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        merged = with_adapter.model.merge_and_unload()
+    tokenizer = with_adapter.tokenizer
+    config = _run_config(lora)
+    card = export_card(
+        base=config.get("model_name") or adapter_base_model(lora),
+        lora_settings=_lora_settings(config, lora),
+        scores=_eval_scores(lora),
+        adapter=str(lora),
+        out=str(out),
+        plain_prompt=not tokenizer.chat_template,
+    )
+    tokenizer.chat_template = export_chat_template(tokenizer)
+    _stop_at_eos(merged.generation_config, tokenizer)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    # mkdir, not tempfile.mkdtemp: the folder gets the usual permissions (0777 less the umask), not 0700.
+    tmp = out.parent / f".{out.name}-{uuid.uuid4().hex}.tmp"
+    tmp.mkdir()
     try:
         merged.save_pretrained(tmp, safe_serialization=True)
-        with_adapter.tokenizer.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(card)
+        plain = AutoTokenizer.from_pretrained(tmp)
+        for probe, ids in zip(PROBES, expected_prompts, strict=True):
+            messages = [{"role": "user", "content": normalize_command(probe)}]
+            text = plain.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            if plain(text, add_special_tokens=False)["input_ids"] != ids:
+                raise RuntimeError(f"the saved chat template renders {probe!r} as {text!r}, not as in training")
         reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
-        got = [g.raw for g in Generator(reloaded, with_adapter.tokenizer).generate(list(PROBES), max_new_tokens=64)]
+        got = [g.raw for g in Generator(reloaded, plain).generate(list(PROBES), max_new_tokens=64)]
         if got != expected:
             raise RuntimeError(f"the merged model generates {got!r}, base + adapter {expected!r}")
+        match_folder_mode(tmp)
         if out.exists():
             out.rmdir()
         tmp.rename(out)
@@ -44,6 +95,182 @@ def export_merged(lora_path: str | Path, output: str | Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     print(
         f"exported {lora_path} merged into its base model to {out}; it generates the same tokens on {len(PROBES)} "
-        "probe commands"
+        "probe commands, and its chat template holds the training prompt (see its README.md)"
     )
     return out
+
+
+def _stop_at_eos(generation_config: Any, tokenizer: Any) -> None:
+    """Make plain ``generate`` stop where training ended every answer: at the tokenizer's EOS token."""
+    eos = tokenizer.eos_token_id
+    ids = generation_config.eos_token_id
+    listed = ids if isinstance(ids, list) else [] if ids is None else [ids]
+    if eos is not None and eos not in listed:
+        generation_config.eos_token_id = [*listed, eos] if listed else eos
+    if generation_config.pad_token_id is None:
+        generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def match_folder_mode(folder: Path) -> None:
+    """Give everything in ``folder`` the permissions its own mode implies (files: the folder's less the
+    execute bits), as files written under the same umask get; some writers (safetensors) make 0600 files."""
+    mode = folder.stat().st_mode & 0o777
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(mode if path.is_dir() else mode & 0o666)
+
+
+def _run_config(lora: Path) -> dict[str, Any]:
+    """The run's config.yaml (a checkpoint's is its run's), or {} where there is none."""
+    from robolora.config import read_mapping
+
+    run = [lora.parent / "config.yaml"] if lora.name.startswith("checkpoint-") else []
+    for candidate in [lora / "config.yaml", *run]:
+        if candidate.exists() or candidate.is_symlink():
+            return read_mapping(candidate, flag="--lora-path")  # checked: a damaged file is one error
+    return {}
+
+
+def _eval_scores(lora: Path) -> dict[str, float]:
+    """The overall rates of the adapter's ``eval.json`` (written by a sweep or ``robolora eval --json-out``),
+    by short name; {} where there is none."""
+    path = lora / "eval.json"
+    if not path.is_file():
+        return {}
+    from robolora.fileio import FileReadError, load_json
+
+    try:
+        data = load_json(path, "a JSON file of scores")
+    except FileReadError as e:
+        warnings.warn(f"{e}: not read; the model card shows no scores", stacklevel=2)
+        return {}
+    overall = data.get("overall") if isinstance(data, dict) else None
+    scores = next(iter(overall.values()), {}) if isinstance(overall, dict) and overall else {}
+    scores = scores if isinstance(scores, dict) else {}
+    return {name: scores[key] for key, name in RATE_NAMES.items() if isinstance(scores.get(key), (int, float))}
+
+
+def _lora_settings(config: dict[str, Any], lora: Path) -> dict[str, Any]:
+    """r, alpha, dropout and target modules (and layers, where chosen) of the run's config, else of the
+    adapter's adapter_config.json."""
+    if config:
+        settings = {
+            "r": config.get("lora_r"),
+            "alpha": config.get("lora_alpha"),
+            "dropout": config.get("lora_dropout"),
+            "target_modules": config.get("lora_target_modules"),
+        }
+        return settings | ({"layers": config["lora_layers"]} if config.get("lora_layers") else {})
+    peft = adapter_config(lora)
+    modules = peft.get("target_modules")
+    return {
+        "r": peft.get("r"),
+        "alpha": peft.get("lora_alpha"),
+        "dropout": peft.get("lora_dropout"),
+        "target_modules": ",".join(sorted(modules)) if isinstance(modules, list) else modules,
+    }
+
+
+def export_card(
+    base: str, lora_settings: dict[str, Any], scores: dict[str, float], adapter: str, out: str, plain_prompt: bool
+) -> str:
+    """The README.md of an exported model: Hugging Face front matter, LoRA settings, scores, prompt and usage.
+
+    ``scores``: the run's overall rates by short name (:func:`_eval_scores`), {} where it has none;
+    ``plain_prompt``: the base model has no chat template of its own (the saved one renders the plain prompt).
+
+    >>> card = export_card("tiny-llama", {"r": 8, "alpha": 16}, {"semantic": 0.5}, "run", "merged", False)
+    >>> front = yaml.safe_load(card.split("---")[1])
+    >>> front["library_name"], front["lora"]["r"], front["eval"]
+    ('transformers', 8, {'semantic': 0.5})
+    """
+    from robolora.data import SYSTEM_PROMPT
+    from robolora.robot.normalize import normalize_command
+
+    front: dict[str, Any] = {
+        "base_model": HUB_NAMES.get(base, base),
+        "library_name": "transformers",
+        "pipeline_tag": "text-generation",
+        "tags": ["robotics", "code", "lora", "merged", "robolora"],
+        "lora": lora_settings,
+    }
+    if scores:
+        front["eval"] = scores
+    prompt_note = (
+        f'The saved chat template makes "{SYSTEM_PROMPT}" the system turn of a conversation that has none, as '
+        "in training: send the command alone, as the one user message."
+    )
+    if plain_prompt:
+        prompt_note += (
+            " The base model has no chat template of its own; this one renders the plain prompt it was trained "
+            "on (`### System:`, `### Command:`, `### Code:`)."
+        )
+    example = normalize_command(NORMALIZE_EXAMPLE)
+    s = lora_settings
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False, default_flow_style=None).strip(),
+        "---",
+        "",
+        f"# Robot-LoRA: {base} with its LoRA adapter merged in",
+        "",
+        "Turns a natural-language robot command into robot API code. A plain transformers model: it runs without",
+        "PEFT or robolora (transformers, vLLM and TGI read its chat template).",
+        "",
+        "## Model",
+        "",
+        f"- base model: `{base}`",
+        f"- LoRA: r={s.get('r')}, alpha={s.get('alpha')}, dropout={s.get('dropout')}",
+        f"- target modules: `{s.get('target_modules')}`",
+        *([f"- layers: `{s['layers']}`"] if "layers" in s else []),
+        f"- merged from the adapter `{adapter}`",
+        "",
+    ]
+    if scores:
+        lines += [
+            "## Evaluation",
+            "",
+            "On the run's validation split (`eval.json`):",
+            "",
+            "| metric | rate |",
+            "|---|---|",
+            *(f"| {name} | {value:.1%} |" for name, value in scores.items()),
+            "",
+        ]
+    lines += [
+        "## Prompt",
+        "",
+        prompt_note,
+        "",
+        "## Input normalization",
+        "",
+        "The model was trained on commands with their quantities in the robot API's units (metres, metres per",
+        "second, seconds, degrees) written as digits, and reads lower-case words best. Rewrite a command the",
+        "same way before you send it: centimetres /100, millimetres /1000, feet x0.3048, inches x0.0254, yards",
+        'x0.9144, kilometres x1000, minutes x60, hours x3600; number words as digits (at most 2 decimals); "twice"',
+        'as "2 times"; "half a turn" as "a 180 degree turn"; a command typed all in capitals in lower case.',
+        "Quoted text stays as it is. For example:",
+        "",
+        f"- typed: `{NORMALIZE_EXAMPLE}`",
+        f"- sent: `{example}`",
+        "",
+        "With robolora installed, `from robolora.robot.normalize import normalize_command` does it.",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f"path = {json.dumps(out)}",
+        "tokenizer = AutoTokenizer.from_pretrained(path)",
+        "model = AutoModelForCausalLM.from_pretrained(path)",
+        f"command = {json.dumps(example)}  # normalized (see above)",
+        'messages = [{"role": "user", "content": command}]  # no system turn: the template adds it',
+        "prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)",
+        'inputs = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")',
+        "output = model.generate(**inputs, max_new_tokens=128, do_sample=False)",
+        'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,190 @@
+"""`robolora export` output on its own: plain transformers, the user's words, the training prompt and code."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from robolora.cli import main
+
+#: Commands as the model sees them: already normalized.
+WORDS = ("move forward 3 m", "pick up the red ball", "turn left 90 degrees, 2 times", 'say "hello"', "stop")
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _train(folder: Path, dataset: Path, **overrides) -> Path:
+    from robolora.config import from_dict
+    from robolora.launcher import run_training
+    from tests.integration.conftest import TINY
+
+    values = {
+        **TINY,
+        "data_json": str(dataset),
+        "output_dir": str(folder),
+        "max_steps": 2,
+        "num_workers": 1,
+        **overrides,
+    }
+    run_training(from_dict(values))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run(ray_session, small_dataset, tmp_path_factory) -> Path:
+    """A tiny-llama run (a chat template) with its scores in eval.json."""
+    out = _train(tmp_path_factory.mktemp("export") / "run", small_dataset)
+    args = [
+        "eval",
+        "--lora-path",
+        str(out),
+        "--limit",
+        "4",
+        "--max-new-tokens",
+        "8",
+        "--json-out",
+        str(out / "eval.json"),
+    ]
+    assert main(args) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(run) -> Path:
+    out = run.parent / "merged"
+    with umask(0o022):
+        assert main(["export", "--lora-path", str(run), "--output", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def plain_base(tmp_path_factory) -> Path:
+    """tiny-llama without a chat template: prompts are the plain template."""
+    from robolora.models import resolve_model
+
+    folder = tmp_path_factory.mktemp("plain") / "tiny-llama-plain"
+    shutil.copytree(resolve_model("tiny-llama"), folder)
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def plain_run(ray_session, small_dataset, plain_base) -> tuple[Path, Path]:
+    """A run on the template-less model and its export, made under umask 027."""
+    run = _train(plain_base.parent / "run", small_dataset, model_name=str(plain_base))
+    out = plain_base.parent / "merged"
+    with umask(0o027):
+        assert main(["export", "--lora-path", str(run), "--output", str(out)]) == 0
+    return run, out
+
+
+def _user_prompt(tokenizer, words: str) -> str:
+    messages = [{"role": "user", "content": words}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def _plain_greedy(model, tokenizer, words: str, max_new_tokens: int) -> str:
+    """Greedy generation as a plain transformers user writes it, cut at EOS as the Generator cuts."""
+    inputs = tokenizer(_user_prompt(tokenizer, words), add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    new = output[0, inputs["input_ids"].shape[1] :].tolist()
+    new = new[: new.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in new else new
+    return tokenizer.decode(new, skip_special_tokens=False)
+
+
+def _assert_stands_alone(run: Path, exported: Path, base: str) -> None:
+    """From the words alone, the export's own files give the project's prompt (text and ids) and the
+    project's generation for the same adapter."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from robolora.data import render_prompt
+    from robolora.infer import Generator
+    from robolora.models import load_tokenizer
+    from robolora.robot.normalize import normalize_command
+
+    tokenizer = AutoTokenizer.from_pretrained(exported)
+    model = AutoModelForCausalLM.from_pretrained(exported)
+    project = Generator.load(run, dtype=torch.float32)
+    base_tokenizer = load_tokenizer(base)
+    for words in WORDS:
+        assert normalize_command(words) == words
+        text = _user_prompt(tokenizer, words)
+        assert text == render_prompt(base_tokenizer, words)[0], words
+        assert tokenizer(text, add_special_tokens=False)["input_ids"] == project.prompt_ids(words), words
+        expected = project.generate([words], max_new_tokens=24)[0].raw  # one at a time: no padding
+        assert _plain_greedy(model, tokenizer, words, max_new_tokens=24) == expected, words
+
+
+def test_the_export_makes_the_training_prompt_and_code_from_the_words_alone(run, exported):
+    _assert_stands_alone(run, exported, "tiny-llama")
+
+
+def test_a_model_without_a_chat_template_gets_one_that_renders_the_plain_prompt(plain_run, plain_base):
+    from robolora.data import PLAIN_TEMPLATE
+
+    run, exported = plain_run
+    assert not (run / "chat_template.jinja").exists()  # the run prompted with the plain template
+    assert (exported / "chat_template.jinja").is_file()
+    _assert_stands_alone(run, exported, str(plain_base))
+    from transformers import AutoTokenizer
+
+    text = _user_prompt(AutoTokenizer.from_pretrained(exported), "stop")
+    assert text == PLAIN_TEMPLATE.format(system="Write robot API code.", command="stop")
+
+
+def test_the_export_has_the_permissions_the_umask_gives(exported, plain_run):
+    for folder, dirs, files in ((exported, 0o755, 0o644), (plain_run[1], 0o750, 0o640)):
+        assert stat.S_IMODE(folder.stat().st_mode) == dirs
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.rglob("*")}
+        assert "model.safetensors" in modes and "README.md" in modes
+        assert modes == dict.fromkeys(modes, files), modes
+
+
+def test_the_model_card_describes_the_run_and_its_usage_runs(run, exported):
+    from robolora.export import NORMALIZE_EXAMPLE
+    from robolora.robot.normalize import normalize_command
+
+    card = (exported / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["base_model"] == "tiny-llama" and front["library_name"] == "transformers"
+    assert front["lora"] == {
+        "r": 8,
+        "alpha": 16,
+        "dropout": 0.0,
+        "target_modules": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+    }
+    overall = next(iter(json.loads((run / "eval.json").read_text())["overall"].values()))
+    assert front["eval"] == {
+        "syntax": overall["syntax_rate"],
+        "api-valid": overall["api_valid_rate"],
+        "exact": overall["exact_rate"],
+        "semantic": overall["semantic_rate"],
+    }
+    assert "normalize_command" in card and normalize_command(NORMALIZE_EXAMPLE) in card
+    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    assert "robolora" not in snippet and "system" not in snippet.replace("no system turn", "")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(snippet, {})  # the card's usage, as a user would paste it
+    assert printed.getvalue().endswith("\n")
