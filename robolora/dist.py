@@ -25,10 +25,23 @@ def is_main() -> bool:
     return rank() == 0
 
 
+#: What each printed line starts with: the run's label in a sweep (``[r64] ``), else nothing.
+_line_prefix = ""
+
+
+def set_label(label: str) -> None:
+    """Start every line :func:`print0` prints with ``[label]`` (runs side by side tell their lines apart)."""
+    global _line_prefix
+    _line_prefix = f"[{label}] " if label else ""
+
+
 def print0(*args: object) -> None:
-    """Print from rank 0 only, flushed so Ray forwards it at once."""
+    """Print from rank 0 only, flushed so Ray forwards it at once; each line carries the run's label."""
     if is_main():
-        print(*args, flush=True, file=sys.stdout)
+        text = " ".join(map(str, args))
+        if _line_prefix:
+            text = "\n".join(_line_prefix + line for line in text.split("\n"))
+        print(text, flush=True, file=sys.stdout)
 
 
 def barrier() -> None:

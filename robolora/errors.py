@@ -8,6 +8,12 @@ class UserError(Exception):
 
     exit_code = 2
 
+    def prefixed(self, prefix: str) -> UserError:
+        """The same error with ``prefix`` before its message (naming the variant or stage it came from)."""
+        error = type(self).__new__(type(self))
+        Exception.__init__(error, prefix + str(self))
+        return error
+
 
 class ConfigError(UserError):
     """A flag or config file key is unknown, mistyped, out of range or contradicts another."""
@@ -21,6 +27,9 @@ class DataError(UserError):
         shown = problems[:limit]
         more = f"\n... and {len(problems) - limit} more" if len(problems) > limit else ""
         super().__init__("\n".join(shown) + more)
+
+    def prefixed(self, prefix: str) -> DataError:
+        return DataError([prefix + p for p in self.problems], self.limit)
 
     def __reduce__(self) -> tuple:
         # Rebuilt from its problems, not its message, when it crosses processes (a Ray worker's error).

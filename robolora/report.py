@@ -133,7 +133,11 @@ def model_card(config: dict, rows: list[dict], diagnosis: Diagnosis, extra: dict
     if "global_batch" in x:
         batch += f" = {x['global_batch']} per optimizer step"
     training = [
-        ("epochs", f"{c['num_epochs']:g}" + (f" (at most {c['max_steps']} steps)" if c["max_steps"] != -1 else "")),
+        (
+            ("length", f"{c['max_steps']} optimizer steps (--max-steps, which overrides --num-epochs)")
+            if c["max_steps"] > 0
+            else ("epochs", f"{c['num_epochs']:g}")
+        ),
         ("batch", batch),
         ("learning rate", f"{c['learning_rate']:g}, {c['lr_scheduler_type']} schedule, {c['warmup_ratio']:.0%} warmup"),
         ("optimizer", c["optim"]),
@@ -205,3 +209,24 @@ def model_card(config: dict, rows: list[dict], diagnosis: Diagnosis, extra: dict
         "",
     ]
     return "\n".join(lines)
+
+
+def run_summary(rows: list[dict]) -> dict[str, Any]:
+    """A run's results from its whole ``metrics.jsonl``: the last train and eval loss, the best eval loss,
+    the last step. A resumed run reads the rows of every attempt, so a run resumed at its end loses nothing.
+
+    >>> run_summary([{"step": 1, "train_loss": 2.0}, {"step": 2, "train_loss": 1.0}, {"step": 2, "eval_loss": 1.5},
+    ...     {"step": 3, "train_loss": 0.5}, {"step": 3, "eval_loss": 1.7}])
+    {'train_loss': 0.5, 'eval_loss': 1.7, 'best_eval_loss': 1.5, 'best_eval_step': 2, 'last_step': 3}
+    >>> run_summary([])
+    {'train_loss': None, 'eval_loss': None, 'best_eval_loss': None, 'best_eval_step': None, 'last_step': 0}
+    """
+    train, evals = series(rows, "train_loss"), series(rows, "eval_loss")
+    best = min(evals, key=lambda p: p[1]) if evals else None
+    return {
+        "train_loss": train[-1][1] if train else None,
+        "eval_loss": evals[-1][1] if evals else None,
+        "best_eval_loss": best[1] if best else None,
+        "best_eval_step": best[0] if best else None,
+        "last_step": max((r["step"] for r in rows if isinstance(r.get("step"), int)), default=0),
+    }

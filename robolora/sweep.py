@@ -18,8 +18,10 @@ Every variant trains into ``<output_dir>/<name>`` as its own Ray Train run insid
 then its adapter generates code for its validation split (``eval.json``, ``eval_predictions.jsonl``).
 At the end the sweep writes ``comparison.txt``/``.csv``, ``loss_curves.png`` and ``sweep.json``,
 links the best variant as ``best/`` and scores the members' majority vote (``ensemble_eval.json``).
-A failing variant is reported and the others go on; running the same sweep again keeps the
-finished variants and continues the others from their last checkpoints.
+A failing variant is reported and the others go on. Running the same sweep again keeps the
+finished variants and continues the others from their last checkpoints, each only while its settings
+and inputs are those its run used (:mod:`robolora.runrecord`); otherwise nothing starts and one line
+names the changed variants. Every label in the comparison is read from the run's own files.
 
 Example:
     >>> sweep = build_sweep({"output_dir": "out", "shared": {"data_json": "d.json"},
@@ -49,7 +51,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from robolora.config import TrainConfig, from_dict, load_config_file, read_mapping
+import yaml
+
+from robolora.config import TrainConfig, absolute_paths, from_dict, load_config_file, read_mapping
 from robolora.errors import ConfigError, UserError
 from robolora.fileio import atomic_write_bytes, atomic_write_text
 from robolora.launcher import run_finished
@@ -61,11 +65,14 @@ METRICS = {"semantic": True, "exact": True, "api_valid": True, "syntax": True, "
 FIXED = ("output_dir", "ray_address")
 #: Names a variant cannot take: the sweep's own entries in its folder.
 RESERVED = ("best", "logs", "tune", "ensemble")
-#: Fields holding paths, made absolute before they reach a trial (Tune runs trials in other folders).
-PATH_FIELDS = ("data_json", "train_json", "val_json", "resume_from", "storage_path")
 NAME = re.compile(r"[A-Za-z0-9][\w.-]*")
+#: The most variants one sweep may hold: each is a training run, and a grid multiplies quickly.
+MAX_VARIANTS = 1000
 #: What a trial reserves for itself (it drives a Train run and evaluates through a Ray task).
 TRIAL_MEMORY = 256 * 2**20
+METRICS_FILE = "metrics.jsonl"
+#: Largest summary or evaluation file a sweep reads back (an evaluation holds a table per category).
+MAX_RESULT_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -112,9 +119,17 @@ def grid_points(grid: dict[str, list[Any]], source: str) -> list[tuple[str, dict
     """
     if not isinstance(grid, dict) or not grid:
         raise ConfigError(f"{source}: grid: expected a mapping of training fields to lists of values")
+    count = 1
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{source}: grid: {key}: expected a non-empty list of values, got {values!r}")
+            shown = repr(values) if len(repr(values)) < 80 else type(values).__name__
+            raise ConfigError(f"{source}: grid: {key}: expected a non-empty list of values, got {shown}")
+        count *= len(values)
+        if count > MAX_VARIANTS:
+            raise ConfigError(
+                f"{source}: grid: its combinations make more than {MAX_VARIANTS} variants; "
+                "a sweep trains each one: grid fewer fields or fewer values"
+            )
     keys = list(grid)
     points = []
     for combo in itertools.product(*(grid[k] for k in keys)):
@@ -180,6 +195,11 @@ def build_sweep(data: Any, source: str) -> Sweep:
         raise ConfigError(f"{source}: shared: expected a mapping of training settings")
     listed = _listed_variants(data.get("variants"), source)
     grid = grid_points(data["grid"], source) if data.get("grid") is not None else []
+    if max(1, len(listed)) * max(1, len(grid)) > MAX_VARIANTS:
+        raise ConfigError(
+            f"{source}: {len(listed)} listed variants crossed with {len(grid)} grid points make more than "
+            f"{MAX_VARIANTS} variants; list or grid fewer"
+        )
     if not listed and not grid:
         raise ConfigError(f"{source}: give variants (a list) or a grid (fields to lists of values), or both")
     combos: list[tuple[str, dict[str, Any], str]] = []
@@ -221,14 +241,6 @@ def build_sweep(data: Any, source: str) -> Sweep:
 def load_sweep(path: str | os.PathLike) -> Sweep:
     """Read and validate a sweep file (YAML or JSON)."""
     return build_sweep(read_mapping(path), source=str(path))
-
-
-def absolute_paths(cfg: TrainConfig) -> TrainConfig:
-    """The config with its paths made absolute (a trial's working folder is not the sweep's)."""
-    changes = {k: str(Path(getattr(cfg, k)).resolve()) for k in (*PATH_FIELDS, "output_dir") if getattr(cfg, k)}
-    if Path(cfg.model_name).exists():
-        changes["model_name"] = str(Path(cfg.model_name).resolve())
-    return cfg.replace(**changes)
 
 
 def share_cluster(configs: list[TrainConfig], cpus: int, gpus: int, max_concurrent: int | None) -> tuple[int, list]:
@@ -273,7 +285,10 @@ class VariantResult:
     train_loss: float | None = None
     scores: dict[str, float] = field(default_factory=dict)  # overall eval rates, 0..1
     tokens_per_s: float | None = None
-    wall_time_s: float | None = None
+    #: How many variants (this one included) were training on the cluster during its run, at most.
+    at_once: int | None = None
+    #: Seconds of training over every attempt of the run (a resumed run counts each one).
+    train_time_s: float | None = None
     adapter_mb: float | None = None
 
     def value(self, metric: str) -> float | None:
@@ -281,9 +296,12 @@ class VariantResult:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object a run wrote (its summary, its evaluation); {} when it is missing or damaged."""
+    from robolora.fileio import FileReadError, load_json
+
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = load_json(path, max_bytes=MAX_RESULT_BYTES)
+    except FileReadError:
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -303,25 +321,69 @@ def variant_scores(out: Path) -> dict[str, float]:
     return rates(next(iter(overall.values()), {})) if overall else {}
 
 
+def _saved_config(out: Path) -> dict[str, Any] | None:
+    """The resolved settings a run saved (``config.yaml``), or None when there is none to read."""
+    try:
+        data = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def collect(variant: Variant, error: str | None = None) -> VariantResult:
-    """What a variant's folder holds: its summary, evaluation and adapter size."""
+    """What a variant's folder holds: its summary, evaluation and adapter size.
+
+    Every label comes from the run itself: the settings from its saved ``config.yaml`` (what it trained
+    with), the losses from its whole ``metrics.jsonl``.
+    """
+    from robolora.report import read_metrics, run_summary
+
     out = Path(variant.config.output_dir)
     done = run_finished(out)
     summary = _read_json(out / "train_summary.json")
+    saved = _saved_config(out)
+    changes = {k: saved.get(k, v) for k, v in variant.changes.items()} if saved else dict(variant.changes)
+    metrics = run_summary(read_metrics(out / METRICS_FILE)) if (out / METRICS_FILE).is_file() else {}
     adapter = out / "adapter_model.safetensors"
-    result = VariantResult(
+    return VariantResult(
         variant.name,
         "done" if done and not error else ("failed" if error else "not run"),
-        variant.changes,
+        changes,
         error=error,
-        eval_loss=summary.get("eval_loss"),
-        train_loss=summary.get("train_loss"),
+        eval_loss=metrics.get("eval_loss", summary.get("eval_loss")),
+        train_loss=metrics.get("train_loss", summary.get("train_loss")),
         scores=variant_scores(out),
         tokens_per_s=summary.get("mean_tokens_per_s"),
-        wall_time_s=summary.get("wall_time_s"),
+        train_time_s=summary.get("train_runtime_s"),
         adapter_mb=adapter.stat().st_size / 2**20 if adapter.is_file() else None,
     )
-    return result
+
+
+def training_span(out: Path) -> tuple[float, float] | None:
+    """When a run trained: the wall-clock times of its first and last logged rows."""
+    from robolora.report import read_metrics
+
+    if not (out / METRICS_FILE).is_file():
+        return None
+    times = [r["time"] for r in read_metrics(out / METRICS_FILE) if isinstance(r.get("time"), (int, float))]
+    return (min(times), max(times)) if times else None
+
+
+def at_once(spans: dict[str, tuple[float, float] | None]) -> dict[str, int]:
+    """For each run, how many runs (itself included) were training at the same time as it, at most.
+
+    >>> at_once({"a": (0, 10), "b": (5, 15), "c": (12, 20), "d": None})
+    {'a': 2, 'b': 2, 'c': 2}
+    >>> at_once({"a": (0, 10), "b": (1, 9), "c": (2, 8)})["a"]
+    3
+    """
+    known = {n: s for n, s in spans.items() if s}
+    out = {}
+    for name, (start, end) in known.items():
+        # the most spans holding one moment of this run: the count peaks at some span's start
+        moments = [start] + [s for s, _ in known.values() if start <= s <= end]
+        out[name] = max(sum(1 for s, e in known.values() if s <= t <= e) for t in moments)
+    return out
 
 
 def pick_best(results: list[VariantResult], metric: str) -> VariantResult | None:
@@ -344,7 +406,8 @@ COLUMNS = (
     ("api_valid", lambda r: r.scores.get("api_valid")),
     ("syntax", lambda r: r.scores.get("syntax")),
     ("tokens_per_s", lambda r: r.tokens_per_s),
-    ("wall_time_s", lambda r: r.wall_time_s),
+    ("at_once", lambda r: r.at_once),
+    ("train_time_s", lambda r: r.train_time_s),
     ("adapter_mb", lambda r: r.adapter_mb),
 )
 RATES = ("semantic", "exact", "api_valid", "syntax")
@@ -364,8 +427,8 @@ def comparison_table(results: list[VariantResult], best: str | None = None, ense
     """The variants side by side as aligned text; the best is starred, the ensemble's vote last.
 
     >>> r = VariantResult("a", "done", {"lora_r": 8}, eval_loss=0.25, scores={"semantic": 0.9})
-    >>> print(comparison_table([r], best="a").splitlines()[2])
-    a *      done    lora_r=8  0.2500     -           90.0%     -      -          -       -             -            -
+    >>> print(comparison_table([r], best="a").splitlines()[2].split())
+    ['a', '*', 'done', 'lora_r=8', '0.2500', '-', '90.0%', '-', '-', '-', '-', '-', '-', '-']
     """
     names = [n for n, _ in COLUMNS]
     rows = [[_cell(n, get(r)) for n, get in COLUMNS] for r in results]
@@ -374,7 +437,9 @@ def comparison_table(results: list[VariantResult], best: str | None = None, ense
             row[0] += " *"
     if ensemble:
         scores = [_cell(m, ensemble["scores"].get(m)) for m in RATES]
-        rows.append(["ensemble (vote)", "done", f"{ensemble['members']} members", "-", "-", *scores, "-", "-", "-"])
+        rows.append(
+            ["ensemble (vote)", "done", f"{ensemble['members']} members", "-", "-", *scores, "-", "-", "-", "-"]
+        )
     widths = [max(len(x) for x in col) for col in zip(names, *rows, strict=True)]
 
     def line(cells: list[str]) -> str:
@@ -476,8 +541,14 @@ def evaluate_adapter(out: str, settings: dict[str, Any], threads: int | None = N
         constrained=s.constrained,
     )
     report = score_generations(records, generations, folder / "eval_predictions.jsonl")
-    atomic_write_text(folder / "eval.json", json.dumps(compare_dict({folder.name: report}), indent=2))
+    data = {**compare_dict({folder.name: report}), "settings": s.__dict__}
+    atomic_write_text(folder / "eval.json", json.dumps(data, indent=2))
     return rates(report.overall.to_dict())
+
+
+def evaluated_with(folder: Path, settings: dict[str, Any] | None) -> bool:
+    """Whether the run in ``folder`` holds an evaluation made with ``settings`` (the sweep's ``evaluate``)."""
+    return settings is None or _read_json(folder / "eval.json").get("settings") == settings
 
 
 def _error_file(job: dict[str, Any]) -> Path:
@@ -505,7 +576,7 @@ def run_variant(config: dict[str, Any]) -> None:
     ):
         try:
             if not run_finished(Path(cfg.output_dir)):
-                run_training(cfg, callbacks=[TuneReportCallback()], watch=False)
+                run_training(cfg, callbacks=[TuneReportCallback()], watch=False, label=job["name"])
             scores = {}
             if job["evaluate"] is not None:
                 resources = {"num_gpus": 1} if cfg.use_gpu else {"num_cpus": cfg.num_workers * cfg.cpus_per_worker}
@@ -596,6 +667,9 @@ def report_sweep(sweep: Sweep, errors: dict[str, str]) -> tuple[list[VariantResu
 
     out = sweep.output_dir
     results = [collect(v, errors.get(v.name)) for v in sweep.variants]
+    shared = at_once({v.name: training_span(Path(v.config.output_dir)) for v in sweep.variants})
+    for r in results:
+        r.at_once = shared.get(r.name)
     best = pick_best(results, sweep.metric)
     ensemble = _ensemble(sweep, results) if sweep.evaluate else None
     table = comparison_table(results, best.name if best else None, ensemble)
@@ -622,63 +696,167 @@ def report_sweep(sweep: Sweep, errors: dict[str, str]) -> tuple[list[VariantResu
     return results, best
 
 
-def describe(sweep: Sweep, concurrent: int, configs: list[TrainConfig]) -> str:
+#: What a start of the sweep does with each variant.
+ACTIONS = {
+    "train": "train",
+    "resume": "resume from its last checkpoint",
+    "evaluate": "finished earlier: evaluate it",
+    "reuse": "finished earlier: kept",
+}
+
+
+def describe(sweep: Sweep, concurrent: int, configs: list[TrainConfig], actions: dict[str, str]) -> str:
     lines = [f"{len(sweep.variants)} variants into {sweep.output_dir}, {concurrent} at a time:"]
     for v, cfg in zip(sweep.variants, configs, strict=True):
         changes = ", ".join(f"{k}={val}" for k, val in v.changes.items()) or "(base settings)"
         each = "1 GPU" if cfg.use_gpu else f"{cfg.cpus_per_worker} CPU{'s' * (cfg.cpus_per_worker > 1)}"
-        lines.append(f"  {v.name}: {changes}  [{cfg.num_workers} worker{'s' * (cfg.num_workers > 1)} x {each}]")
+        lines.append(
+            f"  {v.name}: {changes}  [{cfg.num_workers} worker{'s' * (cfg.num_workers > 1)} x {each}]  "
+            f"-> {ACTIONS[actions[v.name]]}"
+        )
     return "\n".join(lines)
+
+
+def plan_variants(sweep: Sweep, source: str) -> dict[str, str]:
+    """What starting the sweep does with each variant (a key of :data:`ACTIONS`), from its folder.
+
+    A finished variant is kept, and an unfinished one resumed, only when its run's settings and inputs (the
+    data files' content, the starting adapter) are those the sweep now gives, the rule ``robolora train``
+    follows. Otherwise nothing starts: one line names the variants, what changed, and the fix.
+    """
+    from robolora.launcher import check_creatable
+    from robolora.runrecord import describe_changes, folder_state
+
+    actions, stale, foreign = {}, [], []
+    settings = sweep.evaluate.__dict__ if sweep.evaluate else None
+    for v in sweep.variants:
+        state, found = folder_state(v.config)
+        if found:
+            stale.append(f"{v.name} ({describe_changes(found, 2)})")
+        elif state == "foreign":
+            foreign.append(v.name)
+        elif state == "new":
+            check_creatable(Path(v.config.output_dir))
+            actions[v.name] = "train"
+        elif state == "unfinished":
+            actions[v.name] = "resume"
+        else:
+            actions[v.name] = "reuse" if evaluated_with(Path(v.config.output_dir), settings) else "evaluate"
+    if stale:
+        shown = "; ".join(stale[:3]) + (f"; and {len(stale) - 3} more" if len(stale) > 3 else "")
+        raise UserError(
+            f"{source}: {len(stale)} variant folder{'s hold runs' if len(stale) > 1 else ' holds a run'} made with "
+            f"other settings or inputs than the sweep gives now: {shown}; rename the changed variants, move their "
+            f"folders away, or give the sweep a new output_dir (finished runs are never relabelled or overwritten)"
+        )
+    if foreign:
+        raise UserError(
+            f"{source}: {', '.join(foreign[:3])}: the variant's folder in {sweep.output_dir} is not empty and "
+            "holds no robolora run; rename the variant or move the folder away"
+        )
+    return actions
+
+
+def check_data(sweep: Sweep) -> None:
+    """Every distinct dataset of the variants, validated as ``robolora train`` does before a run starts."""
+    from robolora.launcher import load_datasets
+
+    seen = set()
+    for v in sweep.variants:
+        c = v.config
+        key = (c.data_json, c.train_json, c.val_json, c.check_api, c.val_ratio, c.seed, c.category_weights)
+        if key not in seen:
+            seen.add(key)
+            try:
+                load_datasets(c)
+            except UserError as e:
+                raise e.prefixed(f"variant {v.name}: ") from None
+
+
+def local_resources(cfg: TrainConfig) -> tuple[int, int] | None:
+    """CPUs and GPUs a local Ray cluster started for ``cfg`` would have; None when it joins a running cluster."""
+    from robolora.launcher import local_gpus
+
+    if cfg.ray_address or os.environ.get("RAY_ADDRESS"):
+        return None
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    gpus = local_gpus()
+    return cpus, gpus.count if gpus else 0
 
 
 def run_sweep(path: str | os.PathLike, max_concurrent: int | None = None, dry_run: bool = False) -> list[VariantResult]:
     """Train every variant of a sweep file on Ray Tune, then compare, link the best and vote.
 
+    Everything that can be checked before Ray starts is: the sweep file, each dataset, each base model,
+    each variant's folder (new, or a run of the same settings and inputs to keep or resume). ``dry_run``
+    prints what would run and what would be kept, and starts nothing (a local cluster is planned from
+    this machine's CPUs and GPUs).
+
     Raises:
         SweepFailed: some variants failed (everything else is written first).
     """
-    import ray
-    from ray import tune
-
     from robolora.launcher import check_model, init_ray
 
     if max_concurrent is not None and max_concurrent < 1:
         raise ConfigError(f"--max-concurrent: must be at least 1, got {max_concurrent}")
-    sweep = load_sweep(path)
-    base = sweep.variants[0].config
-    for name in dict.fromkeys(v.config.model_name for v in sweep.variants):
+    source = str(path)
+    loaded = load_sweep(path)
+    base = loaded.variants[0].config
+    check_data(loaded)
+    for name in dict.fromkeys(v.config.model_name for v in loaded.variants):
         # Once, before the trials: a bundled model is converted here, not by several trials at once.
-        check_model(next(v.config for v in sweep.variants if v.config.model_name == name))
-    init_ray(base)
-    resources = ray.cluster_resources()
-    concurrent, configs = share_cluster(
-        [absolute_paths(v.config) for v in sweep.variants],
-        int(resources.get("CPU", 1)),
-        int(resources.get("GPU", 0)),
-        max_concurrent or sweep.max_concurrent,
-    )
-    sweep = replace(
-        sweep,
-        output_dir=sweep.output_dir.resolve(),
-        variants=[replace(v, config=c) for v, c in zip(sweep.variants, configs, strict=True)],
-    )
-    print(describe(sweep, concurrent, configs), flush=True)
+        check_model(next(v.config for v in loaded.variants if v.config.model_name == name))
+
+    def laid_out(cpus: int, gpus: int) -> tuple[int, Sweep, dict[str, str]]:
+        concurrent, configs = share_cluster(
+            [absolute_paths(v.config) for v in loaded.variants], cpus, gpus, max_concurrent or loaded.max_concurrent
+        )
+        sweep = replace(
+            loaded,
+            output_dir=loaded.output_dir.resolve(),
+            variants=[replace(v, config=c) for v, c in zip(loaded.variants, configs, strict=True)],
+        )
+        return concurrent, sweep, plan_variants(sweep, source)
+
+    local = local_resources(base)
+    if local is not None:
+        concurrent, sweep, actions = laid_out(*local)
+    if local is None or not dry_run:
+        import ray
+
+        init_ray(base)
+        resources = ray.cluster_resources()
+        concurrent, sweep, actions = laid_out(int(resources.get("CPU", 1)), int(resources.get("GPU", 0)))
+    configs = [v.config for v in sweep.variants]
+    print(describe(sweep, concurrent, configs, actions), flush=True)
     if dry_run:
         return []
+    return _train_and_report(sweep, concurrent, actions)
+
+
+def _train_and_report(sweep: Sweep, concurrent: int, actions: dict[str, str]) -> list[VariantResult]:
+    from ray import tune
+
     out = sweep.output_dir
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
     evaluate = sweep.evaluate.__dict__ if sweep.evaluate else None
     todo = []
     for v in sweep.variants:
-        folder = Path(v.config.output_dir)
-        if run_finished(folder) and (evaluate is None or (folder / "eval.json").is_file()):
+        if actions[v.name] == "reuse":
             print(f"[{v.name}] finished earlier: kept")
             continue
         todo.append({"name": v.name, "config": v.config.to_dict(), "evaluate": evaluate, "logs": str(logs)})
     errors: dict[str, str] = {}
     if todo:
-        print(f"training {len(todo)} variants; each one's output is in {logs}/<name>.log", flush=True)
+        print(
+            f"training {len(todo)} variants; each one's output is in {logs}/<name>.log; "
+            f"their curves side by side: tensorboard --logdir {sweep.output_dir}",
+            flush=True,
+        )
         tuner = tune.Tuner(
             # The trial only drives its Train run, whose workers hold the CPUs and GPUs; a trial
             # holding a CPU would keep a Train worker waiting (Tune refuses an all-zero request).

@@ -36,3 +36,23 @@ def test_two_stages_chain_and_a_rerun_skips_them(ray_session, small_dataset, tmp
     assert main(["pipeline", "--config", str(path)]) == 0
     out = capsys.readouterr().out
     assert "stage 1/2 first: finished earlier" in out and "stage 2/2 second: finished earlier" in out
+
+    # --dry-run says what a start would do, and does nothing
+    assert main(["pipeline", "--config", str(path), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("-> finished earlier: kept") == 2
+    # Stage one's learning rate edited: it and the stage after it would have to be retrained. Nothing is
+    # overwritten; one line names both stages, what changed, and the fix.
+    adapters = [(out / "adapter_model.safetensors").read_bytes() for out in (first, second)]
+    spec["stages"][0]["learning_rate"] = 2e-2
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["pipeline", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "first (learning_rate 0.01 -> 0.02)" in err, err
+    assert "second (its starting adapter, stage first's, is retrained)" in err and "move first, second out of" in err
+    assert [(out / "adapter_model.safetensors").read_bytes() for out in (first, second)] == adapters
+    # moved away as the message says, both stages train again
+    first.rename(tmp_path / "first-old")
+    second.rename(tmp_path / "second-old")
+    assert main(["pipeline", "--config", str(path)]) == 0
+    assert yaml.safe_load((first / "config.yaml").read_text())["learning_rate"] == 2e-2
+    assert (second / "adapter_model.safetensors").read_bytes() != adapters[1]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from robolora.config import load_config_file
 from robolora.errors import ConfigError
 from robolora.pipeline import build_stages, load_pipeline
 
@@ -22,8 +25,11 @@ def test_stages_share_settings_and_chain():
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ([1], "p: expected a mapping with output_dir, shared, stages"),
-        ({"output_dir": "o", "stages": STAGES, "x": 1}, "p: x: unknown key; a pipeline has output_dir, shared, stages"),
+        ([1], "p: expected a mapping with output_dir, base, shared, stages"),
+        (
+            {"output_dir": "o", "stages": STAGES, "x": 1},
+            "p: x: unknown key; a pipeline has output_dir, base, shared, stages",
+        ),
         ({"stages": STAGES}, "p: output_dir: give the folder the stages' folders go in"),
         ({"output_dir": "o", "stages": []}, "p: stages: give a list of stages, each with a name and its own settings"),
         ({"output_dir": "o", "stages": [STAGES[0], STAGES[0]]}, "p: stages[1]: name: give each stage a different"),
@@ -49,3 +55,25 @@ def test_file_errors(tmp_path):
         load_pipeline(bad)
     with pytest.raises(ConfigError, match=r"missing.yaml: no such file"):
         load_pipeline(tmp_path / "missing.yaml")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples" / "pipelines").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_pipelines_load(path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # their base configs are named from the project's root, as a user runs them
+    stages = load_pipeline(path)
+    assert len(stages) >= 2 and all(s.config.data_json for s in stages)
+    assert stages[1].config.resume_from == stages[0].config.output_dir
+    base = load_config_file(ROOT / "examples" / "smollm2-135m.yaml")
+    assert stages[0].config.lora_r == base["lora_r"] and stages[0].config.num_epochs == 0.5
+
+
+def test_a_base_file_gives_every_stage_its_settings(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("data_json: d.json\nlora_r: 8\noutput_dir: elsewhere\n")
+    stages = build_stages(
+        {"output_dir": "out", "base": str(base), "stages": [{"name": "a"}, {"name": "b", "lora_r": 8}]}, "p.yaml"
+    )
+    assert [(s.config.lora_r, s.config.output_dir) for s in stages] == [(8, "out/a"), (8, "out/b")]
