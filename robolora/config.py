@@ -5,9 +5,9 @@ One dataclass, :class:`TrainConfig`, is the single source of truth. The CLI pars
 are all derived from its fields. Precedence: field defaults < config file < command-line flags.
 
 Example:
-    >>> cfg = parse_train_args(["--data-json", "d.json", "--lora-r", "64", "--lora-alpha", "128"])
-    >>> cfg.lora_r, cfg.lora_alpha, cfg.target_modules()[:2]
-    (64, 128, ['q_proj', 'k_proj'])
+    >>> cfg = parse_train_args(["--data-json", "d.json", "--lora-r", "64", "--lora-target-modules", "q_proj, v_proj"])
+    >>> cfg.lora_r, cfg.lora_alpha, cfg.target_modules()
+    (64, 64, ['q_proj', 'v_proj'])
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import json
+import functools
 import math
 import os
 import re
@@ -30,7 +30,8 @@ import yaml
 from robolora.errors import ConfigError
 
 DEFAULT_MODEL = "codellama/CodeLlama-7b-Python-hf"
-ALL_LINEAR_MODULES = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+#: PEFT's shorthand for every linear layer but the LM head, whatever the architecture names them.
+ALL_LINEAR_MODULES = "all-linear"
 SCHEDULERS = ("linear", "cosine", "constant")
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd")
 OFFLOAD = ("none", "optimizer", "all")
@@ -81,7 +82,13 @@ class TrainConfig:
     lora_r: int = _f(32, "LoRA rank (higher = more trainable parameters)", "model")
     lora_alpha: int = _f(64, "LoRA scaling factor (effective scale = alpha / r)", "model")
     lora_dropout: float = _f(0.05, "dropout on the LoRA input", "model")
-    lora_target_modules: str = _f("q_proj,k_proj,v_proj,o_proj", "comma-separated module names to adapt", "model")
+    lora_target_modules: str = _f(
+        "auto",
+        "comma-separated names of the modules to adapt, each matching the end of some module's name; "
+        "'auto' for the architecture's default (q_proj,k_proj,v_proj,o_proj on Llama-class models, PEFT's "
+        "default on others, such as c_attn on GPT-2); 'all-linear' for every linear layer but the LM head",
+        "model",
+    )
     lora_layers: str = _f(
         "",
         "decoder layers that get LoRA: empty for all, 'top:N' for the last N (backward stops below them), "
@@ -91,7 +98,12 @@ class TrainConfig:
     # Training
     output_dir: str = _f("./models/robot-lora", "where the adapter, checkpoints, metrics and plots go", "train")
     num_epochs: float = _f(3.0, "passes over the training data", "train")
-    max_steps: int = _f(-1, "stop after this many optimizer steps (-1: run all epochs)", "train")
+    max_steps: int = _f(
+        -1,
+        "train exactly this many optimizer steps, overriding --num-epochs (fewer or more epochs of the same "
+        "seeded plan, as Hugging Face's max_steps); -1: run --num-epochs",
+        "train",
+    )
     batch_size: int = _f(4, "examples per worker per micro-step", "train")
     gradient_accumulation_steps: int = _f(1, "micro-steps per optimizer step", "train")
     learning_rate: float = _f(1e-4, "peak learning rate", "train")
@@ -171,7 +183,8 @@ class TrainConfig:
         _check_consistency(self)
 
     def target_modules(self) -> list[str]:
-        """The LoRA target module names as a list."""
+        """The LoRA target module names as a list (``['auto']`` until a run resolves it for its model:
+        ``robolora.models.resolve_targets``)."""
         return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
 
     def lora_layer_indices(self, num_layers: int) -> list[int] | None:
@@ -263,26 +276,116 @@ def parse_step_range(spec: str) -> tuple[int, int] | None:
     return int(match[1]), int(match[2] or match[1])
 
 
+@dataclass(frozen=True)
+class Bound:
+    """The accepted values of a numeric field: ``low`` to ``high``, each end included unless marked open.
+
+    ``rule`` says in words what a value below the range (or not a finite number) must be; ``also``
+    holds values accepted outside the range (-1 for "off", None for "planned").
+    """
+
+    low: float
+    high: float
+    rule: str
+    low_open: bool = False
+    high_open: bool = False
+    also: tuple = ()
+
+    def range_text(self) -> str:
+        """The range as the error messages write it: ``1..4096`` for integers, ``(0, 10]`` for numbers."""
+        if isinstance(self.low, int) and isinstance(self.high, int):
+            return f"{self.low}..{self.high}"
+        lo, hi = _number_text(self.low), _number_text(self.high)
+        return f"{'(' if self.low_open else '['}{lo}, {hi}{')' if self.high_open else ']'}"
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is refused, or None when it is accepted.
+
+        >>> NUMBER_BOUNDS["lora_r"].problem(8), NUMBER_BOUNDS["lora_r"].problem(0)
+        (None, 'must be a positive integer, got 0')
+        >>> NUMBER_BOUNDS["lora_r"].problem(10**9)
+        'must be at most 4096 (an integer in 1..4096), got 1000000000'
+        >>> NUMBER_BOUNDS["learning_rate"].problem(float("nan"))
+        'must be a positive number, got nan'
+        """
+        if value in self.also:
+            return None
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be {self.rule}, got {value!r}"
+        if value < self.low or (self.low_open and value == self.low):
+            return f"must be {self.rule}, got {value!r}"
+        if value > self.high or (self.high_open and value == self.high):
+            if self.high_open:  # the ratios: the rule states the whole range
+                return f"must be {self.rule}, got {value!r}"
+            kind = "an integer" if isinstance(self.high, int) else "a number"
+            return f"must be at most {_number_text(self.high)} ({kind} in {self.range_text()}), got {value!r}"
+        return None
+
+
+def _number_text(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+#: Largest number of optimizer steps any step count may name.
+MAX_STEPS = 10**9
+
+#: The accepted range of every numeric field: the one table the config file, the flags, the sweep
+#: grids and the pipeline stages are checked against. Model-dependent limits (the model's context
+#: length and width) are checked by :func:`check_against_model` once the model is known.
+NUMBER_BOUNDS: dict[str, Bound] = {
+    "max_length": Bound(16, 131072, "at least 16 tokens"),
+    "lora_r": Bound(1, 4096, "a positive integer"),
+    "lora_alpha": Bound(1, 65536, "a positive integer"),
+    "batch_size": Bound(1, 65536, "a positive integer"),
+    "gradient_accumulation_steps": Bound(1, 65536, "a positive integer"),
+    "eval_steps": Bound(1, MAX_STEPS, "a positive number of steps"),
+    "save_steps": Bound(1, MAX_STEPS, "a positive number of steps"),
+    "logging_steps": Bound(1, MAX_STEPS, "a positive number of steps"),
+    "max_steps": Bound(1, MAX_STEPS, "-1 or a positive integer", also=(-1,)),
+    "learning_rate": Bound(0.0, 10.0, "a positive number", low_open=True),
+    "num_epochs": Bound(0.0, 10000.0, "a positive number", low_open=True),
+    "weight_decay": Bound(0.0, 10.0, "a number >= 0"),
+    "max_grad_norm": Bound(0.0, 10000.0, "a number >= 0"),
+    "loraplus_lr_ratio": Bound(0.0, 1000.0, "a number >= 0"),
+    "val_ratio": Bound(0.0, 1.0, "between 0 and 1 (exclusive)", low_open=True, high_open=True),
+    "warmup_ratio": Bound(0.0, 1.0, "in [0, 1)", high_open=True),
+    "lora_dropout": Bound(0.0, 1.0, "in [0, 1)", high_open=True),
+    "seed": Bound(0, 2**32 - 1, "an integer >= 0"),
+    "dataloader_num_workers": Bound(0, 256, "an integer >= 0"),
+    "save_total_limit": Bound(0, 10**6, "an integer >= 0"),
+    "early_stopping_patience": Bound(0, 10**6, "an integer >= 0"),
+    "max_failures": Bound(0, 1000, "an integer >= 0"),
+    "num_workers": Bound(1, 4096, "a positive integer", also=(None,)),
+    "cpus_per_worker": Bound(1, 1024, "a positive integer", also=(None,)),
+}
+
+
+def check_against_model(cfg: TrainConfig, max_positions: int | None, hidden_size: int | None) -> None:
+    """The limits that depend on the model: its context length and its width (None: not known).
+
+    >>> check_against_model(TrainConfig(max_length=512, lora_r=64), 1024, 64)
+    >>> check_against_model(TrainConfig(max_length=2048), 1024, 64)
+    Traceback (most recent call last):
+    ...
+    robolora.errors.ConfigError: --max-length: must be at most 1024 for codellama/CodeLlama-7b-Python-hf \
+(its max_position_embeddings), got 2048
+    """
+    limits = (("max_length", max_positions, "max_position_embeddings"), ("lora_r", hidden_size, "hidden_size"))
+    for name, limit, what in limits:
+        value = getattr(cfg, name)
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 and value > limit:
+            raise ConfigError(f"{flag(name)}: must be at most {limit} for {cfg.model_name} (its {what}), got {value!r}")
+
+
 def _check_numbers(c: TrainConfig) -> None:
     def need(ok: bool, name: str, rule: str) -> None:
         if not ok:
             raise ConfigError(f"{flag(name)}: must be {rule}, got {getattr(c, name)!r}")
 
-    for name in ("max_length", "lora_r", "lora_alpha", "batch_size", "gradient_accumulation_steps"):
-        need(getattr(c, name) >= 1, name, "a positive integer")
-    for name in ("eval_steps", "save_steps", "logging_steps"):
-        need(getattr(c, name) >= 1, name, "a positive number of steps")
-    for name in ("learning_rate", "num_epochs"):
-        need(math.isfinite(getattr(c, name)) and getattr(c, name) > 0, name, "a positive number")
-    for name in ("weight_decay", "max_grad_norm", "loraplus_lr_ratio"):
-        need(math.isfinite(getattr(c, name)) and getattr(c, name) >= 0, name, "a number >= 0")
-    for name in ("dataloader_num_workers", "save_total_limit", "early_stopping_patience", "max_failures"):
-        need(getattr(c, name) >= 0, name, "an integer >= 0")
-    need(0 < c.val_ratio < 1, "val_ratio", "between 0 and 1 (exclusive)")
-    need(0 <= c.warmup_ratio < 1, "warmup_ratio", "in [0, 1)")
-    need(0 <= c.lora_dropout < 1, "lora_dropout", "in [0, 1)")
-    need(c.max_steps == -1 or c.max_steps >= 1, "max_steps", "-1 or a positive integer")
-    need(c.max_length >= 16, "max_length", "at least 16 tokens")
+    for name, bound in NUMBER_BOUNDS.items():
+        problem = bound.problem(getattr(c, name))
+        if problem:
+            raise ConfigError(f"{flag(name)}: {problem}")
     need(bool(c.target_modules()), "lora_target_modules", "a comma-separated list of module names")
     parse_layers(c.lora_layers, 10**6)  # the syntax now; the layer count once the model is known
     parse_step_range(c.profile_steps)
@@ -290,8 +393,6 @@ def _check_numbers(c: TrainConfig) -> None:
     need(bool(c.output_dir.strip()), "output_dir", "a directory path")
     need(bool(c.model_name.strip()), "model_name", "a model alias, path or hub name")
     need(bool(re.fullmatch(r"[\w.:-]+", c.dashboard_host)), "dashboard_host", "a host name or IP address")
-    for name in ("num_workers", "cpus_per_worker"):
-        need(getattr(c, name) is None or getattr(c, name) >= 1, name, "a positive integer")
 
 
 def _check_consistency(c: TrainConfig) -> None:
@@ -315,9 +416,14 @@ def _check_consistency(c: TrainConfig) -> None:
 # ----------------------------------------------------------------------------- types
 
 
+@functools.cache
+def _type_hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)  # evaluated once: every parser and config file needs them
+
+
 def _field_type(f: dataclasses.Field) -> tuple[type, bool]:
     """(base type, optional) of a field such as ``int | None``."""
-    hint = typing.get_type_hints(TrainConfig)[f.name]
+    hint = _type_hints()[f.name]
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         base = next(a for a in args if a is not type(None))
@@ -373,24 +479,50 @@ def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
 
 
 def read_mapping(path: str | os.PathLike, flag: str = "--config") -> dict[str, Any]:
-    """A YAML or JSON file that holds one mapping (an empty file is an empty mapping)."""
+    """A YAML or JSON file that holds one mapping (an empty file is an empty mapping).
+
+    The file must be a regular file of at most 1 MiB, nest at most 64 levels, expand its YAML aliases
+    to at most 10 million values and characters, and hold no NUL, control character or lone surrogate
+    in its strings; anything else is one :class:`ConfigError` naming ``flag``, the file and the key.
+    """
+    from robolora.fileio import MAX_CONFIG_BYTES, FileReadError, load_json, load_yaml
+
     p = Path(path)
+    is_json = p.suffix.lower() == ".json"
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{flag}: {p}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{flag}: {p}: cannot be read ({e.__class__.__name__}: {e})") from None
-    try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        detail = " ".join(str(e).split())
-        raise ConfigError(f"{flag}: {p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {detail}") from None
+        data = (load_json if is_json else load_yaml)(p, "a YAML or JSON config file", MAX_CONFIG_BYTES)
+    except FileReadError as e:
+        raise ConfigError(f"{flag}: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{flag}: {p}: expected a mapping of keys to values, got a {type(data).__name__}")
+    bad = _bad_text(data)
+    if bad:
+        raise ConfigError(f"{flag}: {p}: {bad}")
     return data
+
+
+def _bad_text(data: Any, where: str = "") -> str | None:
+    """The first key or string value of a parsed file that is not text (control characters, lone
+    surrogates), as ``key: problem``; the file's nesting is already bounded."""
+    from robolora.fileio import text_problem
+
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        here = f"{where}[{key}]" if isinstance(data, list) else f"{where}.{key}" if where else str(key)
+        for text, what in ((key, "the key"), (value, "the value")):
+            if isinstance(text, str) and _NOT_TEXT.search(text):
+                problem = text_problem(text) or "is not text"
+                return f"{here if len(here) <= 80 else here[:77] + '...'}: {what} {problem}"
+        if isinstance(value, (dict, list)):
+            found = _bad_text(value, here)
+            if found:
+                return found
+    return None
+
+
+_NOT_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 def load_config_file(path: str | os.PathLike, flag: str = "--config") -> dict[str, Any]:
@@ -465,4 +597,34 @@ def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (loadable again with ``--config``)."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    from robolora.fileio import atomic_write_text  # written aside and renamed: never seen half-written
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+#: The fields that name local files or directories (``model_name`` too, where it is a local path).
+LOCAL_PATH_FIELDS = ("data_json", "train_json", "val_json", "resume_from", "storage_path", "output_dir")
+
+
+def absolute_paths(cfg: TrainConfig, base: str | os.PathLike | None = None) -> TrainConfig:
+    """The config with every local path made absolute against ``base`` (default: the working directory).
+
+    A run's workers start in folders of their own (a Ray worker's working directory is not the
+    command's), so the driver hands them absolute paths. ``~`` is expanded; symbolic links are kept;
+    a model alias or a hub name is left as it is (see :func:`robolora.models.is_local_model`).
+
+    >>> cfg = absolute_paths(TrainConfig(data_json="d.json", model_name="./m", output_dir="out"), "/runs")
+    >>> cfg.data_json, cfg.model_name, cfg.output_dir, absolute_paths(TrainConfig(), "/runs").model_name
+    ('/runs/d.json', '/runs/m', '/runs/out', 'codellama/CodeLlama-7b-Python-hf')
+    """
+    from robolora.models import is_local_model
+
+    root = Path(base) if base is not None else Path.cwd()
+
+    def absolute(value: str) -> str:
+        return str(root / Path(value).expanduser())
+
+    changes = {k: absolute(getattr(cfg, k)) for k in LOCAL_PATH_FIELDS if getattr(cfg, k)}
+    if is_local_model(cfg.model_name, root):
+        changes["model_name"] = absolute(cfg.model_name)
+    return cfg.replace(**changes) if any(getattr(cfg, k) != v for k, v in changes.items()) else cfg

@@ -69,18 +69,12 @@ MAX_CATEGORY_CHARS = 100
 
 
 def _read_text(path: Path) -> str:
+    from robolora.fileio import MAX_DATASET_BYTES, FileReadError, read_text
+
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError([f"{path}: no such file"]) from None
-    except IsADirectoryError:
-        raise DataError([f"{path}: is a directory, expected a JSON or JSONL file"]) from None
-    except OSError as e:
-        raise DataError([f"{path}: cannot be read ({e.strerror})"]) from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError([f"{path}: byte {e.start}: not valid UTF-8; save the file as UTF-8"]) from None
+        return read_text(path, "a JSON or JSONL dataset", MAX_DATASET_BYTES)
+    except FileReadError as e:
+        raise DataError([str(e)]) from None
 
 
 def _is_jsonl(path: Path, text: str) -> bool:
@@ -97,6 +91,8 @@ def read_records(path: str | Path) -> list[Any]:
     Raises:
         DataError: the file is missing, unreadable, not UTF-8, empty, not JSON, or not a list.
     """
+    from robolora.fileio import MAX_DEPTH, FileReadError, json_depth, parse_json
+
     p = Path(path)
     text = _read_text(p)
     if not text.strip():
@@ -106,6 +102,9 @@ def read_records(path: str | Path) -> list[Any]:
         for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
+            if json_depth(line) > MAX_DEPTH:
+                problems.append(f"{p}: line {lineno}: nests more than {MAX_DEPTH} levels deep; a record is flat")
+                continue
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as e:
@@ -114,9 +113,9 @@ def read_records(path: str | Path) -> list[Any]:
             raise DataError(problems)
         return records
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError([f"{p}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"]) from None
+        data = parse_json(text, p, MAX_DEPTH)
+    except FileReadError as e:
+        raise DataError([str(e)]) from None
     if not isinstance(data, list):
         raise DataError([f"{p}: expected a JSON list of records at the top level, got {_kind(data)}"])
     return data
@@ -135,9 +134,11 @@ def _norm(text: str) -> str:
 def record_problems(path: str | Path, records: Sequence[Any], check_api: bool = True) -> list[str]:
     """Every problem in a list of raw records, one ``file: record N: field: message`` line each.
 
-    Records are numbered from 0, as in the list. ``check_api`` also parses each ``output`` with the
-    robot API checker.
+    Records are numbered from 0, as in the list. Text fields must be text: no control character but
+    tab and newline, no lone surrogate, something visible. ``check_api`` also parses each ``output``
+    with the robot API checker.
     """
+    from robolora.fileio import text_problem
     from robolora.robot.checker import check  # light: pure Python
 
     problems: list[str] = []
@@ -149,6 +150,7 @@ def record_problems(path: str | Path, records: Sequence[Any], check_api: bool = 
         if not isinstance(rec, dict):
             problems.append(f'{where}: expected an object with "input" and "output", got {_kind(rec)}')
             continue
+        not_text: set[str] = set()  # fields holding control characters or lone surrogates
         for key in ("input", "output"):
             value = rec.get(key)
             if key not in rec:
@@ -162,18 +164,23 @@ def record_problems(path: str | Path, records: Sequence[Any], check_api: bool = 
                     f"{where}: field '{key}': {len(value):,} characters, over the limit of {MAX_FIELD_CHARS:,}; "
                     "a robot command and its program are a few lines"
                 )
+            elif why := text_problem(value):
+                problems.append(f"{where}: field '{key}': {why}")
+                not_text.add(key)
         if isinstance(rec.get("category"), str) and len(rec["category"]) > MAX_CATEGORY_CHARS:
             problems.append(f"{where}: field 'category': longer than {MAX_CATEGORY_CHARS} characters; use a short name")
         elif "category" in rec and not isinstance(rec["category"], str):
             problems.append(f"{where}: field 'category': expected a string, got {_kind(rec['category'])}")
         elif "category" in rec and not rec["category"].strip():
             problems.append(f"{where}: field 'category': is empty; give a name or leave the field out")
+        elif "category" in rec and (why := text_problem(rec["category"])):
+            problems.append(f"{where}: field 'category': {why}")
         inp, out = rec.get("input"), rec.get("output")
-        if isinstance(inp, str) and inp.strip():
+        if isinstance(inp, str) and inp.strip() and "input" not in not_text:
             first = seen.setdefault(_norm(inp), i)
             if first != i:
                 problems.append(f"{where}: field 'input': duplicate of record {first}; remove one of them")
-        if check_api and isinstance(out, str) and out.strip():
+        if check_api and isinstance(out, str) and out.strip() and "output" not in not_text:
             result = check(out)
             if not result.api_valid:
                 reason = result.errors[0] if result.errors else "invalid"
@@ -303,6 +310,96 @@ def encode_prompt(tokenizer: Any, command: str) -> list[int]:
     """Token ids of the rendered prompt (a BOS token added only where the template does not hold one)."""
     text, templated = render_prompt(tokenizer, command)
     return tokenizer(text, add_special_tokens=not templated)["input_ids"]
+
+
+def _jinja_string(text: str) -> str:
+    """``text`` as a Jinja string literal (JSON's escapes are Jinja's too).
+
+    >>> print(_jinja_string('say "hi"'))
+    "say \\"hi\\""
+    """
+    return json.dumps(text)
+
+
+def chat_template_with_system(template: str, system_prompt: str = SYSTEM_PROMPT) -> str:
+    """``template`` (a chat template, Jinja) with ``system_prompt`` as the system turn of every
+    conversation that has none; a conversation with a system turn renders as before.
+
+    So a conversation of the user's command alone renders as :func:`render_prompt` renders it (the
+    command aside: the template does not normalize it).
+
+    >>> t = "{% for m in messages %}[{{ m['role'] }}: {{ m['content'] }}]{% endfor %}"
+    >>> from jinja2 import Environment
+    >>> render = Environment().from_string(chat_template_with_system(t, "Be brief.")).render
+    >>> render(messages=[{"role": "user", "content": "stop"}])
+    '[system: Be brief.][user: stop]'
+    >>> render(messages=[{"role": "system", "content": "Other."}, {"role": "user", "content": "stop"}])
+    '[system: Other.][user: stop]'
+    """
+    system = _jinja_string(system_prompt)
+    # A top-level `set` replaces `messages` for the rest of the template; the `{{ '' }}` at the end keeps
+    # the block's trimming (trim_blocks) away from a newline that begins the model's template.
+    prefix = (
+        "{%- if not messages or messages[0]['role'] != 'system' %}"
+        f"{{%- set messages = [{{'role': 'system', 'content': {system}}}] + messages %}}"
+        "{%- endif %}{{ '' }}"
+    )
+    return prefix + template
+
+
+def plain_chat_template(system_prompt: str = SYSTEM_PROMPT, prefix: str = "") -> str:
+    """A chat template that renders :data:`PLAIN_TEMPLATE`, for models without one of their own.
+
+    Each user turn renders as a whole plain prompt (its system text: the conversation's system turn,
+    else ``system_prompt``), each assistant turn as its text and a blank line (as a few-shot prompt
+    shows its examples). ``prefix`` (the text of the special tokens the tokenizer adds, such as a BOS
+    token) starts the conversation, so the rendered text, tokenized without special tokens as chat
+    servers do, gives the ids of the plain prompt tokenized with them.
+
+    >>> from jinja2 import Environment
+    >>> render = Environment().from_string(plain_chat_template("Be brief.")).render
+    >>> render(messages=[{"role": "user", "content": "stop"}], add_generation_prompt=True)
+    '### System:\\nBe brief.\\n\\n### Command:\\nstop\\n\\n### Code:\\n'
+    """
+    head, rest = PLAIN_TEMPLATE.split("{system}")
+    middle, tail = rest.split("{command}")
+    return (
+        f"{{%- set ns = namespace(system={_jinja_string(system_prompt)}) %}}{{{{ {_jinja_string(prefix)} }}}}"
+        "{%- for message in messages %}"
+        "{%- if message['role'] == 'system' %}{%- set ns.system = message['content'] %}"
+        f"{{%- elif message['role'] == 'user' %}}{{{{ {_jinja_string(head)} + ns.system + {_jinja_string(middle)}"
+        f" + message['content'] + {_jinja_string(tail)} }}}}"
+        "{%- else %}{{ message['content'] + '\\n\\n' }}"
+        "{%- endif %}"
+        "{%- endfor %}"
+    )
+
+
+def _added_prefix(tokenizer: Any) -> str:
+    """The text of the special tokens the tokenizer puts before a text it tokenizes (usually BOS, or none)."""
+    sample = "### Command:\nstop"
+    plain = tokenizer(sample, add_special_tokens=False)["input_ids"]
+    full = tokenizer(sample)["input_ids"]
+    cut = len(full) - len(plain)
+    if cut <= 0 or full[cut:] != plain:
+        return ""
+    return tokenizer.decode(full[:cut], skip_special_tokens=False)
+
+
+def export_chat_template(tokenizer: Any, system_prompt: str = SYSTEM_PROMPT) -> str | dict[str, str]:
+    """The chat template for a model trained with this tokenizer's prompts, to save with the model.
+
+    Rendered with the user's command alone (``[{"role": "user", "content": command}]`` and the
+    generation prompt), it gives what :func:`encode_prompt` gives for the already normalized command:
+    the model's own template with ``system_prompt`` as the default system turn
+    (:func:`chat_template_with_system`), else :func:`plain_chat_template`.
+    """
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # several named templates: each gets the system turn
+        return {name: chat_template_with_system(t, system_prompt) for name, t in template.items()}
+    if template:
+        return chat_template_with_system(template, system_prompt)
+    return plain_chat_template(system_prompt, _added_prefix(tokenizer))
 
 
 def build_example(prompt_ids: list[int], response_ids: list[int], eos_id: int, max_length: int) -> dict[str, Any]:

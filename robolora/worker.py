@@ -48,7 +48,7 @@ from robolora.kernels import (
 )
 from robolora.profiling import StepProfiler
 from robolora.progress import METRICS, PROGRESS
-from robolora.sampler import plan_epoch, steps_per_epoch
+from robolora.sampler import plan_epoch, steps_per_epoch, total_steps
 from robolora.schedule import lr_factor, warmup_steps_for
 from robolora.startup import describe, phases
 
@@ -83,6 +83,8 @@ class RunSpec:
     #: The driver's wall-clock start-up marks (robolora.startup); the workers add theirs.
     startup: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The run's name among runs side by side (a sweep's variant): its workers' lines start with it.
+    label: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -270,7 +272,10 @@ class TargetLogitsLM(torch.nn.Module):
         simple = not any(getattr(config, k, None) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
         decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
         head = base.get_output_embeddings()
-        self._parts = (decoder, head) if simple and decoder is not None and head is not None else None
+        # The decoder must be a module of its own whose output is what the head takes (Llama's model.model,
+        # GPT-2's transformer); anything else keeps the plain forward.
+        found = decoder is not None and decoder is not base and head is not None
+        self._parts = (decoder, head) if simple and found else None
 
     def forward(
         self,
@@ -306,6 +311,17 @@ class TargetLogitsLM(torch.nn.Module):
         return types.SimpleNamespace(loss=loss)
 
 
+def conv1d_targets(model: torch.nn.Module, targets: list[str]) -> bool:
+    """Whether the modules LoRA adapts are transformers' ``Conv1D`` layers (GPT-2), whose weights are
+    stored as (in, out): PEFT's ``fan_in_fan_out``."""
+    from transformers.pytorch_utils import Conv1D
+
+    from robolora.models import matches
+
+    adapted = [m for n, m in model.named_modules() if any(matches(t, n) for t in targets)]
+    return bool(adapted) and all(isinstance(m, Conv1D) for m in adapted)
+
+
 def lora_state_dict(model: Any, zero_stage: int) -> dict[str, torch.Tensor] | None:
     """The adapter's weights on rank 0 (None elsewhere); under ZeRO-3 they are gathered first.
 
@@ -335,8 +351,15 @@ def save_adapter(model: Any, state: dict[str, torch.Tensor], directory: Path) ->
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    model.peft_config["default"].save_pretrained(str(directory))
-    save_file(state, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
+    # Written aside and renamed, so a reader (or a crash) sees the old adapter or the new one; with the
+    # folder's permissions less the execute bits (safetensors makes 0600 files).
+    with tempfile.TemporaryDirectory(prefix=".adapter-", dir=directory) as tmp:
+        model.peft_config["default"].save_pretrained(tmp)
+        save_file(state, str(Path(tmp) / "adapter_model.safetensors"), metadata={"format": "pt"})
+        mode = directory.stat().st_mode & 0o666
+        for name in ("adapter_model.safetensors", "adapter_config.json"):
+            (Path(tmp) / name).chmod(mode)
+            (Path(tmp) / name).replace(directory / name)
 
 
 def load_adapter_weights(model: Any, source: str) -> None:
@@ -358,6 +381,7 @@ class Trainer:
 
     def __init__(self, spec: RunSpec):
         self.spec = spec
+        dist.set_label(spec.label)
         self.cfg = from_dict(spec.config)
         self.rank, self.world = dist.rank(), dist.world_size()
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}") if spec.use_gpu else torch.device("cpu")
@@ -366,6 +390,9 @@ class Trainer:
         self.epoch = 0
         self.best_eval = math.inf
         self.evals_without_improvement = 0
+        #: Seconds spent training before this attempt (restored from the checkpoint it resumes from).
+        self.runtime_before = 0.0
+        self.train_start = time.perf_counter()
         self.rows: list[dict[str, Any]] = []
         self.writer: Any = None
         self.marks = {**spec.startup, "worker": time.time()}
@@ -429,8 +456,8 @@ class Trainer:
         if self.steps_per_epoch == 0:
             unit = "packed rows" if self.cfg.packing else "training examples"
             raise ValueError(f"{len(self.train_lengths)} {unit} make no global batch of {self.global_batch}")
-        total = self.steps_per_epoch * self.cfg.num_epochs
-        self.total_steps = min(self.cfg.max_steps, math.ceil(total)) if self.cfg.max_steps > 0 else math.ceil(total)
+        # --max-steps overrides --num-epochs, as in Hugging Face's Trainer: train() goes on into further epochs.
+        self.total_steps = total_steps(self.steps_per_epoch, self.cfg.num_epochs, self.cfg.max_steps)
         window = parse_step_range(self.cfg.profile_steps) if dist.is_main() else None
         self.profiler = StepProfiler(window, self.out, self.device)
         self._build_engine()
@@ -484,11 +511,14 @@ class Trainer:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         torch.manual_seed(self.cfg.seed)  # identical LoRA initialisation on every rank
+        targets = self.cfg.target_modules()  # resolved for the model by the driver (robolora.models.resolve_targets)
         lora = LoraConfig(
             r=self.cfg.lora_r,
             lora_alpha=self.cfg.lora_alpha,
             lora_dropout=self.cfg.lora_dropout,
-            target_modules=self.cfg.target_modules(),
+            target_modules=targets,
+            # GPT-2's Conv1D layers keep their weight as (in, out): PEFT must know to merge and save it so.
+            fan_in_fan_out=conv1d_targets(model, targets),
             layers_to_transform=self.cfg.lora_layer_indices(model.config.num_hidden_layers),
             task_type="CAUSAL_LM",
         )
@@ -608,6 +638,7 @@ class Trainer:
         self.step, self.epoch = state["step"], state["epoch"]
         self.best_eval = state.get("best_eval", math.inf)
         self.evals_without_improvement = state.get("evals_without_improvement", 0)
+        self.runtime_before = float(state.get("train_runtime_s", 0.0))
 
     def _truncate_metrics(self, step: int) -> None:
         path = self.out / METRICS
@@ -637,6 +668,7 @@ class Trainer:
                 "epoch": self.epoch,
                 "best_eval": self.best_eval,
                 "evals_without_improvement": self.evals_without_improvement,
+                "train_runtime_s": self.runtime_so_far(),
             }
             self.engine.save_checkpoint(tmp, tag=DS_TAG, client_state=state, exclude_frozen_parameters=True)
             rng = {"cpu": torch.get_rng_state()}
@@ -721,10 +753,14 @@ class Trainer:
 
     # -- training
 
+    def runtime_so_far(self) -> float:
+        """Seconds spent training over every attempt of the run, up to now."""
+        return self.runtime_before + time.perf_counter() - self.train_start
+
     def train(self) -> dict[str, Any]:
         cfg = self.cfg
         self.engine.train()
-        start = time.perf_counter()
+        self.train_start = time.perf_counter()
         interval = {"loss": 0.0, "tokens": 0.0, "seen": 0.0, "padded": 0.0, "t": time.perf_counter()}
         self.last_report = time.perf_counter()
         last: dict[str, Any] = {}
@@ -783,7 +819,6 @@ class Trainer:
                     break
             else:
                 self.epoch += 1
-        last["train_runtime_s"] = time.perf_counter() - start
         return last
 
     def _loader(self, micro_batches: list[list[int]]) -> torch.utils.data.DataLoader:
@@ -866,14 +901,21 @@ class Trainer:
         return done or stop_early, paused
 
     def finish(self, last: dict[str, Any]) -> None:
-        """Rank 0 writes the final adapter and tokenizer into the output directory."""
+        """Rank 0 writes the final adapter, the tokenizer and the run's summary into the output directory.
+
+        The summary's losses and steps come from the whole ``metrics.jsonl`` (every attempt of a resumed
+        run), its runtime from every attempt's training time, never from this attempt's last log row alone.
+        """
+        from robolora.report import read_metrics, run_summary
+
         memory = dist.gather_objects({**self.memory, "peak_mb": memory_mb(self.device)})
         adapter = lora_state_dict(self.model, self.spec.zero_stage)
         if adapter is not None:
             save_adapter(self.model, adapter, self.out)
             self.tokenizer.save_pretrained(str(self.out))
             summary = {
-                **last,
+                **run_summary(read_metrics(self.out / METRICS)),
+                "train_runtime_s": round(self.runtime_so_far(), 3),
                 "steps": self.step,
                 "total_steps": self.total_steps,
                 "trainable_params": self.trainable,
@@ -888,7 +930,7 @@ class Trainer:
                 "startup_s": self.startup,
                 "memory_per_worker": memory,
             }
-            (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+            atomic_write_text(self.out / "train_summary.json", json.dumps(summary, indent=2))
         if self.writer is not None:
             self.writer.close()
         dist.barrier()

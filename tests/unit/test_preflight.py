@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from robolora.config import from_dict
 from robolora.errors import UserError
@@ -117,8 +118,13 @@ def test_resume_from_needs_a_matching_adapter(tmp_path):
     src.mkdir()
     with pytest.raises(UserError, match="holds no adapter"):
         check_resume_from(from_dict({"resume_from": str(src)}))
+    from safetensors.torch import save_file
+
     (src / "adapter_model.safetensors").write_bytes(b"")
     (src / "adapter_config.json").write_text(json.dumps({"r": 16, "target_modules": ["q_proj", "v_proj"]}))
+    with pytest.raises(UserError, match="not a safetensors file"):
+        check_resume_from(from_dict({"resume_from": str(src)}))
+    save_file({"w": torch.zeros(2)}, str(src / "adapter_model.safetensors"))
     with pytest.raises(UserError, match="pass the same --lora-r and --lora-target-modules"):
         check_resume_from(from_dict({"resume_from": str(src)}))
     ok = check_resume_from(from_dict({"resume_from": str(src), "lora_r": 16, "lora_target_modules": "v_proj,q_proj"}))

@@ -102,7 +102,13 @@ def test_model_card_front_matter():
 
 
 def test_model_card_holds_the_key_numbers():
-    text = card(lora_r=16, lora_alpha=32, learning_rate=5e-4, lr_scheduler_type="cosine")
+    text = card(
+        lora_r=16,
+        lora_alpha=32,
+        learning_rate=5e-4,
+        lr_scheduler_type="cosine",
+        lora_target_modules="q_proj,k_proj,v_proj,o_proj",
+    )
     for expected in [
         "r=16, alpha=32, dropout=0.05",
         "`q_proj,k_proj,v_proj,o_proj`",
