@@ -875,10 +875,18 @@ def _train_and_report(sweep: Sweep, concurrent: int, actions: dict[str, str]) ->
         tune_log = logging.getLogger("ray.tune")
         level = tune_log.level
         tune_log.setLevel(logging.CRITICAL)
+        # Tune's console output even at verbose=0 (its experiment table, and a TensorBoard hint pointing at
+        # its own driver artifacts, not at the variants' events) gives way to the lines above.
+        new_output = os.environ.get("RAY_AIR_NEW_OUTPUT")
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
         try:
             grid = tuner.fit()
         finally:
             tune_log.setLevel(level)
+            if new_output is None:
+                os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+            else:
+                os.environ["RAY_AIR_NEW_OUTPUT"] = new_output
         for result in grid:
             job = result.config["variant"]
             if result.error is not None:
