@@ -199,6 +199,17 @@ def loss_trend(train: Series) -> Trend | None:
     return trend
 
 
+def _log_more(cfg: dict) -> list[str]:
+    """The remedy "log more often", where the run did not already log every step.
+
+    >>> _log_more({"logging_steps": 50}), _log_more({"logging_steps": 1})
+    (['log more often to see the trend: lower --logging-steps (now 50)'], [])
+    """
+    if cfg.get("logging_steps", 2) <= 1:
+        return []
+    return [f"log more often to see the trend: lower {_flag(cfg, 'logging_steps')}"]
+
+
 def _steady_remedies(cfg: dict) -> list[str]:
     """The remedies for a loss that jumps or diverges: smaller, smoother updates."""
     remedies = [
@@ -294,7 +305,7 @@ def _underfitting(train: Series, trend: Trend | None, headline: tuple[str, float
         return [
             f"{high}; only {len(train)} train loss values were logged, too few to tell a plateau from a slow fall "
             f"(at least {MIN_TREND_POINTS} are needed)."
-        ], [f"log more often to see the trend: lower {_flag(cfg, 'logging_steps')}", _train_longer(cfg), more_data]
+        ], [*_log_more(cfg), _train_longer(cfg), more_data]
     if trend.kind == "falling":
         return [f"{high}, but the train loss is still falling: {trend.describe()}: the run needs more training."], [
             _train_longer(cfg),
@@ -323,7 +334,7 @@ def _underfitting(train: Series, trend: Trend | None, headline: tuple[str, float
         findings.append(f"{cut}; its learning rate schedule ran over those steps alone.")
         return findings, [f"first {_train_longer(cfg)}", *capacity]
     if uncertain_rise:
-        return findings, [f"log more often to see the trend: lower {_flag(cfg, 'logging_steps')}", *capacity]
+        return findings, [*_log_more(cfg), *capacity]
     return findings, [f"raise the learning rate: {_flag(cfg, 'learning_rate', times=2)}", *capacity]
 
 
@@ -366,7 +377,10 @@ def diagnose(rows: list[dict], config: dict | None = None) -> Diagnosis:
         return result(
             "too short",
             [f"Only {len(train)} train loss values were logged; at least {MIN_POINTS} are needed to see a trend."],
-            [f"log more often: lower {_flag(cfg, 'logging_steps')}, or train longer: raise {_flag(cfg, _length(cfg))}"],
+            [
+                (f"log more often: lower {_flag(cfg, 'logging_steps')}, or " if cfg.get("logging_steps", 2) > 1 else "")
+                + f"train longer: raise {_flag(cfg, _length(cfg))}"
+            ],
         )
 
     headline = ("eval", final_eval) if evals else ("train", final_train)

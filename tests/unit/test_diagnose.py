@@ -265,3 +265,11 @@ def test_long_runs_are_smoothed_before_the_line_is_fitted():
     t = loss_trend(train)
     assert t.points == 1000 and t.kind == "falling"
     assert t.start == pytest.approx(2.0 - 2001 / 3000, abs=1e-3) and t.end == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_run_that_logs_every_step_is_not_told_to_log_more_often():
+    rows = [{"step": s, "train_loss": 1.8 + 0.01 * (s % 2)} for s in (1, 2, 3)] + [{"step": 3, "eval_loss": 1.1}]
+    every = diagnose(rows, {"logging_steps": 1, "max_steps": 3, "num_epochs": 1.0})
+    assert not any("log more often" in r for r in every.remedies)
+    sparse = diagnose(rows, {"logging_steps": 50, "max_steps": 3, "num_epochs": 1.0})
+    assert any("log more often" in r for r in sparse.remedies)
