@@ -685,8 +685,19 @@ class TrainingFailed(UserError):
         )
 
 
-#: What a worker's error says when memory ran out: PyTorch on a GPU, the CPU allocator, Ray's OOM killer.
-OOM_SIGNS = ("OutOfMemoryError", "out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "running low on memory", "MemoryError")
+#: What a worker's error says when memory ran out: PyTorch on a GPU; PyTorch's CPU allocator ("DefaultCPUAllocator:
+#: can't allocate memory: you tried to allocate ... bytes. Error code 12 (Cannot allocate memory)"), Python and C++
+#: allocations, the system (ENOMEM); Ray's OOM killer.
+OOM_SIGNS = (
+    "OutOfMemoryError",
+    "out of memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "can't allocate memory",
+    "Cannot allocate memory",
+    "MemoryError",
+    "bad_alloc",
+    "running low on memory",
+)
 
 
 def oom_advice(error_text: str) -> str | None:
@@ -694,6 +705,8 @@ def oom_advice(error_text: str) -> str | None:
 
     >>> oom_advice("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB").splitlines()[0]
     'out of memory: lower it with any of these (robolora plan --model ... --gpus ... shows what fits):'
+    >>> oom_advice("RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried to allocate 64 bytes") is None
+    False
     >>> oom_advice("ValueError: bad value") is None
     True
     """

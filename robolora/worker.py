@@ -395,6 +395,8 @@ class Trainer:
         self.train_start = time.perf_counter()
         self.rows: list[dict[str, Any]] = []
         self.writer: Any = None
+        #: The last step each TensorBoard scalar was written at (one value per scalar and step).
+        self.tb_steps: dict[str, int] = {}
         self.marks = {**spec.startup, "worker": time.time()}
         # ZeRO-3 gathers and frees each module's weights between activations that live on until the
         # backward pass; on the CPU the freed blocks fragment glibc's heap, and a worker's resident
@@ -735,13 +737,22 @@ class Trainer:
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.out / "tensorboard"))
-        for key, value in row.items():
-            if key not in ("step", "time") and isinstance(value, (int, float)) and math.isfinite(value):
-                self.writer.add_scalar(key, value, row["step"])
+            # This attempt's first row: an earlier attempt (interrupted, or a worker group Ray Train restarted)
+            # may have logged this step and later ones before it stopped; the new event file starts by purging
+            # them, so that TensorBoard keeps one value per step, as metrics.jsonl does after its truncation.
+            self.writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=row["step"])
+        step = row["step"]
+        scalars = {
+            key: value
+            for key, value in row.items()
+            if key not in ("step", "time") and isinstance(value, (int, float)) and math.isfinite(value)
+        }
         for rank, sample in enumerate(row.get("devices", [])):
-            for key, value in sample.items():
-                self.writer.add_scalar(f"device/rank{rank}/{key}", value, row["step"])
+            scalars.update({f"device/rank{rank}/{key}": value for key, value in sample.items()})
+        for tag, value in scalars.items():
+            if self.tb_steps.get(tag, 0) < step:  # an evaluation row repeats its step's epoch: written once
+                self.writer.add_scalar(tag, value, step)
+                self.tb_steps[tag] = step
         self.writer.flush()
 
     def progress(self) -> None:
@@ -835,6 +846,10 @@ class Trainer:
             num_workers=self.cfg.dataloader_num_workers,
             # Pinned batches copy asynchronously; from pageable memory each copy first waits for the device.
             pin_memory=self.device.type == "cuda" and self.cfg.dataloader_pin_memory is not False,
+            # Each new iterator draws a seed for the loader's processes: from the default generator, that
+            # draw would shift dropout's random numbers, and a resumed run (whose loader starts mid-epoch,
+            # after the random state is restored) would leave the unbroken run's curve.
+            generator=torch.Generator().manual_seed(self.cfg.seed),
         )
 
     def _epoch_float(self) -> float:

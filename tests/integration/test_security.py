@@ -67,15 +67,51 @@ def test_an_adapter_is_only_read_from_safetensors(tmp_path, marker, small_datase
     assert not marker.exists()
 
 
-def test_saved_files_hold_no_secret_from_the_environment(train_run, monkeypatch):
-    secret = "s3cr3t-token-value-0123456789"
-    for name in ("RAY_AUTH_TOKEN", "HF_TOKEN", "WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, secret)
-    out = train_run("secrets", max_steps=2, save_steps=2)
-    files = [p for p in out.rglob("*") if p.is_file()]
-    assert any(p.name == "config.yaml" for p in files) and any(p.name == "metrics.jsonl" for p in files)
-    for p in files:
-        assert secret.encode() not in p.read_bytes(), p
+#: Secrets a user's shell commonly holds; each gets a value found nowhere else.
+SECRET_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "WANDB_API_KEY", "RAY_AUTH_TOKEN")
+
+
+def test_saved_files_hold_no_secret_from_the_environment(small_dataset, tmp_path):
+    """`robolora train` started with secrets in its environment, so that its Ray cluster, every worker and every
+    library they load hold them: none is written into the run's files (config, metrics, logs, TensorBoard events,
+    checkpoints, Ray Train's state) or into the Ray session's own logs."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import uuid
+
+    from tests.integration.conftest import TINY, cli_flags
+
+    secrets = {name: f"{name.lower()}-{uuid.uuid4().hex}" for name in SECRET_NAMES}
+    # Ray's session folder (logs, sockets) under a fresh, short path: sockets' paths are limited to 107 bytes.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rl-", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", *SECRET_NAMES)}
+    env.update(secrets, RAY_TMPDIR=str(ray_tmp))
+    out = tmp_path / "secrets"
+    settings = {**TINY, "max_steps": 2, "save_steps": 2, "eval_steps": 2, "data_json": small_dataset}
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "robolora.cli", "train", *cli_flags({**settings, "output_dir": out})],
+            env=env,
+            capture_output=True,
+            timeout=600,
+            check=False,
+        )
+        assert run.returncode == 0, run.stderr.decode()[-3000:]
+        files = [p for root in (out, ray_tmp) for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+        names = {p.name for p in files}
+        assert {"config.yaml", "metrics.jsonl", "train_summary.json", "adapter_model.safetensors"} <= names
+        assert any(p.name.startswith("events.out.tfevents") for p in files)
+        assert any(p.name == "trainer_state.json" for p in files)  # checkpoints
+        assert any(p.suffix in (".log", ".out", ".err") for p in files if ray_tmp in p.parents)  # Ray's logs
+        for secret in secrets.values():
+            assert secret.encode() not in run.stdout + run.stderr
+            for p in files:
+                assert secret.encode() not in p.read_bytes(), f"{p} holds {secret}"
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_the_local_dashboard_listens_on_localhost_only(ray_session):

@@ -23,6 +23,14 @@ def _cfg(tmp_path, **kw):
     return from_dict({"data_json": "d.json", "output_dir": str(tmp_path / "out"), **kw})
 
 
+def _refusal(call, *args) -> str:
+    """The message of the user error ``call(*args)`` raises; the command would exit with code 2."""
+    with pytest.raises(UserError) as e:
+        call(*args)
+    assert e.value.exit_code == 2
+    return str(e.value)
+
+
 def test_new_and_empty_directories_are_fine(tmp_path):
     check, resuming = check_output_dir(_cfg(tmp_path))
     assert check.ok and not resuming and "new, writable" in check.detail
@@ -34,10 +42,8 @@ def test_foreign_directory_is_refused_and_untouched(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "thesis.tex").write_text("precious")
-    with pytest.raises(UserError) as e:
-        check_output_dir(_cfg(tmp_path))
-    assert (
-        str(e.value) == f"--output-dir: {out} is not empty and holds no robolora run; choose a new or empty directory"
+    assert _refusal(check_output_dir, _cfg(tmp_path)) == (
+        f"--output-dir: {out} is not empty and holds no robolora run; choose a new or empty directory"
     )
     assert [p.name for p in out.iterdir()] == ["thesis.tex"]
 
@@ -51,8 +57,10 @@ def _marker(tmp_path, finished, **resolved):
 
 def test_finished_run_is_refused(tmp_path):
     _marker(tmp_path, finished=True)
-    with pytest.raises(UserError, match="already holds a finished run"):
-        check_output_dir(_cfg(tmp_path))
+    assert _refusal(check_output_dir, _cfg(tmp_path)) == (
+        f"--output-dir: {tmp_path / 'out'} already holds a finished run; choose another directory "
+        "(or --resume-from it to start a new stage from its adapter)"
+    )
 
 
 def test_unfinished_run_resumes_with_same_or_resolved_settings(tmp_path):
@@ -64,15 +72,17 @@ def test_unfinished_run_resumes_with_same_or_resolved_settings(tmp_path):
 
 def test_unfinished_run_with_other_settings_is_refused(tmp_path):
     _marker(tmp_path, finished=False)
-    with pytest.raises(UserError) as e:
-        check_output_dir(_cfg(tmp_path, lora_r=8))
-    assert "holds an unfinished run with other settings (lora_r 32 -> 8)" in str(e.value)
+    assert _refusal(check_output_dir, _cfg(tmp_path, lora_r=8)) == (
+        f"--output-dir: {tmp_path / 'out'} holds an unfinished run with other settings (lora_r 32 -> 8); "
+        "start it again with the same flags and inputs to resume, or choose another directory"
+    )
 
 
 def test_output_dir_that_is_a_file(tmp_path):
     (tmp_path / "out").write_text("x")
-    with pytest.raises(UserError, match="is a file; choose a directory"):
-        check_output_dir(_cfg(tmp_path))
+    message = _refusal(check_output_dir, _cfg(tmp_path))
+    assert message == f"--output-dir: {tmp_path / 'out'} is a file; choose a directory"
+    assert (tmp_path / "out").read_text() == "x"
 
 
 def test_datasets_split_or_pair(tmp_path, write_json):
@@ -86,8 +96,9 @@ def test_datasets_split_or_pair(tmp_path, write_json):
     val_file = write_json("v.json", recs[:3])
     train, val, _ = load_datasets(from_dict({"train_json": str(data), "val_json": str(val_file)}))
     assert (len(train), len(val)) == (20, 3)
-    with pytest.raises(UserError, match="no dataset"):
-        load_datasets(from_dict({}))
+    assert _refusal(load_datasets, from_dict({})) == (
+        "no dataset: pass --data-json FILE, or --train-json FILE [--val-json FILE]"
+    )
 
 
 def test_plan_fills_what_was_left_out():
@@ -106,27 +117,33 @@ def test_plan_fills_what_was_left_out():
 
 
 def test_plan_refuses_what_the_cluster_cannot_give():
-    with pytest.raises(UserError) as e:
-        plan_run(from_dict({"num_workers": 4}), cluster_cpus=2, cluster_gpus=0)
-    assert str(e.value) == "--num-workers 4: the Ray cluster has only 2 CPUs; use at most 2"
-    with pytest.raises(UserError, match="the Ray cluster has no GPUs"):
-        plan_run(from_dict({"use_gpu": True}), cluster_cpus=2, cluster_gpus=0)
+    assert _refusal(lambda: plan_run(from_dict({"num_workers": 4}), cluster_cpus=2, cluster_gpus=0)) == (
+        "--num-workers 4: the Ray cluster has only 2 CPUs; use at most 2"
+    )
+    assert _refusal(lambda: plan_run(from_dict({"use_gpu": True}), cluster_cpus=2, cluster_gpus=0)) == (
+        "--use-gpu: the Ray cluster has no GPUs; leave the flag out to train on CPU workers"
+    )
 
 
 def test_resume_from_needs_a_matching_adapter(tmp_path):
     src = tmp_path / "stage1"
     src.mkdir()
-    with pytest.raises(UserError, match="holds no adapter"):
-        check_resume_from(from_dict({"resume_from": str(src)}))
+    assert _refusal(check_resume_from, from_dict({"resume_from": str(src)})) == (
+        f"--resume-from: {src} holds no adapter (adapter_config.json and adapter_model.safetensors); "
+        "pass a training run's output directory or one of its checkpoint-<step> folders"
+    )
     from safetensors.torch import save_file
 
     (src / "adapter_model.safetensors").write_bytes(b"")
     (src / "adapter_config.json").write_text(json.dumps({"r": 16, "target_modules": ["q_proj", "v_proj"]}))
-    with pytest.raises(UserError, match="not a safetensors file"):
-        check_resume_from(from_dict({"resume_from": str(src)}))
+    assert _refusal(check_resume_from, from_dict({"resume_from": str(src)})) == (
+        f"--resume-from: {src / 'adapter_model.safetensors'}: not a safetensors file (no valid header); "
+        "the adapter is damaged: pass another checkpoint-<step> folder, or train it again"
+    )
     save_file({"w": torch.zeros(2)}, str(src / "adapter_model.safetensors"))
-    with pytest.raises(UserError, match="pass the same --lora-r and --lora-target-modules"):
-        check_resume_from(from_dict({"resume_from": str(src)}))
+    assert _refusal(check_resume_from, from_dict({"resume_from": str(src)})) == (
+        f"--resume-from: {src} has LoRA r=16 on ['q_proj', 'v_proj']; pass the same --lora-r and --lora-target-modules"
+    )
     ok = check_resume_from(from_dict({"resume_from": str(src), "lora_r": 16, "lora_target_modules": "v_proj,q_proj"}))
     assert ok.ok and str(src) in ok.detail
 
@@ -136,9 +153,7 @@ def test_dataset_must_fill_a_global_batch():
     assert check_batches(from_dict({"batch_size": 4, "gradient_accumulation_steps": 2}), plan, 40).detail == (
         "global batch 16, 2 optimizer steps per epoch"
     )
-    with pytest.raises(UserError) as e:
-        check_batches(from_dict({"batch_size": 4, "gradient_accumulation_steps": 2}), plan, 10)
-    assert str(e.value) == (
+    assert _refusal(check_batches, from_dict({"batch_size": 4, "gradient_accumulation_steps": 2}), plan, 10) == (
         "dataset: 10 training records cannot fill one global batch of 16 (--batch-size 4 x "
         "--gradient-accumulation-steps 2 x 2 workers); lower those or add records"
     )

@@ -1,0 +1,77 @@
+"""An interrupted run resumes on the curve of an unbroken one, whatever stops it and however it is laid out.
+
+Every run here has LoRA dropout (whose random numbers a resume must continue, not restart) and crosses an
+epoch boundary (whose reshuffled order a resume must keep): :data:`~tests.integration.test_equivalence.BASE`,
+4 steps per epoch, checkpoints at steps 3 and 6 of 8. Stopped after its step-3 checkpoint, a run resumes
+from step 3 (epoch 0) and goes on into epoch 1; stopped later, from step 6 (epoch 1). Each layout of the
+states resumes from its own checkpoint files: ZeRO-2, ZeRO-3 in bf16, ZeRO-2 with the optimizer offloaded,
+ZeRO-3 with everything offloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.integration import test_equivalence as shared
+from tests.integration.conftest import cli_flags, series
+from tests.integration.test_equivalence import STEPS, STEPS_PER_EPOCH, adapter, losses, run_values
+
+#: The dataset and the unbroken runs, shared with test_equivalence.py.
+epoch_data, unbroken = shared.epoch_data, shared.unbroken
+
+#: The same operations on the same states: a resumed run repeats the unbroken one's numbers; dropout's random
+#: numbers restarted instead of restored moved a loss by 1.5e-3, an epoch replayed in the old order by 3.9e-2.
+TOL = {"rtol": 1e-6, "atol": 1e-6}
+
+
+def assert_on_the_unbroken_curve(out: Path, reference: Path, tol: dict) -> None:
+    """Every step's loss, the final evaluation and the adapter are those of the unbroken run."""
+    rows = series(out, "epoch")
+    assert rows[1] == pytest.approx(1 / STEPS_PER_EPOCH) and rows[STEPS] == pytest.approx(STEPS / STEPS_PER_EPOCH)
+    torch.testing.assert_close(losses(out), losses(reference), **tol)
+    torch.testing.assert_close(losses(out, "eval_loss"), losses(reference, "eval_loss"), **tol)
+    expected = adapter(reference)
+    for key, weight in adapter(out).items():
+        torch.testing.assert_close(weight, expected[key], **tol, msg=lambda m, k=key: f"{k}: {m}")
+
+
+def resumed_at(text: str) -> int:
+    found = re.findall(r"resumed from \S+ at step (\d+)", text)
+    assert found, text[-3000:]
+    return int(found[-1])
+
+
+STOPS = [
+    pytest.param("SIGINT", {}, TOL, id="SIGINT-zero2"),
+]
+
+
+@pytest.mark.parametrize(("how", "settings", "tol"), STOPS)
+def test_a_stopped_run_resumes_on_the_unbroken_curve(unbroken, epoch_data, tmp_path, how, settings, tol):
+    reference = unbroken(**settings)
+    out = tmp_path / "stopped"
+    cmd = [sys.executable, "-m", "robolora.cli", "train", *cli_flags(run_values(epoch_data, out, settings))]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    deadline = time.time() + 240
+    # Once the step-3 checkpoint is complete and training has gone on past it
+    while time.time() < deadline and not (out / "checkpoint-3" / "trainer_state.json").is_file():
+        time.sleep(0.02)
+    while time.time() < deadline and max(series(out, "train_loss"), default=0) < 4:
+        time.sleep(0.02)
+    first.send_signal(getattr(signal, how))
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130, err[-2000:]
+
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert resumed_at(second.stdout + second.stderr) in (3, 6)
+    assert_on_the_unbroken_curve(out, reference, tol)
