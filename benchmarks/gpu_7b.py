@@ -1,14 +1,20 @@
 """7B-shaped LoRA on one GPU: useful tokens/s and MFU against Hugging Face ``Trainer`` + PEFT, and the
 memory planner's prediction against the worker's measured peak.
 
-    python benchmarks/gpu_7b.py --json-out benchmarks/results/gpu_7b.json
+    python benchmarks/gpu_7b.py --repeats 3 --json-out benchmarks/results/gpu_7b.json
 
 The model has CodeLlama-7B's shape (32 layers, hidden 4096, MLP 11008, 32 heads) with random bf16
 weights and the bundled tokenizer's vocabulary (no download). The records are the shipped dataset's
 commands joined five at a time into multi-step programs, so most sequences come close to
-``--max-length`` (256). Both sides train the product's default LoRA (r=32, alpha=64, dropout 0.05,
-q/k/v/o in every layer) with the same micro-batch in bf16; our side runs the real path: Ray Train, one
-GPU worker, NCCL, a DeepSpeed ZeRO-2 engine and NVML sampling.
+``--max-length`` (256). Every side trains the product's default LoRA (r=32, alpha=64, dropout 0.05,
+q/k/v/o in every layer) with the same micro-batch on bf16 weights; our side runs the real path: Ray
+Train, one GPU worker, NCCL, a DeepSpeed ZeRO-2 engine and NVML sampling, grouped by length.
+
+The peers are ``throughput.py``'s: the fair peer (the headline: ``Trainer`` grouped by length, fused
+AdamW, bf16 weights with ``bf16=True``) and, unless ``--no-untuned``, the untuned one for reference
+(``Trainer``'s random order and default optimizer). ``--repeats N`` (default 3) runs each side N times,
+interleaved, each in a fresh process; the table gives each side's median, spread and MFU and the
+ratios of the medians, and ``--json-out`` keeps every run.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import long_records, planner_estimate  # noqa: E402
-from throughput import Setup, compare, print_table  # noqa: E402
+from throughput import SIDES, UNTUNED, Setup, compare, print_table  # noqa: E402
 
 SHAPE_7B = {
     "hidden_size": 4096,
@@ -123,9 +129,13 @@ def main() -> int:
     parser.add_argument("--work-dir", default="/tmp/robolora-gpu-7b", help="where the model and records are built")
     parser.add_argument("--batch", type=int, default=16, help="micro-batch (default: 16)")
     parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps per side (default: 30)")
+    parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps per run (default: 30)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (default: 10)")
-    parser.add_argument("--json-out", default=None, help="also write the results here")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per side, interleaved (default: 3)")
+    parser.add_argument(
+        "--no-untuned", action="store_true", help="leave out the untuned Trainer + PEFT reference (the fair peer stays)"
+    )
+    parser.add_argument("--json-out", default=None, help="also write the results here, every run included")
     parser.add_argument(
         "--ours-only",
         action="append",
@@ -133,6 +143,8 @@ def main() -> int:
         help='only our side, with these extra settings (repeatable: one run each), e.g. \'{"profile_steps": "12-14"}\'',
     )
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     import torch
 
     if not torch.cuda.is_available():  # before writing 13 GB of weights that only a GPU can train
@@ -146,14 +158,16 @@ def main() -> int:
     )
     if args.ours_only:
         return ours_variants(setup, [json.loads(v) for v in args.ours_only], args)
-    results = compare(setup, args.steps, args.warmup)
+    sides = tuple(name for name in SIDES if not (args.no_untuned and name == UNTUNED))
+    results = compare(setup, args.steps, args.warmup, args.repeats, sides)
     results["planner"] = planner_memory(setup)
     print_table(results)
     measured = results["robolora"]["peak_memory_mb"]
     planner = results["planner"]
     nvml = [s.get("gpu_mem_used_mb") for s in results["robolora"]["device_samples"]]
     print(
-        f"worker peak memory: {measured:.0f} MiB allocated by torch, NVML used {nvml} MiB; planner "
+        f"worker peak memory (highest of {args.repeats} runs): {measured:.0f} MiB allocated by torch, NVML used "
+        f"{nvml} MiB (last run); planner "
         f"{planner['without_margin_mb']:.0f} MiB before its margin "
         f"({planner['without_margin_mb'] / measured - 1:+.1%}), "
         f"{planner['total_mb']:.0f} MiB with it"
