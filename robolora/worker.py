@@ -936,6 +936,8 @@ class Trainer:
                 "trainable_params": self.trainable,
                 "optimizer": self.optimizer_name,
                 "precision": "bf16" if self.spec.bf16 else "fp32",
+                "device": self.device.type,
+                "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
                 "gradient_checkpointing": _checkpointing(self.model.get_base_model()),
                 "train_examples": len(self.train_ds),
                 "packed_rows": len(self.train_rows) if self.cfg.packing else None,

@@ -4,7 +4,10 @@ DeepSpeed on CPU), tests marked ``gpu`` (skipped without CUDA)."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,21 @@ _RAY_FORWARDED = re.compile(r"^(\[[^\]]*\] )?\((raylet|gcs_server|[^)]*pid=\d+[^
 def without_ray_lines(text: str) -> str:
     """``text`` less the lines the test session's Ray cluster forwarded into it."""
     return _RAY_FORWARDED.sub("", text)
+
+
+def pytest_configure(config):
+    """A model cache of the test run's own, made before any test (or Ray worker, or ``robolora`` subprocess,
+    which inherit the environment) looks for one: the bundled model is converted and the tiny models built
+    afresh, so a broken conversion cannot hide behind a model an earlier run left in the user's cache."""
+    if not hasattr(config, "workerinput"):  # once per run, not per pytest-xdist worker
+        config._robolora_cache = tempfile.mkdtemp(prefix="robolora-test-cache-")
+        os.environ["ROBOLORA_CACHE"] = config._robolora_cache
+
+
+def pytest_unconfigure(config):
+    cache = getattr(config, "_robolora_cache", None)
+    if cache:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.fixture

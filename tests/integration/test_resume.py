@@ -15,9 +15,11 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -50,9 +52,22 @@ def resumed_at(text: str) -> int:
     return int(found[-1])
 
 
+#: bf16 rounds the same operations in the same order: the resumed run still repeats the unbroken one.
 STOPS = [
     pytest.param("SIGINT", {}, TOL, id="SIGINT-zero2"),
+    pytest.param("SIGTERM", {"zero_stage": 3, "bf16": True}, TOL, id="SIGTERM-zero3-bf16"),
+    pytest.param("SIGINT", {"offload": "optimizer"}, TOL, id="SIGINT-zero2-offload-optimizer"),
+    pytest.param("SIGTERM", {"zero_stage": 3, "offload": "all"}, TOL, id="SIGTERM-zero3-offload-all"),
 ]
+
+
+def stopped_after_checkpoint(out: Path, deadline: float) -> None:
+    """Wait until the step-3 checkpoint is complete and training has gone on past it."""
+    while time.time() < deadline and not (out / "checkpoint-3" / "trainer_state.json").is_file():
+        time.sleep(0.02)
+    while time.time() < deadline and max(series(out, "train_loss"), default=0) < 4:
+        time.sleep(0.02)
+    assert time.time() < deadline, "the run did not reach step 4 in time"
 
 
 @pytest.mark.parametrize(("how", "settings", "tol"), STOPS)
@@ -61,12 +76,7 @@ def test_a_stopped_run_resumes_on_the_unbroken_curve(unbroken, epoch_data, tmp_p
     out = tmp_path / "stopped"
     cmd = [sys.executable, "-m", "robolora.cli", "train", *cli_flags(run_values(epoch_data, out, settings))]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-    deadline = time.time() + 240
-    # Once the step-3 checkpoint is complete and training has gone on past it
-    while time.time() < deadline and not (out / "checkpoint-3" / "trainer_state.json").is_file():
-        time.sleep(0.02)
-    while time.time() < deadline and max(series(out, "train_loss"), default=0) < 4:
-        time.sleep(0.02)
+    stopped_after_checkpoint(out, time.time() + 240)
     first.send_signal(getattr(signal, how))
     _, err = first.communicate(timeout=120)
     assert first.returncode == 130, err[-2000:]
@@ -75,3 +85,43 @@ def test_a_stopped_run_resumes_on_the_unbroken_curve(unbroken, epoch_data, tmp_p
     assert second.returncode == 0, second.stderr[-3000:]
     assert resumed_at(second.stdout + second.stderr) in (3, 6)
     assert_on_the_unbroken_curve(out, reference, tol)
+
+
+def training_workers() -> list[psutil.Process]:
+    """This test process's Ray Train worker processes (Ray titles each after its actor class)."""
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_a_killed_worker_is_replaced_and_the_run_resumes_on_the_unbroken_curve(unbroken, epoch_data, tmp_path, capfd):
+    """One worker process killed (as the kernel's OOM killer or a lost node would): Ray Train starts a new
+    worker group (``max_failures: 1``) that resumes from the last checkpoint, within the same run."""
+    from robolora.config import from_dict
+    from robolora.launcher import run_training
+
+    reference = unbroken()
+    out = tmp_path / "killed"
+    killed: list[int] = []
+
+    def kill_one_worker() -> None:
+        stopped_after_checkpoint(out, time.time() + 240)
+        workers = training_workers()
+        if workers:
+            workers[-1].kill()
+            killed.append(workers[-1].pid)
+
+    killer = threading.Thread(target=kill_one_worker, daemon=True)
+    killer.start()
+    run_training(from_dict(run_values(epoch_data, out, {"max_failures": 1})))
+    killer.join(timeout=10)
+    assert killed, "no training worker process was found to kill"
+    time.sleep(1)  # the workers' last lines reach the driver
+    captured = capfd.readouterr()
+    assert resumed_at(captured.out + captured.err) in (3, 6)
+    assert_on_the_unbroken_curve(out, reference, TOL)
