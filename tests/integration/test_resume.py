@@ -80,6 +80,8 @@ def test_a_stopped_run_resumes_on_the_unbroken_curve(unbroken, epoch_data, tmp_p
     first.send_signal(getattr(signal, how))
     _, err = first.communicate(timeout=120)
     assert first.returncode == 130, err[-2000:]
+    assert "run the same command again to resume" in err
+    assert not (out / "adapter_model.safetensors").exists()
 
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert second.returncode == 0, second.stderr[-3000:]
