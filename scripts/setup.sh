@@ -32,12 +32,7 @@ else
   GPU=0
 fi
 # The torch that is there is kept only if it is the release and the build this machine calls for.
-if "$VENV/bin/python" - "$TORCH_VERSION" "$GPU" <<'PY' 2>/dev/null; then
-import sys, torch
-version, gpu = sys.argv[1], sys.argv[2] == "1"
-ok = torch.__version__.split("+")[0] == version and (torch.cuda.is_available() if gpu else torch.version.cuda is None)
-sys.exit(0 if ok else 1)
-PY
+if "${CHECK[@]}" --torch-only >/dev/null 2>&1; then
   echo "setup: torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)') already installed"
 elif [ "$GPU" = 1 ]; then
   echo "setup: NVIDIA GPU found, installing torch $TORCH_VERSION with CUDA"
