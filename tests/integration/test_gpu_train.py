@@ -1,8 +1,8 @@
 """Training on a real GPU: a step through Ray Train and DeepSpeed with NCCL, in bf16, and the memory planner's
 estimate against the memory the worker really used. Skipped on machines without CUDA (CI's included).
 
-The run is ``robolora train`` as a user starts it, in a subprocess with its own Ray cluster: the test
-session's cluster runs CPU workers (see ``TINY``), this one takes the machine's first GPU.
+The run is ``robolora train`` as a user starts it, in a subprocess with its own Ray cluster, on the machine's
+first GPU.
 """
 
 from __future__ import annotations

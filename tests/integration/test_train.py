@@ -144,54 +144,6 @@ def test_logging_every_step_reports_to_ray_at_most_every_few_seconds(train_run, 
     assert len([r for r in reports if not r["checkpoint"]]) <= runtime // METRICS_REPORT_INTERVAL_S
 
 
-def _live_worker_pids() -> list[int]:
-    import ray
-    from ray.util.state import list_actors
-
-    actors = list_actors(
-        address=ray.get_runtime_context().gcs_address,  # this cluster, even with others on the machine
-        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
-        raise_on_missing_output=False,
-    )
-    return [a.pid for a in actors if a.pid]
-
-
-def test_a_killed_worker_restarts_from_the_last_checkpoint_on_the_same_curve(train_run, tmp_path):
-    """A worker process killed from outside mid-run: with --max-failures 1 Ray Train restarts the group,
-    which continues from the last complete checkpoint; the steps after it match an unbroken run."""
-    import os
-    import signal
-    import threading
-    import time
-
-    settings = {"max_steps": 12, "save_steps": 3}
-    reference = train_run("reference", **settings)
-    out = tmp_path / "killed"
-    killed: list[int] = []
-
-    def kill_a_worker() -> None:
-        deadline = time.time() + 300
-        pids: list[int] = []
-        while time.time() < deadline and len(pids) < 2:  # both workers up
-            pids = _live_worker_pids()
-            time.sleep(0.2)
-        while time.time() < deadline and not (out / "checkpoint-3" / "trainer_state.json").is_file():
-            time.sleep(0.02)
-        while time.time() < deadline and max(series(out, "train_loss"), default=0) < 4:
-            time.sleep(0.02)
-        os.kill(pids[-1], signal.SIGKILL)
-        killed.append(max(series(out, "train_loss")))  # the last step logged before the kill
-
-    killer = threading.Thread(target=kill_a_worker, daemon=True)
-    killer.start()
-    train_run("killed", max_failures=1, **settings)
-    killer.join(timeout=10)
-    assert killed and killed[0] < 12, f"the worker was not killed mid-run: {killed}"
-    assert (out / "adapter_model.safetensors").is_file()
-    assert_same_curve(out, reference, steps=12, after=3)
-    assert json.loads((out / "train_summary.json").read_text())["steps"] == 12
-
-
 def oom_loop(config):
     """A worker that runs out of memory as PyTorch reports it on a GPU."""
     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.1 GiB total)")
