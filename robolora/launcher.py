@@ -282,8 +282,13 @@ def plan_run(
     capacity = cluster_gpus if use_gpu else cluster_cpus
     workers = cfg.num_workers or (cluster_gpus if use_gpu else min(CPU_WORKERS, max(1, cluster_cpus)))
     if workers > capacity:
-        unit = "GPUs" if use_gpu else "CPUs"
-        raise UserError(f"--num-workers {workers}: the Ray cluster has only {capacity} {unit}; use at most {capacity}")
+        unit = ("GPU" if use_gpu else "CPU") + ("s" if capacity != 1 else "")
+        # GPUs found and used by default: CPU workers may be what was meant (a test tier, a laptop's one GPU)
+        cpu_hint = cfg.use_gpu is None and use_gpu and workers <= cluster_cpus
+        raise UserError(
+            f"--num-workers {workers}: the Ray cluster has only {capacity} {unit}; use at most {capacity}"
+            + (", or add --no-use-gpu to train on CPU workers" if cpu_hint else "")
+        )
     # A GPU worker's host threads launch kernels, collate and pin batches and run the optimizer's
     # bookkeeping: half of its node's CPUs per GPU (up to 8), the rest for data loaders and Ray.
     gpu_cpus = max(1, min(GPU_WORKER_MAX_CPUS, cpus_per_gpu // 2))
@@ -451,6 +456,10 @@ def init_ray(cfg: TrainConfig) -> None:
         "env_vars": {
             # One copy of each worker print (Ray Train would also copy prints into its logger).
             "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+            # Ray Train's controller learns that the workers started, reported or finished when it polls
+            # them (every 2 s by default): each run waited up to that long at its start and its end, and
+            # for each report. Polling every 0.5 s costs a few small calls a second.
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"),
             "TOKENIZERS_PARALLELISM": "false",
             "TRANSFORMERS_VERBOSITY": "error",
             "HF_HUB_DISABLE_PROGRESS_BARS": "1",

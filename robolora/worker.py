@@ -56,9 +56,10 @@ DS_TAG = "deepspeed"
 TRAINER_STATE = "trainer_state.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 #: Seconds between metrics-only ``ray.train.report`` calls. Ray Train's controller collects a worker's
-#: report when it polls (every 2 s by default) and holds one at a time: a second report before that
-#: waits for the poll, 0.15-1.7 s a step when logging every step. Log lines and ``metrics.jsonl`` keep
-#: every ``--logging-steps``; reports (which feed a sweep's progress lines) are spaced at least this far.
+#: report when it polls (every 0.5 s as robolora starts Ray, 2 s by Ray's default) and holds one at a
+#: time: a second report before that waits for the poll, up to a poll's length a step when logging every
+#: step. Log lines and ``metrics.jsonl`` keep every ``--logging-steps``; reports (which feed a sweep's
+#: progress lines) are spaced at least this far.
 METRICS_REPORT_INTERVAL_S = 4.0
 
 
