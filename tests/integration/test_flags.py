@@ -52,18 +52,15 @@ CUSTOM = {
 
 
 @pytest.fixture(scope="module")
-def runs(ray_session, small_dataset, tmp_path_factory):
+def runs(tiny_reference, small_dataset, tmp_path_factory):
+    """The custom run, and the shared tiny run (the defaults but for its checkpoint interval) to compare."""
     from robolora.config import from_dict
     from robolora.launcher import run_training
     from tests.integration.conftest import TINY
 
-    base = tmp_path_factory.mktemp("flags")
-    out = {}
-    for name, values in (("default", {}), ("custom", CUSTOM)):
-        cfg = {**TINY, "data_json": str(small_dataset), "output_dir": str(base / name), **values}
-        run_training(from_dict(cfg))
-        out[name] = base / name
-    return out
+    custom = tmp_path_factory.mktemp("flags") / "custom"
+    run_training(from_dict({**TINY, "data_json": str(small_dataset), "output_dir": str(custom), **CUSTOM}))
+    return {"default": tiny_reference, "custom": custom}
 
 
 def test_lora_flags_shape_the_adapter(runs):

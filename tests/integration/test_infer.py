@@ -11,14 +11,9 @@ from robolora.cli import main
 
 
 @pytest.fixture(scope="module")
-def adapter(ray_session, small_dataset, tmp_path_factory):
-    from robolora.config import from_dict
-    from robolora.launcher import run_training
-    from tests.integration.conftest import TINY
-
-    out = tmp_path_factory.mktemp("infer") / "run"
-    run_training(from_dict({**TINY, "data_json": str(small_dataset), "output_dir": str(out), "max_steps": 2}))
-    return out
+def adapter(tiny_reference):
+    """A barely trained tiny adapter: the shared tiny run's (8 steps)."""
+    return tiny_reference
 
 
 def test_run_keeps_its_validation_split(adapter, small_dataset):
@@ -99,7 +94,8 @@ def test_ensemble_of_identical_members_scores_as_each_member(adapter, tmp_path, 
     assert main(args) == 0
     assert "ensemble of 3 (vote)" in capsys.readouterr().out
     overall = json.loads(scores.read_text())["overall"]
-    assert list(overall) == ["run", "run #2", "run #3", "ensemble of 3 (vote)"]
+    name = adapter.name  # each member is named by its folder
+    assert list(overall) == [name, f"{name} #2", f"{name} #3", "ensemble of 3 (vote)"]
     member, *others = overall.values()
     assert all(o == member for o in others)  # a unanimous vote is each member's answer
     assert main(["eval", "--lora-path", str(adapter), "--ensemble"]) == 2

@@ -1,6 +1,6 @@
-"""What a run leaves behind stays readable when the run is cut short: TensorBoard events once per step after a
-resume, files and the adapter never half-written when the writer is killed, and a real out-of-memory failure
-that names the remedies and resumes."""
+"""What a run leaves behind stays readable when the run is cut short: files and the adapter never half-written
+when the writer is killed, and a real out-of-memory failure that names the remedies and resumes. (TensorBoard's
+events after a resume are checked in test_resume.py.)"""
 
 from __future__ import annotations
 
@@ -21,54 +21,6 @@ from tests.integration.conftest import metric_rows, series
 
 # Workers cannot import this test module: ship its loops by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-# ----------------------------------------------------------------------------- TensorBoard after a resume
-
-
-def fails_at_step_7_loop(config):
-    """The standard worker, except that the first attempt stops with an error at step 7, after logging steps 5
-    and 6 past the step-4 checkpoint (a crash, a lost node)."""
-    from robolora.worker import Trainer, run_worker
-
-    progress = Trainer.progress
-
-    def failing_progress(self):
-        if self.step == 7:
-            raise RuntimeError("lost the node at step 7")
-        return progress(self)
-
-    Trainer.progress = failing_progress
-    run_worker(config)
-
-
-def scalar_steps(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar TensorBoard shows for the run: (step, value) in the order its reader keeps them."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0: keep every value
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-
-
-def test_tensorboard_holds_each_step_once_after_a_resume(train_run, tmp_path):
-    from robolora.launcher import TrainingFailed
-
-    with pytest.raises(TrainingFailed, match="lost the node at step 7"):
-        train_run("tb", train_loop=fails_at_step_7_loop)
-    out = tmp_path / "tb"
-    assert max(series(out, "train_loss")) == 6 and (out / "checkpoint-4").is_dir()
-    train_run("tb")  # the same command again: resumes from step 4 and logs steps 5-8 again
-    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 2  # one file per attempt
-    scalars = scalar_steps(out / "tensorboard")
-    assert {"train_loss", "eval_loss", "learning_rate", "memory_mb"} <= set(scalars)
-    for tag, values in scalars.items():
-        steps = [s for s, _ in values]
-        assert steps == sorted(set(steps)), f"{tag}: steps {steps}"  # strictly increasing: no step twice
-    # the values are those of metrics.jsonl, the resumed attempt's after step 4
-    for tag, steps in (("train_loss", list(range(1, 9))), ("eval_loss", [4, 8])):
-        assert [s for s, _ in scalars[tag]] == steps
-        assert [v for _, v in scalars[tag]] == pytest.approx(list(series(out, tag).values()), rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- writes killed midway

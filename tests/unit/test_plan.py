@@ -476,3 +476,17 @@ def test_a_closed_pipe_ends_the_command_quietly(args, tmp_path):
     write_dataset(generate_records(20, seed=0), data)
     code, err = closed_pipe_run(sys.executable, *[str(data) if a == "DATA" else a for a in args])
     assert (code, err) == (141, "")
+
+
+def test_more_workers_than_gpus_is_refused_and_cpu_workers_are_named_as_the_way_out():
+    """A machine with one GPU: GPU workers by default, so 2 workers are refused, naming --no-use-gpu; with it,
+    2 CPU workers share the CPUs (what the CPU test tier asks for on such a machine)."""
+    with pytest.raises(UserError) as refused:
+        plan_run(from_dict({"num_workers": 2}), cluster_cpus=8, cluster_gpus=1)
+    assert str(refused.value) == (
+        "--num-workers 2: the Ray cluster has only 1 GPU; use at most 1, or add --no-use-gpu to train on CPU workers"
+    )
+    cpu = plan_run(from_dict({"num_workers": 2, "use_gpu": False}), cluster_cpus=8, cluster_gpus=1)
+    assert (cpu.use_gpu, cpu.num_workers, cpu.cpus_per_worker) == (False, 2, 4)
+    with pytest.raises(UserError, match=r"only 1 GPU; use at most 1$"):  # asked for GPUs: no CPU hint
+        plan_run(from_dict({"num_workers": 2, "use_gpu": True}), cluster_cpus=8, cluster_gpus=1)
