@@ -48,9 +48,9 @@ def _train(folder: Path, dataset: Path, **overrides) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(ray_session, small_dataset, tmp_path_factory) -> Path:
-    """A tiny-llama run (a chat template) with its scores in eval.json."""
-    out = _train(tmp_path_factory.mktemp("export") / "run", small_dataset)
+def run(tiny_reference) -> Path:
+    """The shared tiny-llama run (a chat template), with its scores added in eval.json."""
+    out = tiny_reference
     args = [
         "eval",
         "--lora-path",
@@ -67,8 +67,8 @@ def run(ray_session, small_dataset, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exported(run) -> Path:
-    out = run.parent / "merged"
+def exported(run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "merged"
     with umask(0o022):
         assert main(["export", "--lora-path", str(run), "--output", str(out)]) == 0
     return out

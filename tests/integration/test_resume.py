@@ -4,8 +4,8 @@ Every run here has LoRA dropout (whose random numbers a resume must continue, no
 epoch boundary (whose reshuffled order a resume must keep): :data:`~tests.integration.conftest.BASE`,
 4 steps per epoch, checkpoints at steps 3 and 6 of 8. Stopped after its step-3 checkpoint, a run resumes
 from step 3 (epoch 0) and goes on into epoch 1; stopped later, from step 6 (epoch 1). Each layout of the
-states resumes from its own checkpoint files: ZeRO-2, ZeRO-3 in bf16, ZeRO-3 with everything (the
-optimizer's states among it) offloaded. TensorBoard shows each step once: the resumed attempt's event file
+states resumes from its own checkpoint files: ZeRO-2, and ZeRO-3 in bf16 with everything (the optimizer's
+states among it) offloaded to the CPU. TensorBoard shows each step once: the resumed attempt's event file
 purges the steps the stopped one logged after its checkpoint.
 """
 
@@ -70,8 +70,9 @@ def resumed_at(text: str) -> int:
 #: bf16 rounds the same operations in the same order: the resumed run still repeats the unbroken one.
 STOPS = [
     pytest.param("SIGINT", {}, TOL, id="SIGINT-zero2"),
-    pytest.param("SIGTERM", {"zero_stage": 3, "bf16": True}, TOL, id="SIGTERM-zero3-bf16"),
-    pytest.param("SIGTERM", {"zero_stage": 3, "offload": "all"}, TOL, id="SIGTERM-zero3-offload-all"),
+    pytest.param(
+        "SIGTERM", {"zero_stage": 3, "bf16": True, "offload": "all"}, TOL, id="SIGTERM-zero3-bf16-offload-all"
+    ),
 ]
 
 
