@@ -533,6 +533,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     return submit(
         command,
+        build_parser(),
         address=args.address,
         working_dir=args.working_dir,
         env=parse_env(args.env),

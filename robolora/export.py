@@ -122,7 +122,7 @@ def match_folder_mode(folder: Path) -> None:
 
 def _run_config(lora: Path) -> dict[str, Any]:
     """The run's config.yaml (a checkpoint's is its run's), or {} where there is none."""
-    from robolora.config import read_mapping
+    from robolora.fileio import read_mapping
 
     run = [lora.parent / "config.yaml"] if lora.name.startswith("checkpoint-") else []
     for candidate in [lora / "config.yaml", *run]:

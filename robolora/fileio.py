@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from robolora.errors import UserError
+from robolora.errors import ConfigError, UserError
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -365,3 +365,47 @@ def check_new_file(path: str | os.PathLike[str], flag: str) -> Path:
         why = "the path is too long" if e.errno == errno.ENAMETOOLONG else e.strerror or type(e).__name__
         raise UserError(f"{flag}: {text} cannot be written ({why}); choose a writable place") from None
     return p
+
+
+def read_mapping(path: str | os.PathLike, flag: str = "--config") -> dict[str, Any]:
+    """A YAML or JSON file that holds one mapping (an empty file is an empty mapping).
+
+    The file must be a regular file of at most 1 MiB, nest at most 64 levels, expand its YAML aliases
+    to at most 10 million values and characters, and hold no NUL, control character or lone surrogate
+    in its strings; anything else is one :class:`ConfigError` naming ``flag``, the file and the key.
+    """
+    p = Path(path)
+    is_json = p.suffix.lower() == ".json"
+    try:
+        data = (load_json if is_json else load_yaml)(p, "a YAML or JSON config file", MAX_CONFIG_BYTES)
+    except FileReadError as e:
+        raise ConfigError(f"{flag}: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{flag}: {p}: expected a mapping of keys to values, got a {type(data).__name__}")
+    bad = _bad_text(data)
+    if bad:
+        raise ConfigError(f"{flag}: {p}: {bad}")
+    return data
+
+
+def _bad_text(data: Any, where: str = "") -> str | None:
+    """The first key or string value of a parsed file that is not text (control characters, lone
+    surrogates), as ``key: problem``; the file's nesting is already bounded."""
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        here = f"{where}[{key}]" if isinstance(data, list) else f"{where}.{key}" if where else str(key)
+        for text, what in ((key, "the key"), (value, "the value")):
+            if isinstance(text, str) and _CONFIG_NOT_TEXT.search(text):
+                problem = text_problem(text) or "is not text"
+                return f"{here if len(here) <= 80 else here[:77] + '...'}: {what} {problem}"
+        if isinstance(value, (dict, list)):
+            found = _bad_text(value, here)
+            if found:
+                return found
+    return None
+
+
+#: Characters no config string may hold (C1 controls, which text_problem also refuses in dataset text, pass).
+_CONFIG_NOT_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")

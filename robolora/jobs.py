@@ -16,6 +16,7 @@ as a bearer header; it is never printed.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
@@ -251,14 +252,14 @@ def _job_call(client: Any, job_id: str | None) -> Iterator[None]:
 # ----------------------------------------------------------------------------- submit
 
 
-def command_line(argv: Sequence[str], working_dir: Path) -> list[str]:
+def command_line(argv: Sequence[str], working_dir: Path, parser: argparse.ArgumentParser) -> list[str]:
     """Check the robolora command to run on the cluster here, before anything is uploaded.
 
-    ``train`` arguments are parsed and validated as ``robolora train`` would (config files and
+    ``parser`` is robolora's own command-line parser (the caller's: this module does not import the
+    CLI). ``train`` arguments are parsed and validated as ``robolora train`` would (config files and
     data paths relative to the working directory), and the run's output must go to an absolute
     path: a relative one would land in the job's temporary copy of the working directory.
     """
-    from robolora.cli import build_parser
     from robolora.config import config_from_namespace
 
     args = list(argv[1:] if argv and argv[0] == "robolora" else argv)
@@ -269,7 +270,7 @@ def command_line(argv: Sequence[str], working_dir: Path) -> list[str]:
         )
     if args[0] in ("submit", "jobs"):
         raise UserError(f"submit: `robolora {args[0]}` runs here, not as a job on the cluster")
-    ns = build_parser().parse_args(args)
+    ns = parser.parse_args(args)
     if args[0] != "train":
         return args
     if getattr(ns, "config", None) and not Path(ns.config).is_absolute():
@@ -322,6 +323,7 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
 
 def submit(
     argv: Sequence[str],
+    parser: argparse.ArgumentParser,
     address: str | None = None,
     working_dir: str | os.PathLike | None = None,
     env: dict[str, str] | None = None,
@@ -329,7 +331,8 @@ def submit(
     wait: bool = True,
     request_timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> int:
-    """Submit ``robolora ARGV`` as a Ray Job; follow its logs unless ``wait`` is False.
+    """Submit ``robolora ARGV`` (checked with ``parser``, robolora's own) as a Ray Job; follow its logs
+    unless ``wait`` is False.
 
     Returns the exit code: 0 when the job succeeded (or was only submitted), 1 when it failed or
     was stopped. ``request_timeout_s`` bounds the wait for each answer of the job server.
@@ -337,7 +340,7 @@ def submit(
     root = Path(working_dir or Path.cwd()).expanduser().resolve()
     if not root.is_dir():
         raise UserError(f"--working-dir {root}: no such directory")
-    args = command_line(argv, root)
+    args = command_line(argv, root, parser)
     client = connect(address, request_timeout_s)
     url = client.get_address()
     entrypoint = "robolora " + shlex.join(args)

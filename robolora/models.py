@@ -349,8 +349,7 @@ def adapter_base_model(lora: str | Path, flag: str = "--lora-path") -> str:
     Raises:
         UserError: a config.yaml or adapter_config.json that cannot be read or names no model.
     """
-    from robolora.config import read_mapping
-    from robolora.fileio import shown
+    from robolora.fileio import read_mapping, shown
 
     lora = Path(lora)
     candidates = [lora / "config.yaml"] + ([lora.parent / "config.yaml"] if lora.name.startswith("checkpoint-") else [])

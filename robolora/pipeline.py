@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from robolora.config import TrainConfig, from_dict, read_mapping
+from robolora.config import TrainConfig, from_dict
 from robolora.errors import ConfigError, UserError
+from robolora.fileio import read_mapping
 
 KEYS = ("output_dir", "base", "shared", "stages")
 

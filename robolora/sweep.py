@@ -53,9 +53,9 @@ from typing import Any
 
 import yaml
 
-from robolora.config import TrainConfig, absolute_paths, from_dict, load_config_file, read_mapping
+from robolora.config import TrainConfig, absolute_paths, from_dict, load_config_file
 from robolora.errors import ConfigError, UserError
-from robolora.fileio import atomic_write_bytes, atomic_write_text
+from robolora.fileio import atomic_write_bytes, atomic_write_text, read_mapping
 from robolora.launcher import run_finished
 
 KEYS = ("output_dir", "base", "shared", "variants", "grid", "metric", "max_concurrent", "evaluate")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from robolora import jobs
+from robolora.cli import build_parser
 from robolora.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,21 +59,26 @@ def test_address_from_flag_then_environment(monkeypatch):
 
 
 def test_train_arguments_are_checked_against_the_working_directory(tmp_path):
+    parser = build_parser()  # robolora's own: the CLI hands it to jobs (which does not import the CLI)
+
+    def check(argv):
+        return jobs.command_line(argv, tmp_path, parser)
+
     (tmp_path / "run.yaml").write_text("data_json: d.json\nmodel_name: tiny-llama\n")
     (tmp_path / "d.json").write_text("[]")
     args = ["robolora", "train", "--config", "run.yaml", "--output-dir", "/shared/run", "--lora-r", "8"]
-    assert jobs.command_line(args, tmp_path) == args[1:]
+    assert check(args) == args[1:]
     with pytest.raises(UserError, match="--output-dir out: give an absolute path on storage"):
-        jobs.command_line(["train", "--config", "run.yaml", "--output-dir", "out"], tmp_path)
+        check(["train", "--config", "run.yaml", "--output-dir", "out"])
     with pytest.raises(UserError, match=r"--data-json other\.json: not found in the working directory"):
-        jobs.command_line(["train", "--data-json", "other.json", "--output-dir", "/shared/run"], tmp_path)
+        check(["train", "--data-json", "other.json", "--output-dir", "/shared/run"])
     with pytest.raises(UserError, match="unrecognized arguments: --lora-rank"):
-        jobs.command_line(["train", "--lora-rank", "8"], tmp_path)
+        check(["train", "--lora-rank", "8"])
     with pytest.raises(UserError, match="give the robolora command to run after --"):
-        jobs.command_line([], tmp_path)
+        check([])
     with pytest.raises(UserError, match="runs here, not as a job"):
-        jobs.command_line(["jobs", "list"], tmp_path)
-    assert jobs.command_line(["data", "validate", "d.json"], tmp_path) == ["data", "validate", "d.json"]
+        check(["jobs", "list"])
+    assert check(["data", "validate", "d.json"]) == ["data", "validate", "d.json"]
 
 
 def test_runtime_env_ships_the_checkout_without_environments_and_runs(monkeypatch, tmp_path):
