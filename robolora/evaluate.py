@@ -47,6 +47,25 @@ LABELS = {"syntax": "syntax", "api_valid": "api-valid", "exact": "exact", "seman
 OVERALL = "overall"
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """How generated code is judged: the one place for the defaults of ``robolora eval``, ``robolora demo``,
+    a sweep's ``evaluate:`` and the pipeline's. Constrained decoding is on: the model can emit only code
+    the robot API accepts (``--no-constrained`` judges its raw output)."""
+
+    constrained: bool = True
+    #: Evaluate only the first N records (0: every record).
+    limit: int = 0
+    #: Commands generated together.
+    batch_size: int = 32
+    #: The longest program, in tokens.
+    max_new_tokens: int = 128
+
+
+#: The defaults, as one value.
+EVAL_DEFAULTS = EvalSettings()
+
+
 def _percent(rate: float) -> str:
     return f"{100 * rate:.1f}"
 

@@ -55,6 +55,7 @@ import yaml
 
 from robolora.config import TrainConfig, absolute_paths, from_dict, load_config_file
 from robolora.errors import ConfigError, UserError
+from robolora.evaluate import EvalSettings
 from robolora.fileio import atomic_write_bytes, atomic_write_text, read_mapping
 from robolora.launcher import run_finished
 
@@ -73,16 +74,6 @@ TRIAL_MEMORY = 256 * 2**20
 METRICS_FILE = "metrics.jsonl"
 #: Largest summary or evaluation file a sweep reads back (an evaluation holds a table per category).
 MAX_RESULT_BYTES = 64 * 2**20
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """How each variant's adapter is judged after training (``robolora eval``'s options)."""
-
-    constrained: bool = True
-    limit: int = 0
-    batch_size: int = 32
-    max_new_tokens: int = 128
 
 
 @dataclass(frozen=True)
