@@ -120,10 +120,10 @@ def planner_estimate(
     from transformers import AutoConfig
 
     from robolora.config import from_dict
-    from robolora.launcher import workload
     from robolora.models import resolve_model
+    from robolora.preflight import workload
     from robolora.sizing import ModelDims
 
-    cfg = from_dict({**lora, "batch_size": batch, "max_length": max_length})
+    cfg = from_dict({**lora, "batch_size": batch, "max_length": max_length, "bf16": True})
     dims = ModelDims.from_config(AutoConfig.from_pretrained(resolve_model(model)))
-    return workload(cfg, dims, bf16=True).estimate(workers, stage, offload, batch, False, on_gpu=on_gpu)
+    return workload(cfg, dims).estimate(workers, stage, offload, batch, False, on_gpu=on_gpu)

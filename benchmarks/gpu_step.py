@@ -83,7 +83,7 @@ def build() -> tuple[Any, list]:
 def batches() -> tuple[list[dict[str, torch.Tensor]], int]:
     """Collated batches of random token ids, and the real tokens of the timed ones."""
     from robolora.data import collate
-    from robolora.worker import _to_tensors, with_targets
+    from robolora.loss import _to_tensors, with_targets
 
     g = torch.Generator().manual_seed(0)
     out = []
@@ -103,7 +103,7 @@ def sync() -> None:
 
 
 def to_device(batch: dict[str, torch.Tensor], mask: bool) -> dict[str, torch.Tensor]:
-    from robolora.worker import without_padding_mask
+    from robolora.loss import without_padding_mask
 
     batch = batch if mask else without_padding_mask(batch)
     return {k: v.pin_memory().to(DEVICE, non_blocking=True) if GPU else v for k, v in batch.items()}
@@ -183,7 +183,8 @@ def main() -> int:
 
     from robolora.config import TrainConfig
     from robolora.ds_config import load_template, resolve
-    from robolora.worker import TargetLogitsLM, build_optimizer, param_groups
+    from robolora.loss import TargetLogitsLM
+    from robolora.optim import build_optimizer, param_groups
 
     tdist.init_process_group("nccl" if GPU else "gloo")
     start = time.perf_counter()

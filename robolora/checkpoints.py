@@ -9,6 +9,9 @@ Leftover partial folders from an interrupted publish are removed on the next sta
 controller registers a reported checkpoint only when it next polls the workers: a run stopped in
 between resumes from the published one (:func:`newer_than_registered`), read from Ray's storage.
 
+What goes into a checkpoint is written here too: the LoRA adapter (:func:`save_adapter`, also the run's
+final output), each rank's random state, and DeepSpeed's engine state under the tag :data:`DS_TAG`.
+
 Example:
     >>> import tempfile
     >>> root = Path(tempfile.mkdtemp())
@@ -23,11 +26,24 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import tempfile
+from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    import torch
+
+#: The tag of DeepSpeed's engine state (module, optimizer, scheduler) inside a checkpoint folder.
+DS_TAG = "deepspeed"
+#: The loop's counters in a checkpoint folder (rank 0's), read back on resume.
+TRAINER_STATE = "trainer_state.json"
+#: The files of a LoRA adapter, in an output directory or a checkpoint folder.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 LEFTOVER = re.compile(r"\.checkpoint-\d+\.(partial|old)")
 VISIBLE = re.compile(r"checkpoint-(\d+)")
 
@@ -96,3 +112,104 @@ def remove_partials(out: Path) -> None:
         for p in out.iterdir():
             if LEFTOVER.fullmatch(p.name):
                 shutil.rmtree(p, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- adapter and random state
+
+
+def lora_state_dict(model: Any, zero_stage: int) -> dict[str, torch.Tensor] | None:
+    """The adapter's weights on rank 0 (None elsewhere); under ZeRO-3 they are gathered first.
+
+    Every rank must call this: the gather is a collective.
+    """
+    import deepspeed
+    from peft import get_peft_model_state_dict
+
+    from robolora import dist
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    gather = deepspeed.zero.GatheredParameters(trainable, modifier_rank=None) if zero_stage == 3 else nullcontext()
+    with gather:
+        if not dist.is_main():
+            return None
+        state = get_peft_model_state_dict(model)
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+
+
+def save_adapter(model: Any, state: dict[str, torch.Tensor], directory: Path) -> None:
+    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (rank 0 only)."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    # Written aside and renamed, so a reader (or a crash) sees the old adapter or the new one; with the
+    # folder's permissions less the execute bits (safetensors makes 0600 files).
+    with tempfile.TemporaryDirectory(prefix=".adapter-", dir=directory) as tmp:
+        model.peft_config["default"].save_pretrained(tmp)
+        save_file(state, str(Path(tmp) / "adapter_model.safetensors"), metadata={"format": "pt"})
+        mode = directory.stat().st_mode & 0o666
+        for name in ("adapter_model.safetensors", "adapter_config.json"):
+            (Path(tmp) / name).chmod(mode)
+            (Path(tmp) / name).replace(directory / name)
+
+
+def load_adapter_weights(model: Any, source: str) -> None:
+    """Load LoRA weights (safetensors only) from an adapter or checkpoint directory into a PEFT model."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(source) / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, state)
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"--resume-from {source}: adapter does not match the model ({result.unexpected_keys[:3]})")
+
+
+def save_rng_state(directory: Path, rank: int, device: torch.device) -> None:
+    """This rank's random state (CPU, and its GPU's) into a checkpoint folder: dropout continues where it stopped."""
+    import torch
+    from safetensors.torch import save_file
+
+    rng = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    save_file(rng, str(directory / f"rng_rank{rank}.safetensors"))
+
+
+def load_rng_state(directory: Path, rank: int, device: torch.device) -> None:
+    """Restore this rank's random state saved by :func:`save_rng_state`, if the checkpoint has it."""
+    rng = directory / f"rng_rank{rank}.safetensors"
+    if rng.is_file():
+        import torch
+        from safetensors.torch import load_file
+
+        states = load_file(str(rng))
+        torch.set_rng_state(states["cpu"])
+        if "cuda" in states and device.type == "cuda":
+            torch.cuda.set_rng_state(states["cuda"], device)
+
+
+def write_checkpoint(
+    directory: Path,
+    engine: Any,
+    state: dict[str, Any],
+    adapter: tuple[Any, dict[str, torch.Tensor]] | None,
+    rank: int,
+    device: torch.device,
+) -> None:
+    """This rank's part of a checkpoint into ``directory``: its DeepSpeed shard (with ``state``) and random
+    state; with ``adapter`` (rank 0: the PEFT model and its weights) the adapter and :data:`TRAINER_STATE`."""
+    engine.save_checkpoint(str(directory), tag=DS_TAG, client_state=state, exclude_frozen_parameters=True)
+    save_rng_state(directory, rank, device)
+    if adapter is not None:
+        save_adapter(*adapter, directory)
+        (directory / TRAINER_STATE).write_text(json.dumps(state, indent=2))
+
+
+def read_checkpoint(directory: Path, engine: Any, rank: int, device: torch.device) -> dict[str, Any]:
+    """Load the engine, optimizer, scheduler and this rank's random state from ``directory``; returns the
+    loop's state that :func:`write_checkpoint` saved."""
+    engine.load_checkpoint(
+        str(directory), tag=DS_TAG, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
+    state = json.loads((directory / TRAINER_STATE).read_text())
+    load_rng_state(directory, rank, device)
+    return state

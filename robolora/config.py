@@ -185,7 +185,7 @@ class TrainConfig:
 
     def target_modules(self) -> list[str]:
         """The LoRA target module names as a list (``['auto']`` until a run resolves it for its model:
-        ``robolora.models.resolve_targets``)."""
+        ``robolora.targets.resolve_targets``)."""
         return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
 
     def lora_layer_indices(self, num_layers: int) -> list[int] | None:

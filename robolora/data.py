@@ -2,8 +2,9 @@
 
 The path every run takes: load (JSON list or JSONL) -> validate (every problem as
 ``file: record N: field: message``) -> split (seeded, stratified by category) -> render the prompt
-(the model's chat template, else a plain template) -> tokenize with labels of -100 on the prompt and
-padding -> collate. Everything here but :func:`tokenize_records` is pure Python on lists and dicts.
+(:mod:`robolora.prompts`: the model's chat template, else a plain template) -> tokenize with labels of
+-100 on the prompt and padding -> collate. Everything here but :func:`tokenize_records` is pure Python
+on lists and dicts.
 
 Example:
     >>> ex = build_example([1, 5, 6, 7], [8, 9], eos_id=2, max_length=6)
@@ -24,39 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from robolora.errors import DataError
-from robolora.robot.normalize import normalize_command
+from robolora.config import TrainConfig, parse_category_weights
+from robolora.errors import DataError, UserError
+from robolora.prompts import encode_prompt
 
 IGNORE_INDEX = -100
 UNCATEGORIZED = "uncategorized"
-#: The system turn of every training and inference prompt. Short on purpose: each of its tokens is
-#: computed for every example in every step, and a trained adapter needs no instructions.
-SYSTEM_PROMPT = "Write robot API code."
-#: The system turn of a base model's few-shot prompt, which has to explain the task.
-BASE_SYSTEM_PROMPT = "You are a robot controller. Translate the user's command into robot API code."
-PLAIN_TEMPLATE = "### System:\n{system}\n\n### Command:\n{command}\n\n### Code:\n"
 FIELDS = ("input", "output", "category")
-
-#: Worked examples for a base model's few-shot prompt (one per category, canonical form).
-FEW_SHOT_EXAMPLES = (
-    ("move forward 3 meters", "robot.move_forward(distance=3.0, speed=1.0)"),
-    ("go to the kitchen slowly", 'robot.navigate_to(location="kitchen", speed=0.5)'),
-    ("pick up the red ball", 'robot.gripper.pick_up(object_type="ball", color="red", size="medium")'),
-    ("scan the area within 3 meters", "robot.sensors.scan(radius=3.0)"),
-    ('say "hello"', 'robot.say(text="hello")'),
-    ("turn left then take a photo", "robot.turn_left(angle=90.0)\nrobot.camera.take_photo()"),
-    (
-        "if you see a cup, pick it up, otherwise say no cup",
-        'if robot.sensors.detect(object_type="cup", color="any"):\n'
-        '    robot.gripper.pick_up(object_type="cup", color="any", size="medium")\n'
-        "else:\n"
-        '    robot.say(text="no cup")',
-    ),
-    (
-        "do a square",
-        "for _ in range(4):\n    robot.move_forward(distance=1.0, speed=1.0)\n    robot.turn_right(angle=90.0)",
-    ),
-)
 
 
 # ----------------------------------------------------------------------------- loading and validation
@@ -138,7 +113,6 @@ def record_problems(path: str | Path, records: Sequence[Any], check_api: bool = 
     tab and newline, no lone surrogate, something visible. ``check_api`` also parses each ``output``
     with the robot API checker.
     """
-    from robolora.fileio import text_problem
     from robolora.robot.checker import check  # light: pure Python
 
     problems: list[str] = []
@@ -150,30 +124,9 @@ def record_problems(path: str | Path, records: Sequence[Any], check_api: bool = 
         if not isinstance(rec, dict):
             problems.append(f'{where}: expected an object with "input" and "output", got {_kind(rec)}')
             continue
-        not_text: set[str] = set()  # fields holding control characters or lone surrogates
-        for key in ("input", "output"):
-            value = rec.get(key)
-            if key not in rec:
-                problems.append(f"{where}: field '{key}': missing; every record needs a non-empty string '{key}'")
-            elif not isinstance(value, str):
-                problems.append(f"{where}: field '{key}': expected a string, got {_kind(value)}")
-            elif not value.strip():
-                problems.append(f"{where}: field '{key}': is empty; every record needs a non-empty string '{key}'")
-            elif len(value) > MAX_FIELD_CHARS:
-                problems.append(
-                    f"{where}: field '{key}': {len(value):,} characters, over the limit of {MAX_FIELD_CHARS:,}; "
-                    "a robot command and its program are a few lines"
-                )
-            elif why := text_problem(value):
-                problems.append(f"{where}: field '{key}': {why}")
-                not_text.add(key)
-        if isinstance(rec.get("category"), str) and len(rec["category"]) > MAX_CATEGORY_CHARS:
-            problems.append(f"{where}: field 'category': longer than {MAX_CATEGORY_CHARS} characters; use a short name")
-        elif "category" in rec and not isinstance(rec["category"], str):
-            problems.append(f"{where}: field 'category': expected a string, got {_kind(rec['category'])}")
-        elif "category" in rec and not rec["category"].strip():
-            problems.append(f"{where}: field 'category': is empty; give a name or leave the field out")
-        elif "category" in rec and (why := text_problem(rec["category"])):
+        found, not_text = _text_field_problems(where, rec)
+        problems += found
+        if why := _category_problem(rec):
             problems.append(f"{where}: field 'category': {why}")
         inp, out = rec.get("input"), rec.get("output")
         if isinstance(inp, str) and inp.strip() and "input" not in not_text:
@@ -188,6 +141,48 @@ def record_problems(path: str | Path, records: Sequence[Any], check_api: bool = 
                     f"{where}: field 'output': not valid robot API code ({reason}); fix it or pass --no-check-api"
                 )
     return problems
+
+
+def _text_field_problems(where: str, rec: dict[str, Any]) -> tuple[list[str], set[str]]:
+    """The problems of a record's ``input`` and ``output``, and which of them hold no text (control
+    characters or lone surrogates), which the duplicate and API checks then skip."""
+    from robolora.fileio import text_problem
+
+    problems: list[str] = []
+    not_text: set[str] = set()
+    for key in ("input", "output"):
+        value = rec.get(key)
+        if key not in rec:
+            problems.append(f"{where}: field '{key}': missing; every record needs a non-empty string '{key}'")
+        elif not isinstance(value, str):
+            problems.append(f"{where}: field '{key}': expected a string, got {_kind(value)}")
+        elif not value.strip():
+            problems.append(f"{where}: field '{key}': is empty; every record needs a non-empty string '{key}'")
+        elif len(value) > MAX_FIELD_CHARS:
+            problems.append(
+                f"{where}: field '{key}': {len(value):,} characters, over the limit of {MAX_FIELD_CHARS:,}; "
+                "a robot command and its program are a few lines"
+            )
+        elif why := text_problem(value):
+            problems.append(f"{where}: field '{key}': {why}")
+            not_text.add(key)
+    return problems, not_text
+
+
+def _category_problem(rec: dict[str, Any]) -> str | None:
+    """What is wrong with a record's optional ``category``, or None."""
+    from robolora.fileio import text_problem
+
+    if "category" not in rec:
+        return None
+    category = rec["category"]
+    if isinstance(category, str) and len(category) > MAX_CATEGORY_CHARS:
+        return f"longer than {MAX_CATEGORY_CHARS} characters; use a short name"
+    if not isinstance(category, str):
+        return f"expected a string, got {_kind(category)}"
+    if not category.strip():
+        return "is empty; give a name or leave the field out"
+    return text_problem(category) or None
 
 
 def load_records(path: str | Path, check_api: bool = True) -> list[dict[str, str]]:
@@ -274,132 +269,7 @@ def lengths_of(values: Any) -> dict[str, float]:
     return {"min": v[0], "mean": round(sum(v) / len(v), 1), "max": v[-1]} if v else {}
 
 
-# ----------------------------------------------------------------------------- prompts and labels
-
-
-def prompt_messages(
-    command: str, system_prompt: str = SYSTEM_PROMPT, shots: Sequence[tuple[str, str]] = ()
-) -> list[dict[str, str]]:
-    """The chat turns of a prompt: the system turn, worked (command, program) pairs, then the command.
-
-    Every command appears with its quantities in the API's units, in digits
-    (:func:`~robolora.robot.normalize.normalize_command`), in training and inference alike.
-    """
-    messages = [{"role": "system", "content": system_prompt}]
-    for question, answer in shots:
-        messages += [
-            {"role": "user", "content": normalize_command(question)},
-            {"role": "assistant", "content": answer},
-        ]
-    return [*messages, {"role": "user", "content": normalize_command(command)}]
-
-
-def render_prompt(tokenizer: Any, command: str, system_prompt: str = SYSTEM_PROMPT) -> tuple[str, bool]:
-    """The prompt text up to where the response starts, and whether it already holds special tokens.
-
-    Uses the tokenizer's chat template (:func:`prompt_messages` + generation prompt) when it has one,
-    else :data:`PLAIN_TEMPLATE`; either way the command is normalized.
-    """
-    if getattr(tokenizer, "chat_template", None):
-        messages = prompt_messages(command, system_prompt)
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
-    return PLAIN_TEMPLATE.format(system=system_prompt, command=normalize_command(command)), False
-
-
-def encode_prompt(tokenizer: Any, command: str) -> list[int]:
-    """Token ids of the rendered prompt (a BOS token added only where the template does not hold one)."""
-    text, templated = render_prompt(tokenizer, command)
-    return tokenizer(text, add_special_tokens=not templated)["input_ids"]
-
-
-def _jinja_string(text: str) -> str:
-    """``text`` as a Jinja string literal (JSON's escapes are Jinja's too).
-
-    >>> print(_jinja_string('say "hi"'))
-    "say \\"hi\\""
-    """
-    return json.dumps(text)
-
-
-def chat_template_with_system(template: str, system_prompt: str = SYSTEM_PROMPT) -> str:
-    """``template`` (a chat template, Jinja) with ``system_prompt`` as the system turn of every
-    conversation that has none; a conversation with a system turn renders as before.
-
-    So a conversation of the user's command alone renders as :func:`render_prompt` renders it (the
-    command aside: the template does not normalize it).
-
-    >>> t = "{% for m in messages %}[{{ m['role'] }}: {{ m['content'] }}]{% endfor %}"
-    >>> from jinja2 import Environment
-    >>> render = Environment().from_string(chat_template_with_system(t, "Be brief.")).render
-    >>> render(messages=[{"role": "user", "content": "stop"}])
-    '[system: Be brief.][user: stop]'
-    >>> render(messages=[{"role": "system", "content": "Other."}, {"role": "user", "content": "stop"}])
-    '[system: Other.][user: stop]'
-    """
-    system = _jinja_string(system_prompt)
-    # A top-level `set` replaces `messages` for the rest of the template; the `{{ '' }}` at the end keeps
-    # the block's trimming (trim_blocks) away from a newline that begins the model's template.
-    prefix = (
-        "{%- if not messages or messages[0]['role'] != 'system' %}"
-        f"{{%- set messages = [{{'role': 'system', 'content': {system}}}] + messages %}}"
-        "{%- endif %}{{ '' }}"
-    )
-    return prefix + template
-
-
-def plain_chat_template(system_prompt: str = SYSTEM_PROMPT, prefix: str = "") -> str:
-    """A chat template that renders :data:`PLAIN_TEMPLATE`, for models without one of their own.
-
-    Each user turn renders as a whole plain prompt (its system text: the conversation's system turn,
-    else ``system_prompt``), each assistant turn as its text and a blank line (as a few-shot prompt
-    shows its examples). ``prefix`` (the text of the special tokens the tokenizer adds, such as a BOS
-    token) starts the conversation, so the rendered text, tokenized without special tokens as chat
-    servers do, gives the ids of the plain prompt tokenized with them.
-
-    >>> from jinja2 import Environment
-    >>> render = Environment().from_string(plain_chat_template("Be brief.")).render
-    >>> render(messages=[{"role": "user", "content": "stop"}], add_generation_prompt=True)
-    '### System:\\nBe brief.\\n\\n### Command:\\nstop\\n\\n### Code:\\n'
-    """
-    head, rest = PLAIN_TEMPLATE.split("{system}")
-    middle, tail = rest.split("{command}")
-    return (
-        f"{{%- set ns = namespace(system={_jinja_string(system_prompt)}) %}}{{{{ {_jinja_string(prefix)} }}}}"
-        "{%- for message in messages %}"
-        "{%- if message['role'] == 'system' %}{%- set ns.system = message['content'] %}"
-        f"{{%- elif message['role'] == 'user' %}}{{{{ {_jinja_string(head)} + ns.system + {_jinja_string(middle)}"
-        f" + message['content'] + {_jinja_string(tail)} }}}}"
-        "{%- else %}{{ message['content'] + '\\n\\n' }}"
-        "{%- endif %}"
-        "{%- endfor %}"
-    )
-
-
-def _added_prefix(tokenizer: Any) -> str:
-    """The text of the special tokens the tokenizer puts before a text it tokenizes (usually BOS, or none)."""
-    sample = "### Command:\nstop"
-    plain = tokenizer(sample, add_special_tokens=False)["input_ids"]
-    full = tokenizer(sample)["input_ids"]
-    cut = len(full) - len(plain)
-    if cut <= 0 or full[cut:] != plain:
-        return ""
-    return tokenizer.decode(full[:cut], skip_special_tokens=False)
-
-
-def export_chat_template(tokenizer: Any, system_prompt: str = SYSTEM_PROMPT) -> str | dict[str, str]:
-    """The chat template for a model trained with this tokenizer's prompts, to save with the model.
-
-    Rendered with the user's command alone (``[{"role": "user", "content": command}]`` and the
-    generation prompt), it gives what :func:`encode_prompt` gives for the already normalized command:
-    the model's own template with ``system_prompt`` as the default system turn
-    (:func:`chat_template_with_system`), else :func:`plain_chat_template`.
-    """
-    template = getattr(tokenizer, "chat_template", None)
-    if isinstance(template, dict):  # several named templates: each gets the system turn
-        return {name: chat_template_with_system(t, system_prompt) for name, t in template.items()}
-    if template:
-        return chat_template_with_system(template, system_prompt)
-    return plain_chat_template(system_prompt, _added_prefix(tokenizer))
+# ----------------------------------------------------------------------------- examples and labels
 
 
 def build_example(prompt_ids: list[int], response_ids: list[int], eos_id: int, max_length: int) -> dict[str, Any]:
@@ -537,7 +407,11 @@ def _dataset(rows: dict[str, list]) -> Any:
 
 
 #: Files whose code decides how records become tokens: a change to any of them changes every cache key.
-_TOKENIZING_CODE = (Path(__file__), Path(__file__).parent / "robot" / "normalize.py")
+_TOKENIZING_CODE = (
+    Path(__file__),
+    Path(__file__).parent / "prompts.py",
+    Path(__file__).parent / "robot" / "normalize.py",
+)
 #: Tokenizer files that decide its output (whichever the folder has).
 _TOKENIZER_FILES = (
     "tokenizer.json",
@@ -635,3 +509,41 @@ def collate(examples: Sequence[dict[str, Any]], pad_id: int, pad_to_multiple_of:
         if packed:  # the padding continues as one more sequence, which no real token attends to
             batch["position_ids"].append(list(e["position_ids"]) + list(range(pad)))
     return batch
+
+
+# ----------------------------------------------------------------------------- a run's datasets
+
+
+def load_datasets(cfg: TrainConfig) -> tuple[list[dict[str, str]], list[dict[str, str]], str]:
+    """Validated train and validation records (split off when only one file is given), the training
+    records weighted by category where ``--category-weights`` asks."""
+    train, val, how = _read_datasets(cfg)
+    weights = parse_category_weights(cfg.category_weights)
+    if not weights:
+        return train, val, how
+    present = sorted({r.get("category") or UNCATEGORIZED for r in train})
+    for name in weights:
+        if name not in present:
+            raise UserError(
+                f"--category-weights: no training record has the category {name!r}; "
+                f"the training records have: {', '.join(present)}"
+            )
+    weighted = weight_by_category(train, weights, cfg.seed)
+    said = ", ".join(f"{name} x{w:g}" for name, w in weights.items())
+    return weighted, val, f"{how}; {len(weighted)} training examples per epoch with {said}"
+
+
+def _read_datasets(cfg: TrainConfig) -> tuple[list[dict[str, str]], list[dict[str, str]], str]:
+    if cfg.data_json:
+        records = load_records(cfg.data_json, check_api=cfg.check_api)
+        train, val = split_records(records, cfg.val_ratio, cfg.seed)
+        how = f"{cfg.data_json}: {len(records)} records, split {len(train)} train / {len(val)} validation"
+        return train, val, how + f" (stratified by category, seed {cfg.seed})"
+    if cfg.train_json:
+        train = load_records(cfg.train_json, check_api=cfg.check_api)
+        if cfg.val_json:
+            val = load_records(cfg.val_json, check_api=cfg.check_api)
+            return train, val, f"{cfg.train_json}: {len(train)} train; {cfg.val_json}: {len(val)} validation"
+        train, val = split_records(train, cfg.val_ratio, cfg.seed)
+        return train, val, f"{cfg.train_json}: split {len(train)} train / {len(val)} validation"
+    raise UserError("no dataset: pass --data-json FILE, or --train-json FILE [--val-json FILE]")

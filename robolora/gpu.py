@@ -14,10 +14,19 @@ Example (on a machine without a GPU):
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import os
 import resource
 import sys
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from robolora.memplan import GpuInventory
+
+if TYPE_CHECKING:
+    import torch
 
 #: Fields of a GPU sample, in the order they are printed.
 GPU_FIELDS = ("gpu_mem_used_mb", "gpu_util_pct", "gpu_temp_c", "gpu_power_w")
@@ -57,6 +66,34 @@ def live_tensor_mb() -> float:
             seen.add(key)
             total += storage.nbytes()
     return total / 2**20
+
+
+def local_gpus(nodes: int = 1) -> GpuInventory | None:
+    """This machine's GPUs (sized by the smallest), counted ``nodes`` times; None where NVML sees none."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        sizes = [pynvml.nvmlDeviceGetMemoryInfo(h).total for h in handles]
+        name = pynvml.nvmlDeviceGetName(handles[0]) if handles else ""
+    except Exception:  # no NVML (no driver, a CPU-only machine): the GPUs may be elsewhere in the cluster
+        return None
+    if not sizes:
+        return None
+    name = name.decode() if isinstance(name, bytes) else name
+    return GpuInventory(len(sizes) * nodes, min(sizes), nodes, source=f"this machine: {len(sizes)} x {name}")
+
+
+def available_memory(use_gpu: bool) -> tuple[int | None, str]:
+    """Bytes one worker may use: the smallest GPU's total memory, or the host's available memory."""
+    if use_gpu:
+        gpus = local_gpus()
+        return (gpus.memory, "per GPU") if gpus else (None, "GPU memory not visible from this machine")
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024, "host memory available"
+    return None, "host memory unknown"
 
 
 class DeviceMonitor:
@@ -140,3 +177,53 @@ def summarize(samples: list[dict[str, float]]) -> dict[str, Any]:
         if values(key):
             row[name] = how(values(key))
     return row
+
+
+# ----------------------------------------------------------------------------- memory probes
+
+
+def memory_mb(device: torch.device) -> float:
+    """Peak memory of this worker: device memory on a GPU, the process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_memory_mb(device: torch.device) -> float:
+    """Memory this worker holds now: allocated device memory on a GPU, the process's RSS on the CPU."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.memory_allocated(device) / 2**20
+    return process_rss_mb()
+
+
+def tensor_memory_mb(device: torch.device) -> float:
+    """The tensors this worker holds now: on a GPU what ``current_memory_mb`` reads (the allocated device
+    memory), on the CPU the live CPU tensors."""
+    return current_memory_mb(device) if device.type == "cuda" else live_tensor_mb()
+
+
+def held_weights_mb(model: torch.nn.Module) -> float:
+    """The parameter memory this worker holds: whole tensors, or under ZeRO-3 its shard of each."""
+    held = 0
+    for p in model.parameters():
+        shard = getattr(p, "ds_tensor", None)
+        t = shard if shard is not None else p
+        held += t.numel() * t.element_size()
+    return held / 2**20
+
+
+def release_freed_memory() -> None:
+    """Give the heap memory freed by the model load (its full-size temporaries) back to the system:
+    glibc keeps freed blocks for reuse otherwise, and a worker's resident memory would stay at its peak."""
+    gc.collect()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Return the heap's free pages to the system (glibc's ``malloc_trim``; elsewhere nothing)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

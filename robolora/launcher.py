@@ -1,7 +1,7 @@
-"""The driver of a training run: preflight, Ray Train wiring, and the report after the run.
+"""The driver of a training run: Ray wiring, the run itself, and the report after it.
 
-``run_training(cfg)`` checks everything a run needs before any worker starts (the training
-guide's pre-training checklist), then starts a Ray Train ``TorchTrainer`` on a local Ray cluster
+``run_training(cfg)`` runs the pre-training checklist (:mod:`robolora.preflight`) before any worker
+starts, plans the run on the cluster, then starts a Ray Train ``TorchTrainer`` on a local Ray cluster
 or an existing one, and finally writes the loss curve, the model card and the loss diagnosis.
 
 Ray Train keeps the run's state and checkpoints in ``<output_dir>/.ray`` (or ``--storage-path``);
@@ -15,430 +15,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from robolora.config import TrainConfig, absolute_paths, check_against_model, parse_category_weights, save_config
+from robolora.config import TrainConfig, absolute_paths, save_config
 from robolora.errors import UserError
 from robolora.fileio import atomic_write_text
+from robolora.gpu import available_memory
+from robolora.preflight import Check, Plan, check_batches, check_memory, plan_run, preflight
 from robolora.progress import PROGRESS, ProgressWatcher
-from robolora.runrecord import (  # noqa: F401  (RUN_MARKER and run_finished: the names other modules import)
-    RUN_MARKER,
-    changes,
-    describe_changes,
-    input_digests,
-    read_marker,
-    run_finished,
-    write_marker,
-)
-from robolora.sizing import GIB, GpuInventory, ModelDims, Workload, known_model, plan_memory
-
-
-@dataclass
-class Check:
-    """One line of the pre-training checklist."""
-
-    name: str
-    ok: bool
-    detail: str
-
-    def line(self) -> str:
-        return f"  [{'ok' if self.ok else 'FAIL'}] {self.name}: {self.detail}"
-
-
-# ----------------------------------------------------------------------------- preflight
-
-
-def check_output_dir(cfg: TrainConfig, inputs: dict[str, str] | None = None) -> tuple[Check, bool]:
-    """Whether the output directory can take this run; returns (check, resuming).
-
-    ``inputs`` are the run's input digests (:func:`robolora.runrecord.input_digests`), computed when left out.
-    """
-    out = Path(cfg.output_dir)
-    try:
-        exists, is_dir = out.exists(), out.is_dir()
-    except OSError as e:  # a name too long for the file system, say
-        raise UserError(f"--output-dir: {out}: {e.strerror}; choose another path") from None
-    except ValueError:  # a NUL byte
-        raise UserError("--output-dir: the path holds a NUL byte; choose another path") from None
-    if exists and not is_dir:
-        raise UserError(f"--output-dir: {out} is a file; choose a directory")
-    if is_dir and any(out.iterdir()):
-        previous = read_marker(out)
-        if previous is None:
-            raise UserError(
-                f"--output-dir: {out} is not empty and holds no robolora run; choose a new or empty directory"
-            )
-        if previous.get("finished"):
-            raise UserError(
-                f"--output-dir: {out} already holds a finished run; choose another directory "
-                "(or --resume-from it to start a new stage from its adapter)"
-            )
-        found = changes(cfg, previous, inputs if inputs is not None else input_digests(cfg))
-        if found:
-            raise UserError(
-                f"--output-dir: {out} holds an unfinished run with other settings ({describe_changes(found, 3)}); "
-                "start it again with the same flags and inputs to resume, or choose another directory"
-            )
-        return Check("output directory", True, f"{out} (unfinished run: resuming from its last checkpoint)"), True
-    check_creatable(out)
-    return Check("output directory", True, f"{out} (new, writable)"), False
-
-
-def check_creatable(out: Path) -> None:
-    """Whether ``out`` (an empty or missing directory) can hold the run: tried, not guessed from
-    permission bits (root passes those everywhere, and /proc or a read-only mount still refuses)."""
-    base = next((p for p in [out, *out.parents] if p.exists()), Path.cwd())
-    if not base.is_dir():
-        raise UserError(f"--output-dir: {out} cannot be created: {base} is a file; choose another path")
-    for part in out.relative_to(base).parts:
-        if len(os.fsencode(part)) > 255:
-            raise UserError(f"--output-dir: {out}: the name {part[:40]}... is too long (255 bytes at most)")
-    try:
-        Path(tempfile.mkdtemp(prefix=".robolora-probe-", dir=base)).rmdir()
-    except OSError as e:
-        raise UserError(
-            f"--output-dir: {out} cannot be created in {base} ({e.strerror}); choose a writable place"
-        ) from None
-
-
-def load_datasets(cfg: TrainConfig) -> tuple[list[dict[str, str]], list[dict[str, str]], str]:
-    """Validated train and validation records (split off when only one file is given), the training
-    records weighted by category where ``--category-weights`` asks."""
-    train, val, how = _read_datasets(cfg)
-    weights = parse_category_weights(cfg.category_weights)
-    if not weights:
-        return train, val, how
-    from robolora.data import UNCATEGORIZED, weight_by_category
-
-    present = sorted({r.get("category") or UNCATEGORIZED for r in train})
-    for name in weights:
-        if name not in present:
-            raise UserError(
-                f"--category-weights: no training record has the category {name!r}; "
-                f"the training records have: {', '.join(present)}"
-            )
-    weighted = weight_by_category(train, weights, cfg.seed)
-    said = ", ".join(f"{name} x{w:g}" for name, w in weights.items())
-    return weighted, val, f"{how}; {len(weighted)} training examples per epoch with {said}"
-
-
-def _read_datasets(cfg: TrainConfig) -> tuple[list[dict[str, str]], list[dict[str, str]], str]:
-    from robolora.data import load_records, split_records
-
-    if cfg.data_json:
-        records = load_records(cfg.data_json, check_api=cfg.check_api)
-        train, val = split_records(records, cfg.val_ratio, cfg.seed)
-        how = f"{cfg.data_json}: {len(records)} records, split {len(train)} train / {len(val)} validation"
-        return train, val, how + f" (stratified by category, seed {cfg.seed})"
-    if cfg.train_json:
-        train = load_records(cfg.train_json, check_api=cfg.check_api)
-        if cfg.val_json:
-            val = load_records(cfg.val_json, check_api=cfg.check_api)
-            return train, val, f"{cfg.train_json}: {len(train)} train; {cfg.val_json}: {len(val)} validation"
-        train, val = split_records(train, cfg.val_ratio, cfg.seed)
-        return train, val, f"{cfg.train_json}: split {len(train)} train / {len(val)} validation"
-    raise UserError("no dataset: pass --data-json FILE, or --train-json FILE [--val-json FILE]")
-
-
-def local_gpus(nodes: int = 1) -> GpuInventory | None:
-    """This machine's GPUs (sized by the smallest), counted ``nodes`` times; None where NVML sees none."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
-        sizes = [pynvml.nvmlDeviceGetMemoryInfo(h).total for h in handles]
-        name = pynvml.nvmlDeviceGetName(handles[0]) if handles else ""
-    except Exception:  # no NVML (no driver, a CPU-only machine): the GPUs may be elsewhere in the cluster
-        return None
-    if not sizes:
-        return None
-    name = name.decode() if isinstance(name, bytes) else name
-    return GpuInventory(len(sizes) * nodes, min(sizes), nodes, source=f"this machine: {len(sizes)} x {name}")
-
-
-def available_memory(use_gpu: bool) -> tuple[int | None, str]:
-    """Bytes one worker may use: the smallest GPU's total memory, or the host's available memory."""
-    if use_gpu:
-        gpus = local_gpus()
-        return (gpus.memory, "per GPU") if gpus else (None, "GPU memory not visible from this machine")
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024, "host memory available"
-    return None, "host memory unknown"
-
-
-@dataclass
-class Plan:
-    """How the run is laid out on the cluster."""
-
-    num_workers: int
-    use_gpu: bool
-    cpus_per_worker: int
-    zero_stage: int
-    offload: str
-    bf16: bool
-    reason: str
-    batch_size: int
-    gradient_accumulation_steps: int
-    gradient_checkpointing: bool
-    #: Why the memory planner chose the layout (GPU runs whose memory is known).
-    memory: str = ""
-
-
-def _dims_of(model_config: Any) -> ModelDims | None:
-    try:
-        return ModelDims.from_config(model_config) if model_config is not None else None
-    except AttributeError:  # neither a Llama-style nor a GPT-2 architecture
-        return None
-
-
-def planned_targets(cfg: TrainConfig, dims: ModelDims) -> list[str]:
-    """The LoRA targets for the memory planner: as given, with ``auto`` and ``all-linear`` read for a
-    model of ``dims`` (a run resolves them against the model's modules first: :func:`check_targets`).
-
-    >>> from robolora.config import TrainConfig
-    >>> from robolora.sizing import SIZES
-    >>> planned_targets(TrainConfig(), SIZES["7B"]), planned_targets(TrainConfig(lora_target_modules="v_proj"), None)
-    (['q_proj', 'k_proj', 'v_proj', 'o_proj'], ['v_proj'])
-    """
-    from robolora.models import ALL_LINEAR, AUTO_TARGETS
-
-    given = cfg.target_modules()
-    special = given[0].lower() if len(given) == 1 else ""
-    if special == AUTO_TARGETS:
-        return dims.default_targets()
-    if special == ALL_LINEAR:
-        return dims.linear_names()
-    return given
-
-
-def workload(cfg: TrainConfig, dims: ModelDims, bf16: bool = True) -> Workload:
-    """What the memory planner needs from a training config, for a model of ``dims``."""
-    layers = cfg.lora_layer_indices(dims.layers)
-    return Workload(
-        dims,
-        seq_len=cfg.max_length,
-        batch_size=cfg.batch_size,
-        grad_accum=cfg.gradient_accumulation_steps,
-        lora_r=cfg.lora_r,
-        targets=tuple(planned_targets(cfg, dims)),
-        lora_layers=tuple(layers) if layers else None,
-        lora_dropout=cfg.lora_dropout > 0,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        bf16=bf16,
-    )
-
-
-def model_dims(cfg: TrainConfig) -> tuple[ModelDims, str]:
-    """The model's dimensions and a label: sizes and CodeLlama names without a download, else from its config."""
-    known = known_model(cfg.model_name)
-    if known:
-        return known
-    check, model_config = check_model(cfg)
-    dims = _dims_of(model_config)
-    if dims is None:
-        raise UserError(
-            f"--model-name: {cfg.model_name} ({model_config.model_type}) has neither Llama-style nor GPT-2 "
-            "dimensions to plan with"
-        )
-    return dims, check.detail
-
-
-#: CPU workers by default, at most, each with an equal share of the cluster's CPUs: on 2 cores two
-#: single-threaded workers train 17-32% faster than one with both (benchmarks/README.md).
-CPU_WORKERS = 2
-
-#: CPUs reserved for a GPU worker by default, at most.
-GPU_WORKER_MAX_CPUS = 8
-
-
-def plan_run(
-    cfg: TrainConfig,
-    cluster_cpus: int,
-    cluster_gpus: int,
-    model_config: Any = None,
-    gpu_memory: int | None = None,
-    nodes: int = 1,
-    cpus_per_gpu: int = 1,
-) -> Plan:
-    """Fill in the distributed settings the user left out.
-
-    On GPUs whose memory is known (``gpu_memory`` bytes each, over ``nodes``) the memory planner picks
-    the ZeRO stage and offload that were left out, lowers the micro-batch (raising accumulation, so
-    the global batch stays) and turns on gradient checkpointing only where the run would not fit
-    otherwise, and refuses a run that cannot fit at all. Otherwise ZeRO-2 without offload is the
-    default and :func:`check_memory` compares the estimate with what is available.
-    """
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else cluster_gpus > 0
-    if use_gpu and cluster_gpus == 0:
-        raise UserError("--use-gpu: the Ray cluster has no GPUs; leave the flag out to train on CPU workers")
-    capacity = cluster_gpus if use_gpu else cluster_cpus
-    workers = cfg.num_workers or (cluster_gpus if use_gpu else min(CPU_WORKERS, max(1, cluster_cpus)))
-    if workers > capacity:
-        unit = ("GPU" if use_gpu else "CPU") + ("s" if capacity != 1 else "")
-        # GPUs found and used by default: CPU workers may be what was meant (a test tier, a laptop's one GPU)
-        cpu_hint = cfg.use_gpu is None and use_gpu and workers <= cluster_cpus
-        raise UserError(
-            f"--num-workers {workers}: the Ray cluster has only {capacity} {unit}; use at most {capacity}"
-            + (", or add --no-use-gpu to train on CPU workers" if cpu_hint else "")
-        )
-    # A GPU worker's host threads launch kernels, collate and pin batches and run the optimizer's
-    # bookkeeping: half of its node's CPUs per GPU (up to 8), the rest for data loaders and Ray.
-    gpu_cpus = max(1, min(GPU_WORKER_MAX_CPUS, cpus_per_gpu // 2))
-    cpus = cfg.cpus_per_worker or (gpu_cpus if use_gpu else max(1, cluster_cpus // workers))
-    from robolora.models import bf16_supported
-
-    bf16 = cfg.bf16 if cfg.bf16 is not None else bf16_supported(use_gpu)
-    if cfg.num_workers:
-        reason = "as given"
-    elif use_gpu:
-        reason = "one worker per GPU available"
-    else:
-        shared = f"{cluster_cpus} CPU{'s' if cluster_cpus > 1 else ''}"
-        reason = f"the default on CPUs: at most {CPU_WORKERS}, sharing the cluster's {shared}"
-    stage = cfg.zero_stage or (3 if cfg.offload == "all" else 2)
-    plan = Plan(
-        workers,
-        use_gpu,
-        cpus,
-        stage,
-        cfg.offload or "none",
-        bf16,
-        reason,
-        cfg.batch_size,
-        cfg.gradient_accumulation_steps,
-        cfg.gradient_checkpointing,
-    )
-    dims = _dims_of(model_config)
-    if not use_gpu or gpu_memory is None or dims is None:
-        return plan
-    gpus = GpuInventory(workers, gpu_memory, max(1, min(nodes, workers)))
-    memory = plan_memory(workload(cfg, dims, bf16), gpus, zero_stage=cfg.zero_stage, offload=cfg.offload)
-    if not memory.fits:
-        raise UserError(memory.refusal())
-    c = memory.choice
-    return replace(
-        plan,
-        zero_stage=c.zero_stage,
-        offload=c.offload,
-        batch_size=c.micro_batch,
-        gradient_accumulation_steps=c.grad_accum,
-        gradient_checkpointing=c.gradient_checkpointing,
-        memory=memory.reason,
-    )
-
-
-def check_memory(cfg: TrainConfig, plan: Plan, model_config: Any) -> Check:
-    """The estimate for the plan against the memory available (per GPU, or the host for CPU workers)."""
-    dims = _dims_of(model_config)
-    if dims is None:
-        return Check("memory", True, "not estimated (the model's architecture has no Llama-style dimensions)")
-    est = workload(cfg, dims, plan.bf16).estimate(
-        plan.num_workers,
-        plan.zero_stage,
-        plan.offload,
-        plan.batch_size,
-        plan.gradient_checkpointing,
-        on_gpu=plan.use_gpu,
-    )
-    avail, what = available_memory(plan.use_gpu)
-    need = est.total if plan.use_gpu else est.total * plan.num_workers
-    scope = "per GPU" if plan.use_gpu else f"for {plan.num_workers} workers"
-    if avail is None:
-        return Check("memory", True, f"~{need / GIB:.1f} GiB needed {scope}; {what}")
-    if need > avail:
-        raise UserError(
-            f"memory: this run needs about {need / GIB:.1f} GiB {scope} but {avail / GIB:.1f} GiB is {what}; "
-            "reduce --batch-size or --max-length, add --gradient-checkpointing, use --zero-stage 3 or --offload, "
-            "or pick a smaller --model-name"
-        )
-    return Check("memory", True, f"~{need / GIB:.1f} GiB needed {scope} (worst case), {avail / GIB:.1f} GiB {what}")
-
-
-def check_batches(cfg: TrainConfig, plan: Plan, num_train: int) -> Check:
-    """At least one optimizer step: the training split must fill one global batch."""
-    from robolora.sampler import steps_per_epoch, total_steps
-
-    global_batch = cfg.global_batch_size(plan.num_workers)
-    if num_train < global_batch:
-        raise UserError(
-            f"dataset: {num_train} training records cannot fill one global batch of {global_batch} "
-            f"(--batch-size {cfg.batch_size} x --gradient-accumulation-steps {cfg.gradient_accumulation_steps} x "
-            f"{plan.num_workers} workers); lower those or add records"
-        )
-    capped = f"; --max-steps {cfg.max_steps} overrides --num-epochs" if cfg.max_steps > 0 else ""
-    if cfg.packing:
-        return Check(
-            "batches",
-            True,
-            f"global batch {global_batch} rows of packed examples (up to {cfg.max_length} tokens each); the "
-            f"steps per epoch follow from the packing, printed when training starts{capped}",
-        )
-    per_epoch = steps_per_epoch(num_train, global_batch)
-    detail = f"global batch {global_batch}, {per_epoch} optimizer steps per epoch"
-    if capped:
-        steps = total_steps(per_epoch, cfg.num_epochs, cfg.max_steps)
-        detail += f"{capped}: {steps} step{'s' if steps != 1 else ''} in all ({steps / per_epoch:.3g} epochs)"
-    return Check("batches", True, detail)
-
-
-def check_model(cfg: TrainConfig) -> tuple[Check, Any]:
-    """The base model's config, read without its weights; its dimensions must be positive integers."""
-    from robolora.models import is_local_model, load_config, resolve_model
-    from robolora.sizing import check_dimensions
-
-    source = resolve_model(cfg.model_name)
-    model_config = load_config(cfg.model_name, trust_remote_code=cfg.trust_remote_code)
-    local = source != cfg.model_name or is_local_model(cfg.model_name)
-    check_dimensions(model_config, str(Path(source) / "config.json") if local else f"{cfg.model_name}: config.json")
-    where = source if local else "hub"
-    detail = f"{cfg.model_name} ({model_config.model_type}, {where})"
-    num_layers = getattr(model_config, "num_hidden_layers", None)
-    if cfg.lora_layers and num_layers:
-        layers = cfg.lora_layer_indices(num_layers)  # raises ConfigError when the model lacks them
-        detail += f"; LoRA on {len(layers or range(num_layers))} of its {num_layers} layers"
-    check_against_model(cfg, *(getattr(model_config, k, None) for k in ("max_position_embeddings", "hidden_size")))
-    return Check("base model", True, detail), model_config
-
-
-def check_targets(cfg: TrainConfig, model_config: Any) -> tuple[Check, list[str]]:
-    """The LoRA target modules, checked against the model's modules (built without weights) and with
-    ``auto`` and ``all-linear`` resolved for it; returns the check and the resolved names."""
-    from robolora.models import matches, module_tree, resolve_targets
-
-    tree = module_tree(cfg.model_name, model_config, cfg.trust_remote_code)
-    targets = resolve_targets(cfg.target_modules(), tree, cfg.model_name)
-    count = sum(any(matches(t, m) for t in targets) for m in tree.adaptable)
-    given = "" if targets == cfg.target_modules() else f" (from {cfg.lora_target_modules})"
-    return Check("LoRA targets", True, f"{','.join(targets)}{given}: {count} modules of the model"), targets
-
-
-def check_resume_from(cfg: TrainConfig, targets: list[str] | None = None) -> Check | None:
-    """The adapter a run starts from: LoRA of the same rank on the same modules (``targets``: the
-    resolved target modules, default as given)."""
-    if not cfg.resume_from:
-        return None
-    from robolora.models import adapter_config, adapter_dir
-
-    src = adapter_dir(cfg.resume_from, flag="--resume-from")
-    peft_cfg = adapter_config(src, "--resume-from")
-    targets = targets if targets is not None else cfg.target_modules()
-    if peft_cfg.get("r") != cfg.lora_r or sorted(peft_cfg.get("target_modules") or []) != sorted(targets):
-        raise UserError(
-            f"--resume-from: {src} has LoRA r={peft_cfg.get('r')} on {sorted(peft_cfg.get('target_modules') or [])}; "
-            "pass the same --lora-r and --lora-target-modules"
-        )
-    return Check("starting weights", True, f"adapter from {src}")
-
-
-# ----------------------------------------------------------------------------- the run
+from robolora.runrecord import write_marker
 
 
 def _sigterm_as_interrupt(signum: int, frame: object) -> None:
@@ -487,31 +76,6 @@ def init_ray(cfg: TrainConfig) -> None:
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
 
-def preflight(cfg: TrainConfig) -> tuple[list[Check], dict[str, Any]]:
-    """The pre-training checklist; raises UserError on the first item that fails."""
-    checks = []
-    train, val, how = load_datasets(cfg)
-    checks.append(Check("dataset", True, how))
-    inputs = input_digests(cfg)
-    out_check, resuming = check_output_dir(cfg, inputs)
-    checks.append(out_check)
-    model_check, model_config = check_model(cfg)
-    checks.append(model_check)
-    target_check, targets = check_targets(cfg, model_config)
-    checks.append(target_check)
-    resume = check_resume_from(cfg, targets)
-    if resume:
-        checks.append(resume)
-    return checks, {
-        "train": train,
-        "val": val,
-        "resuming": resuming,
-        "model_config": model_config,
-        "inputs": inputs,
-        "lora_target_modules": ",".join(targets),
-    }
-
-
 def command_start() -> float:
     """When this process started (wall clock): the start-up report counts from the command."""
     try:
@@ -543,10 +107,6 @@ def run_training(
     marks = {"start": started_at or time.time()}
     # Checked before Ray, torch and DeepSpeed are imported: bad input is refused within a second or so.
     checks, ctx = preflight(cfg)
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from robolora.worker import RunSpec, train_loop_per_worker
 
     # From here on the run's LoRA targets are the ones resolved for the model (auto, all-linear) and its
@@ -555,71 +115,77 @@ def run_training(
     marks["checks"] = time.time()
     init_ray(cfg)
     marks["ray"] = time.time()
+    plan = plan_on_cluster(cfg, ctx["model_config"])
+    # The resolved config: the plan's choices written in. config.yaml saves it (it reproduces the run) and
+    # the workers train with it.
+    cfg = plan.config
+    checks += [check_batches(cfg, len(ctx["train"])), check_memory(cfg, ctx["model_config"])]
+    print_checklist(checks, plan)
+    out = Path(cfg.output_dir).resolve()
+    start_output(out, given, cfg, ctx)
+    run_dir = ray_run_dir(cfg, out)
+    spec = RunSpec(
+        config=cfg.to_dict(),
+        output_dir=str(out),
+        train_records=ctx["train"],
+        val_records=ctx["val"],
+        checkpoint_root=str(run_dir),
+        startup=marks,
+        label=label,
+    )
+    trainer = ray_trainer(cfg, train_loop or train_loop_per_worker, spec, run_dir, callbacks)
+    result = fit(trainer, out, watch)
+    summary = finish_run(cfg, out, time.perf_counter() - t0)
+    write_marker(out, given, cfg, finished=True, inputs=ctx["inputs"])
+    summary["ray_metrics"] = result.metrics
+    return summary
+
+
+def plan_on_cluster(cfg: TrainConfig, model_config: Any) -> Plan:
+    """:func:`robolora.preflight.plan_run` for the Ray cluster this process is connected to: its CPUs,
+    its GPUs and their nodes, and the memory of this machine's GPUs."""
+    import ray
+
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     gpu_nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU")]
     gpu_memory = available_memory(True)[0] if gpus else None
     cpus_per_gpu = min((int(r.get("CPU", 0) // r["GPU"]) for r in gpu_nodes), default=1)
-    plan = plan_run(
-        cfg, int(resources.get("CPU", 1)), gpus, ctx["model_config"], gpu_memory, max(1, len(gpu_nodes)), cpus_per_gpu
+    return plan_run(
+        cfg, int(resources.get("CPU", 1)), gpus, model_config, gpu_memory, max(1, len(gpu_nodes)), cpus_per_gpu
     )
-    checks.append(check_batches(cfg, plan, len(ctx["train"])))
-    checks.append(check_memory(cfg, plan, ctx["model_config"]))
+
+
+def print_checklist(checks: list[Check], plan: Plan) -> None:
     print("Pre-training checklist")
     for c in checks:
         print(c.line())
-    print(
-        f"Plan: {plan.num_workers} {'GPU' if plan.use_gpu else 'CPU'} worker{'s' if plan.num_workers > 1 else ''} "
-        f"({plan.reason}), {plan.cpus_per_worker} CPU{'s' if plan.cpus_per_worker > 1 else ''} each, "
-        f"ZeRO-{plan.zero_stage}, offload {plan.offload}, "
-        f"{'bf16' if plan.bf16 else 'fp32'}, micro-batch {plan.batch_size} x accumulation "
-        f"{plan.gradient_accumulation_steps}{', gradient checkpointing' if plan.gradient_checkpointing else ''}"
-        + (f"\n  memory: {plan.memory}" if plan.memory else ""),
-        flush=True,
-    )
-    # The saved config is the resolved one: the plan's choices written out, so it reproduces the run.
-    cfg = cfg.replace(
-        num_workers=plan.num_workers,
-        use_gpu=plan.use_gpu,
-        cpus_per_worker=plan.cpus_per_worker,
-        zero_stage=plan.zero_stage,
-        offload=plan.offload,
-        bf16=plan.bf16,
-        batch_size=plan.batch_size,
-        gradient_accumulation_steps=plan.gradient_accumulation_steps,
-        gradient_checkpointing=plan.gradient_checkpointing,
-    )
-    out = Path(cfg.output_dir).resolve()
+    print(plan.describe(), flush=True)
+
+
+def start_output(out: Path, given: TrainConfig, cfg: TrainConfig, ctx: dict[str, Any]) -> None:
+    """The output directory before the workers start: the resolved config, the validation split (so
+    ``robolora eval --lora-path <output-dir>`` judges on held-out records) and the unfinished-run marker."""
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    # The validation split, so `robolora eval --lora-path <output-dir>` judges on held-out records.
     atomic_write_text(out / "val.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ctx["val"]))
     write_marker(out, given, cfg, finished=False, inputs=ctx["inputs"])
 
-    spec = RunSpec(
-        config=cfg.to_dict(),
-        model_path=cfg.model_name,
-        output_dir=str(out),
-        num_workers=plan.num_workers,
-        zero_stage=plan.zero_stage,
-        offload=plan.offload,
-        use_gpu=plan.use_gpu,
-        bf16=plan.bf16,
-        train_records=ctx["train"],
-        val_records=ctx["val"],
-        resume_weights=str(Path(cfg.resume_from).resolve()) if cfg.resume_from else None,
-        threads_per_worker=plan.cpus_per_worker if not plan.use_gpu else None,
-        checkpoint_root=str(run_dir := ray_run_dir(cfg, out)),
-        startup=marks,
-        label=label,
-    )
-    trainer = TorchTrainer(
-        train_loop or train_loop_per_worker,
+
+def ray_trainer(
+    cfg: TrainConfig, train_loop: Callable[[dict], None], spec: Any, run_dir: Path, callbacks: Sequence[Any]
+) -> Any:
+    """The Ray Train ``TorchTrainer`` for a planned config: its workers, resources, storage and checkpoints."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        train_loop,
         train_loop_config=spec.to_dict(),
         scaling_config=ScalingConfig(
-            num_workers=plan.num_workers,
-            use_gpu=plan.use_gpu,
-            resources_per_worker={"CPU": plan.cpus_per_worker, **({"GPU": 1} if plan.use_gpu else {})},
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
             placement_strategy=cfg.placement_strategy,
         ),
         run_config=RunConfig(
@@ -631,11 +197,17 @@ def run_training(
             callbacks=list(callbacks),
         ),
     )
+
+
+def fit(trainer: Any, out: Path, watch: bool) -> Any:
+    """Train, showing progress when ``watch``; a stop or a failure becomes one clear error."""
+    import ray
+
     watcher = ProgressWatcher(out)
     if watch:
         watcher.start()
     try:
-        result = _fit_interruptibly(trainer)
+        return _fit_interruptibly(trainer)
     except KeyboardInterrupt:
         ray.shutdown()  # stops the workers; checkpoints already persisted stay complete
         raise Interrupted(out) from None
@@ -644,10 +216,6 @@ def run_training(
     finally:
         if watch:
             watcher.stop()
-    summary = finish_run(cfg, out, plan, time.perf_counter() - t0)
-    write_marker(out, given, cfg, finished=True, inputs=ctx["inputs"])
-    summary["ray_metrics"] = result.metrics
-    return summary
 
 
 def ray_run_dir(cfg: TrainConfig, out: Path) -> Path:
@@ -742,7 +310,7 @@ class Interrupted(UserError):
         )
 
 
-def finish_run(cfg: TrainConfig, out: Path, plan: Plan, wall_s: float) -> dict[str, Any]:
+def finish_run(cfg: TrainConfig, out: Path, wall_s: float) -> dict[str, Any]:
     """Loss curve, diagnosis and model card from ``metrics.jsonl``; marks the run finished."""
     from robolora.diagnose import diagnose
     from robolora.report import model_card, plot_loss_curve, read_metrics, run_summary
@@ -754,10 +322,10 @@ def finish_run(cfg: TrainConfig, out: Path, plan: Plan, wall_s: float) -> dict[s
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     tokens = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
     extra = {
-        "global_batch": cfg.global_batch_size(plan.num_workers),
-        "workers": plan.num_workers,
-        "zero_stage": plan.zero_stage,
-        "offload": plan.offload,
+        "global_batch": cfg.global_batch_size(cfg.num_workers),
+        "workers": cfg.num_workers,
+        "zero_stage": cfg.zero_stage,
+        "offload": cfg.offload,
         "wall_time_s": round(wall_s, 1),  # this command's; train_runtime_s counts every attempt
         "mean_tokens_per_s": round(sum(tokens) / len(tokens), 1) if tokens else None,
     }

@@ -69,9 +69,10 @@ def test_gpt2_trains_from_a_relative_path_with_its_default_targets(
 def test_fused_lora_and_loss_wrapper_keep_peft_results_on_gpt2(gpt2_folder):
     from peft import LoraConfig, get_peft_model
 
+    from robolora.engine import conv1d_targets
     from robolora.kernels import use_fused_lora
+    from robolora.loss import TargetLogitsLM, with_targets
     from robolora.models import load_model
-    from robolora.worker import TargetLogitsLM, conv1d_targets, with_targets
 
     def build():
         torch.manual_seed(1)

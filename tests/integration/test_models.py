@@ -70,7 +70,7 @@ def test_target_logits_loss_matches_the_plain_forward():
     from peft import LoraConfig, get_peft_model
 
     from robolora.data import IGNORE_INDEX
-    from robolora.worker import TargetLogitsLM, with_targets
+    from robolora.loss import TargetLogitsLM, with_targets
 
     torch.manual_seed(0)
     model = get_peft_model(
@@ -117,7 +117,7 @@ def test_right_padded_batches_train_the_same_without_their_padding_mask(attentio
     from peft import LoraConfig, get_peft_model
 
     from robolora.data import IGNORE_INDEX, collate
-    from robolora.worker import TargetLogitsLM, _to_tensors, with_targets, without_padding_mask
+    from robolora.loss import TargetLogitsLM, _to_tensors, with_targets, without_padding_mask
 
     torch.manual_seed(0)
     model = get_peft_model(

@@ -143,9 +143,10 @@ def test_a_run_summary_killed_mid_write_leaves_the_previous_one(tmp_path):
         f"""
         from pathlib import Path
         from robolora.config import from_dict
-        from robolora.launcher import finish_run, plan_run
+        from robolora.launcher import finish_run
+        from robolora.preflight import plan_run
         cfg = from_dict({{"data_json": "d.json", "output_dir": {str(out)!r}, "max_steps": 8}})
-        finish_run(cfg, Path(cfg.output_dir), plan_run(cfg, cluster_cpus=2, cluster_gpus=0), 30.0)
+        finish_run(plan_run(cfg, cluster_cpus=2, cluster_gpus=0).config, Path(cfg.output_dir), 30.0)
         """,
     )
     assert (out / "train_summary.json").read_text() == before
@@ -164,7 +165,7 @@ def test_an_adapter_killed_mid_write_leaves_the_previous_one_loadable(tmp_path):
         from pathlib import Path
         from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
         from robolora.models import load_model
-        from robolora.worker import save_adapter
+        from robolora.checkpoints import save_adapter
 
         out = Path({str(out)!r})
         model = get_peft_model(load_model("tiny-llama"), LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))

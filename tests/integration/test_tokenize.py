@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from robolora.data import IGNORE_INDEX, SYSTEM_PROMPT, collate, tokenize_records
+from robolora.data import IGNORE_INDEX, collate, tokenize_records
 from robolora.models import load_tokenizer
+from robolora.prompts import SYSTEM_PROMPT
 
 RECORDS = [
     {"input": "move forward 3 meters", "output": "robot.move_forward(distance=3.0, speed=1.0)", "category": "movement"},

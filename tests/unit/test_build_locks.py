@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from robolora.worker import STALE_BUILD_LOCK_S, clear_stale_build_locks
+from robolora.dist import STALE_BUILD_LOCK_S, clear_stale_build_locks
 
 
 def test_only_stale_build_locks_are_removed(tmp_path, capsys):
@@ -36,7 +36,7 @@ def test_the_default_folder_is_torchs(tmp_path, monkeypatch):
 def test_ops_training_never_calls_are_not_compiled():
     from deepspeed.comm.torch import build_shm_op
 
-    from robolora.worker import skip_unused_ops
+    from robolora.dist import skip_unused_ops
 
     skip_unused_ops()
     started = time.monotonic()

@@ -218,7 +218,7 @@ def test_a_data_error_crosses_processes_whole():
 
 def test_category_weights_change_what_an_epoch_holds_and_never_the_validation(write_json):
     from robolora.config import from_dict
-    from robolora.launcher import load_datasets
+    from robolora.data import load_datasets
 
     path = write_json("d.json", _recs({"loops": 40, "moves": 40, "talk": 20}))
     plain = load_datasets(from_dict({"data_json": str(path)}))
@@ -233,8 +233,8 @@ def test_category_weights_change_what_an_epoch_holds_and_never_the_validation(wr
 
 def test_a_category_weight_for_a_category_the_data_lacks_is_refused(write_json):
     from robolora.config import from_dict
+    from robolora.data import load_datasets
     from robolora.errors import UserError
-    from robolora.launcher import load_datasets
 
     path = write_json("d.json", _recs({"loops": 10, "moves": 10}))
     with pytest.raises(UserError) as e:

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from robolora.config import from_dict, load_config_file
-from robolora.launcher import plan_run, workload
-from robolora.sizing import known_model, parse_gpus, plan_memory
+from robolora.memplan import parse_gpus, plan_memory
+from robolora.preflight import plan_run, workload
+from robolora.sizing import known_model
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 PLANNED_FOR = re.compile(r"^# Planned for: --gpus (\S+)(?: --nodes (\d+))?", re.MULTILINE)
@@ -34,7 +35,7 @@ def test_example_loads_and_is_planned(path):
     match = PLANNED_FOR.search(path.read_text())
     if match is None:  # a CPU example: its settings are explicit and the launcher keeps them
         assert cfg.num_workers and cfg.zero_stage, f"{path.name}: set num_workers and zero_stage, or a Planned for line"
-        plan = plan_run(cfg.replace(bf16=False), cluster_cpus=2, cluster_gpus=0)
+        plan = plan_run(cfg.replace(bf16=False), cluster_cpus=2, cluster_gpus=0).config
         assert (plan.num_workers, plan.zero_stage, plan.batch_size, plan.gradient_accumulation_steps) == (
             cfg.num_workers,
             cfg.zero_stage,

@@ -7,7 +7,7 @@ import pytest
 
 from robolora.config import TrainConfig, from_dict
 from robolora.diagnose import diagnose
-from robolora.launcher import check_batches, plan_run
+from robolora.preflight import check_batches, plan_run
 from robolora.report import model_card
 from robolora.sampler import plan_epoch, total_steps
 
@@ -39,10 +39,9 @@ def test_the_steps_beyond_an_epoch_come_from_the_next_epochs_of_the_seeded_plan(
 
 
 def test_preflight_states_the_steps_max_steps_runs():
-    plan = plan_run(from_dict({"batch_size": 4, "gradient_accumulation_steps": 2}), cluster_cpus=2, cluster_gpus=0)
-
     def detail(**values) -> str:
-        return check_batches(from_dict({"batch_size": 4, "gradient_accumulation_steps": 2, **values}), plan, 40).detail
+        cfg = from_dict({"batch_size": 4, "gradient_accumulation_steps": 2, **values})
+        return check_batches(plan_run(cfg, cluster_cpus=2, cluster_gpus=0).config, 40).detail
 
     assert detail() == "global batch 16, 2 optimizer steps per epoch"
     assert detail(max_steps=5) == (

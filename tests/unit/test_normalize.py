@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from robolora.data import render_prompt
+from robolora.prompts import render_prompt
 from robolora.robot.normalize import normalize_command
 
 DATASET = Path(__file__).resolve().parents[2] / "data" / "robot_dataset.json"

@@ -7,7 +7,7 @@ import torch
 
 from robolora.config import TrainConfig
 from robolora.errors import ConfigError
-from robolora.worker import build_optimizer, param_groups
+from robolora.optim import build_optimizer, param_groups
 
 
 def _named() -> list[tuple[str, torch.nn.Parameter]]:

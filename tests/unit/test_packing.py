@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from robolora.data import IGNORE_INDEX, collate, pack_examples, target_count
-from robolora.worker import TargetLogitsLM, model_inputs
+from robolora.loss import TargetLogitsLM, model_inputs
 
 
 def _examples(count: int, seed: int, max_length: int = 40) -> list[dict[str, list[int]]]:

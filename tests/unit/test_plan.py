@@ -14,14 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from robolora.config import from_dict
+from robolora.config import TrainConfig, from_dict
 from robolora.errors import ConfigError, UserError
-from robolora.launcher import plan_run
-from robolora.sizing import (
+from robolora.memplan import (
     CARD_MEMORY,
-    GIB,
     GUIDE_VRAM,
-    SIZES,
     GpuInventory,
     Workload,
     check_guide,
@@ -29,6 +26,14 @@ from robolora.sizing import (
     parse_gpus,
     plan_memory,
 )
+from robolora.preflight import plan_run
+from robolora.sizing import GIB, SIZES
+
+
+def work_for(size: str, **fields) -> Workload:
+    """The planner's workload for a guide size, from a training config with ``fields`` set."""
+    dims = SIZES[size]
+    return Workload.from_config(TrainConfig(**fields), dims, dims.default_targets())
 
 
 def test_gpu_inventory_from_count_and_size():
@@ -102,7 +107,7 @@ def test_micro_batches_keep_the_examples_per_step():
 
 
 def test_7b_fits_24gb_gpus_with_zero2_and_the_asked_batch():
-    plan = plan_memory(Workload(SIZES["7B"], batch_size=4), parse_gpus("4x24GB"))
+    plan = plan_memory(work_for("7B", batch_size=4), parse_gpus("4x24GB"))
     c = plan.choice
     assert plan.fits and (c.zero_stage, c.offload, c.micro_batch, c.grad_accum, c.gradient_checkpointing) == (
         2,
@@ -126,7 +131,7 @@ def test_7b_fits_24gb_gpus_with_zero2_and_the_asked_batch():
 
 
 def test_batch_that_does_not_fit_is_split_and_the_global_batch_kept():
-    work = Workload(SIZES["7B"], batch_size=8)
+    work = work_for("7B", batch_size=8)
     plan = plan_memory(work, parse_gpus("1x24GB"))
     c = plan.choice
     assert not work.estimate(1, 2, "none", 8, False).total <= plan.gpus.memory  # batch 8 as asked does not fit
@@ -135,7 +140,7 @@ def test_batch_that_does_not_fit_is_split_and_the_global_batch_kept():
 
 
 def test_checkpointing_is_turned_on_only_when_needed():
-    work = Workload(SIZES["7B"], batch_size=4)
+    work = work_for("7B", batch_size=4)
     plan = plan_memory(work, parse_gpus("1x16GiB"))
     assert not any(work.estimate(1, 2, "none", m, False).total <= 16 * GIB for m in (4, 2, 1))
     assert (plan.choice.zero_stage, plan.choice.micro_batch, plan.choice.gradient_checkpointing) == (2, 4, True)
@@ -146,7 +151,7 @@ def test_checkpointing_is_turned_on_only_when_needed():
 
 
 def test_34b_on_48gb_gpus_shards_the_weights_with_zero3():
-    plan = plan_memory(Workload(SIZES["34B"], batch_size=2), parse_gpus("8x48GB"))
+    plan = plan_memory(work_for("34B", batch_size=2), parse_gpus("8x48GB"))
     weights = SIZES["34B"].params() * 2
     assert weights > 48 * GIB  # ZeRO-2 keeps all bf16 weights on each GPU: it cannot fit
     assert (plan.choice.zero_stage, plan.choice.offload, plan.choice.micro_batch) == (3, "none", 2)
@@ -155,27 +160,27 @@ def test_34b_on_48gb_gpus_shards_the_weights_with_zero3():
 
 
 def test_13b_on_one_24gb_gpu_needs_full_offload():
-    plan = plan_memory(Workload(SIZES["13B"], batch_size=2), parse_gpus("1x24GB"))
+    plan = plan_memory(work_for("13B", batch_size=2), parse_gpus("1x24GB"))
     assert SIZES["13B"].params() * 2 > 24 * GIB  # any layout that keeps the weights on the GPU fails
     assert plan.fits and plan.choice.label == "ZeRO-3 + full offload"
     assert plan.choice.estimate.frozen_weights == 0 and plan.choice.estimate.host > SIZES["13B"].params() * 2
 
 
 def test_nothing_fits_says_which_max_length_would():
-    work = Workload(SIZES["34B"], seq_len=16384, batch_size=1)
+    work = work_for("34B", max_length=16384, batch_size=1)
     plan = plan_memory(work, parse_gpus("1x16GiB"))
     assert not plan.fits and plan.choice.label == "ZeRO-3 + full offload"
     assert plan.choice.micro_batch == 1 and plan.choice.gradient_checkpointing  # the most frugal option
     length = int(next(f for f in plan.fixes if f.startswith("--max-length")).split()[1])
-    assert plan_memory(replace(work, seq_len=length), parse_gpus("1x16GiB")).fits
-    assert not plan_memory(replace(work, seq_len=length + 1), parse_gpus("1x16GiB"), suggest=False).fits
+    assert plan_memory(replace(work, max_length=length), parse_gpus("1x16GiB")).fits
+    assert not plan_memory(replace(work, max_length=length + 1), parse_gpus("1x16GiB"), suggest=False).fits
     refusal = plan.refusal()
     assert "\n" not in refusal and refusal.startswith("memory: nothing fits 1 GPU of 16.0 GiB: even ZeRO-3 + full")
     assert refusal.endswith("or a smaller --model-name")
 
 
 def test_more_gpus_is_suggested_with_the_fewest_that_fit():
-    work = Workload(SIZES["34B"], batch_size=1)
+    work = work_for("34B", batch_size=1)
     plan = plan_memory(work, parse_gpus("1x24GB"), offload="none")
     assert not plan.fits
     count = int(next(f for f in plan.fixes if "GPUs of 22.0 GiB" in f).split()[0])
@@ -184,7 +189,7 @@ def test_more_gpus_is_suggested_with_the_fewest_that_fit():
 
 
 def test_a_given_stage_is_kept_and_the_open_choice_suggested():
-    work = Workload(SIZES["34B"], batch_size=2)
+    work = work_for("34B", batch_size=2)
     plan = plan_memory(work, parse_gpus("8x48GB"), zero_stage=2)
     assert not plan.fits and {o.zero_stage for o in plan.alternatives} == {2}
     assert plan.fixes[0] == "--zero-stage 3 --offload none (or leave both out for the planner)"
@@ -195,7 +200,7 @@ def test_a_given_stage_is_kept_and_the_open_choice_suggested():
 
 
 def test_guide_rows_compared_at_their_own_batch_sizes():
-    work = Workload(SIZES["7B"])
+    work = work_for("7B")
     for row in GUIDE_VRAM:
         c = check_guide(row, work)
         dims = SIZES[row.size]
@@ -216,7 +221,7 @@ def test_guide_rows_compared_at_their_own_batch_sizes():
 @pytest.mark.parametrize(("size", "gpus"), [("7B", "1x24GB"), ("13B", "8x40GB"), ("34B", "8x48GB")])
 def test_plan_command_for_each_guide_size(run_cli, size, gpus):
     code, out, err = run_cli("plan", "--model", size, "--gpus", gpus)
-    plan = plan_memory(Workload(SIZES[size]), parse_gpus(gpus))
+    plan = plan_memory(work_for(size), parse_gpus(gpus))
     assert (code, err) == (0, "")
     assert out.startswith(f"Model: {size} (CodeLlama-{size} dimensions): {SIZES[size].params() / 1e9:.2f}B parameters")
     assert f": {plan.choice.describe()}\nWhy: {plan.reason}\nFlags: {plan.flags()}\n" in out
@@ -230,13 +235,13 @@ def test_plan_command_for_each_guide_size(run_cli, size, gpus):
         cells = next(line for line in table.splitlines() if line.startswith(label)).split()[-5:]
         assert cells[chosen.index(True)] == f"{value / GIB:.2f}"
     for row in GUIDE_VRAM:  # the guide's table beside the planner's figures, with a verdict per row
-        c = check_guide(row, Workload(SIZES[size]))
+        c = check_guide(row, work_for(size))
         assert re.search(rf"^{row.size} +{row.minimum_gb} GB +{c.low.total / GIB:.1f} GiB", out, re.MULTILINE)
         assert f"  {row.size}: {c.verdict}\n" in out
 
 
 def test_plan_command_without_gpus_or_nvml_uses_the_guide_recommendation(run_cli, monkeypatch):
-    monkeypatch.setattr("robolora.launcher.local_gpus", lambda nodes=1: None)
+    monkeypatch.setattr("robolora.gpu.local_gpus", lambda nodes=1: None)
     code, out, _ = run_cli("plan", "--model", "34B")
     assert code == 0
     assert (
@@ -320,7 +325,8 @@ def test_train_plans_what_was_left_out_on_gpus():
         model_config=_llama_config("34B"),
         gpu_memory=48 * GIB,
     )
-    assert (plan.num_workers, plan.zero_stage, plan.offload, plan.batch_size, plan.gradient_accumulation_steps) == (
+    c = plan.config
+    assert (c.num_workers, c.zero_stage, c.offload, c.batch_size, c.gradient_accumulation_steps) == (
         8,
         3,
         "none",
@@ -332,7 +338,7 @@ def test_train_plans_what_was_left_out_on_gpus():
 
 def test_train_lowers_the_micro_batch_and_keeps_the_global_batch():
     cfg = from_dict({"batch_size": 8, "bf16": True})
-    plan = plan_run(cfg, cluster_cpus=8, cluster_gpus=1, model_config=_llama_config("7B"), gpu_memory=24 * GIB)
+    plan = plan_run(cfg, cluster_cpus=8, cluster_gpus=1, model_config=_llama_config("7B"), gpu_memory=24 * GIB).config
     assert (plan.zero_stage, plan.batch_size, plan.gradient_accumulation_steps) == (2, 4, 2)
     assert plan.batch_size * plan.gradient_accumulation_steps * plan.num_workers == cfg.global_batch_size(1)
 
@@ -354,10 +360,11 @@ def test_train_refuses_a_plan_that_cannot_fit_before_anything_starts():
 def test_train_without_known_gpu_memory_or_on_cpu_keeps_the_defaults():
     cfg = from_dict({"bf16": True, "batch_size": 8})
     unknown = plan_run(cfg, cluster_cpus=64, cluster_gpus=8, model_config=_llama_config("34B"), gpu_memory=None)
-    assert (unknown.zero_stage, unknown.offload, unknown.batch_size, unknown.memory) == (2, "none", 8, "")
-    cpu = plan_run(cfg, cluster_cpus=2, cluster_gpus=0, model_config=_llama_config("7B"), gpu_memory=80 * GIB)
+    c = unknown.config
+    assert (c.zero_stage, c.offload, c.batch_size, unknown.memory) == (2, "none", 8, "")
+    cpu = plan_run(cfg, cluster_cpus=2, cluster_gpus=0, model_config=_llama_config("7B"), gpu_memory=80 * GIB).config
     assert (cpu.use_gpu, cpu.zero_stage, cpu.batch_size, cpu.gradient_checkpointing) == (False, 2, 8, False)
-    full = plan_run(from_dict({"offload": "all", "bf16": False}), cluster_cpus=2, cluster_gpus=0)
+    full = plan_run(from_dict({"offload": "all", "bf16": False}), cluster_cpus=2, cluster_gpus=0).config
     assert (full.zero_stage, full.offload) == (3, "all")  # offloading parameters needs ZeRO-3
 
 
@@ -367,20 +374,20 @@ def test_gpu_workers_get_half_their_nodes_cpus_per_gpu_up_to_eight():
 
     def cpus(per_gpu: int, given: int | None = None) -> int:
         c = cfg.replace(cpus_per_worker=given) if given else cfg
-        return plan_run(c, 16, 1, llama, 80 * GIB, cpus_per_gpu=per_gpu).cpus_per_worker
+        return plan_run(c, 16, 1, llama, 80 * GIB, cpus_per_gpu=per_gpu).config.cpus_per_worker
 
     assert (cpus(16), cpus(12), cpus(64), cpus(1), cpus(3)) == (8, 6, 8, 1, 1)
     assert cpus(16, given=2) == 2  # as given
     # CPU workers still share the cluster's CPUs
-    assert plan_run(from_dict({"num_workers": 2}), cluster_cpus=8, cluster_gpus=0).cpus_per_worker == 4
+    assert plan_run(from_dict({"num_workers": 2}), cluster_cpus=8, cluster_gpus=0).config.cpus_per_worker == 4
 
 
 def test_cpu_clusters_get_at_most_two_workers_sharing_every_cpu_and_say_so():
     big = plan_run(from_dict({}), cluster_cpus=16, cluster_gpus=0)
-    assert (big.num_workers, big.cpus_per_worker) == (2, 8)
+    assert (big.config.num_workers, big.config.cpus_per_worker) == (2, 8)
     assert big.reason == "the default on CPUs: at most 2, sharing the cluster's 16 CPUs"
     one = plan_run(from_dict({}), cluster_cpus=1, cluster_gpus=0)
-    assert (one.num_workers, one.cpus_per_worker) == (1, 1) and one.reason.endswith("the cluster's 1 CPU")
+    assert (one.config.num_workers, one.config.cpus_per_worker) == (1, 1) and one.reason.endswith("the cluster's 1 CPU")
     assert plan_run(from_dict({"num_workers": 1}), cluster_cpus=16, cluster_gpus=0).reason == "as given"
 
 
@@ -434,7 +441,7 @@ def test_offline_mode_is_honoured_without_a_probe(run_cli, monkeypatch):
 
 
 def test_the_hub_probe_answers_none_when_a_connection_opens(monkeypatch, unreachable_hub):
-    from robolora.cli import _hub_unreachable
+    from robolora.plan_command import _hub_unreachable
 
     assert _hub_unreachable() == f"127.0.0.1:{unreachable_hub}: Connection refused"
     with socket.socket() as server:
@@ -486,7 +493,7 @@ def test_more_workers_than_gpus_is_refused_and_cpu_workers_are_named_as_the_way_
     assert str(refused.value) == (
         "--num-workers 2: the Ray cluster has only 1 GPU; use at most 1, or add --no-use-gpu to train on CPU workers"
     )
-    cpu = plan_run(from_dict({"num_workers": 2, "use_gpu": False}), cluster_cpus=8, cluster_gpus=1)
+    cpu = plan_run(from_dict({"num_workers": 2, "use_gpu": False}), cluster_cpus=8, cluster_gpus=1).config
     assert (cpu.use_gpu, cpu.num_workers, cpu.cpus_per_worker) == (False, 2, 4)
     with pytest.raises(UserError, match=r"only 1 GPU; use at most 1$"):  # asked for GPUs: no CPU hint
         plan_run(from_dict({"num_workers": 2, "use_gpu": True}), cluster_cpus=8, cluster_gpus=1)

@@ -8,15 +8,10 @@ import pytest
 import torch
 
 from robolora.config import from_dict
+from robolora.data import load_datasets
 from robolora.errors import UserError
-from robolora.launcher import (
-    RUN_MARKER,
-    check_batches,
-    check_output_dir,
-    check_resume_from,
-    load_datasets,
-    plan_run,
-)
+from robolora.preflight import check_batches, check_output_dir, check_resume_from, plan_run
+from robolora.runrecord import RUN_MARKER
 
 
 def _cfg(tmp_path, **kw):
@@ -102,7 +97,7 @@ def test_datasets_split_or_pair(tmp_path, write_json):
 
 
 def test_plan_fills_what_was_left_out():
-    plan = plan_run(from_dict({}), cluster_cpus=2, cluster_gpus=0)
+    plan = plan_run(from_dict({}), cluster_cpus=2, cluster_gpus=0).config
     assert (plan.num_workers, plan.use_gpu, plan.cpus_per_worker, plan.zero_stage, plan.offload) == (
         2,
         False,
@@ -110,9 +105,9 @@ def test_plan_fills_what_was_left_out():
         2,
         "none",
     )
-    plan = plan_run(from_dict({"zero_stage": 3, "num_workers": 1}), cluster_cpus=2, cluster_gpus=0)
+    plan = plan_run(from_dict({"zero_stage": 3, "num_workers": 1}), cluster_cpus=2, cluster_gpus=0).config
     assert (plan.num_workers, plan.cpus_per_worker, plan.zero_stage) == (1, 2, 3)
-    gpu = plan_run(from_dict({}), cluster_cpus=32, cluster_gpus=8)
+    gpu = plan_run(from_dict({}), cluster_cpus=32, cluster_gpus=8).config
     assert (gpu.num_workers, gpu.use_gpu) == (8, True)
 
 
@@ -149,11 +144,11 @@ def test_resume_from_needs_a_matching_adapter(tmp_path):
 
 
 def test_dataset_must_fill_a_global_batch():
-    plan = plan_run(from_dict({"batch_size": 4, "gradient_accumulation_steps": 2}), cluster_cpus=2, cluster_gpus=0)
-    assert check_batches(from_dict({"batch_size": 4, "gradient_accumulation_steps": 2}), plan, 40).detail == (
-        "global batch 16, 2 optimizer steps per epoch"
-    )
-    assert _refusal(check_batches, from_dict({"batch_size": 4, "gradient_accumulation_steps": 2}), plan, 10) == (
+    cfg = plan_run(
+        from_dict({"batch_size": 4, "gradient_accumulation_steps": 2}), cluster_cpus=2, cluster_gpus=0
+    ).config
+    assert check_batches(cfg, 40).detail == ("global batch 16, 2 optimizer steps per epoch")
+    assert _refusal(check_batches, cfg, 10) == (
         "dataset: 10 training records cannot fill one global batch of 16 (--batch-size 4 x "
         "--gradient-accumulation-steps 2 x 2 workers); lower those or add records"
     )

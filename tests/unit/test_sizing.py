@@ -67,7 +67,16 @@ def _lora7b_all() -> int:
 def test_model_states_under_zero2_and_zero3_by_hand():
     p, t = LLAMA7B.params(), _lora7b_all()
     assert LLAMA7B.lora_params(32, ALL) == t == 79_953_920
-    kw = dict(lora_r=32, targets=ALL, micro_batch=4, seq_len=256, bf16=True, gradient_checkpointing=True, on_gpu=True)
+    kw = dict(
+        lora_r=32,
+        targets=ALL,
+        lora_dropout=True,
+        micro_batch=4,
+        seq_len=256,
+        bf16=True,
+        gradient_checkpointing=True,
+        on_gpu=True,
+    )
     z2 = estimate_worker_memory(LLAMA7B, workers=4, zero_stage=2, offload="none", **kw)
     # ZeRO-2: every worker holds all bf16 weights; a quarter of the bf16 + fp32 gradients (2 + 4 bytes)
     # and of the fp32 master copy and Adam moments (4 + 8 bytes)
@@ -102,6 +111,7 @@ def test_activations_and_logits_by_hand():
         SMOLLM2,
         lora_r=8,
         targets=["q_proj"],
+        lora_dropout=True,
         micro_batch=2,
         seq_len=100,
         workers=1,
@@ -128,6 +138,7 @@ def test_activations_and_logits_by_hand():
         SMOLLM2,
         lora_r=8,
         targets=["q_proj"],
+        lora_dropout=True,
         micro_batch=2,
         seq_len=100,
         workers=1,
@@ -173,6 +184,7 @@ def test_response_share_scales_the_logits():
     kw = dict(
         lora_r=8,
         targets=["q_proj"],
+        lora_dropout=True,
         micro_batch=4,
         seq_len=256,
         workers=1,

@@ -11,10 +11,11 @@ import pytest
 
 from robolora.config import TrainConfig, absolute_paths, from_dict
 from robolora.errors import ConfigError, UserError
-from robolora.launcher import check_memory, check_model, check_resume_from, check_targets, plan_run, workload
-from robolora.models import TINY_LLAMA, ModuleTree, default_targets, llama_tree, module_tree, resolve_targets
+from robolora.models import TINY_LLAMA
+from robolora.preflight import check_memory, check_model, check_resume_from, check_targets, plan_run, workload
 from robolora.robot.generator import generate_records, write_dataset
 from robolora.sizing import SIZES, ModelDims, check_dimensions
+from robolora.targets import ModuleTree, default_targets, llama_tree, module_tree, resolve_targets
 
 TINY_GPT2 = {"vocab_size": 512, "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 256}
 LLAMA_LINEAR = "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head"
@@ -185,8 +186,8 @@ def test_the_planner_sizes_a_gpt2_run():
     cfg = TrainConfig(max_length=64, batch_size=2)
     dims = ModelDims.from_config(config)
     assert workload(cfg, dims).targets == ("c_attn",)
-    plan = plan_run(cfg, cluster_cpus=2, cluster_gpus=0, model_config=config)
-    detail = check_memory(cfg, plan, config).detail
+    planned = plan_run(cfg, cluster_cpus=2, cluster_gpus=0, model_config=config).config
+    detail = check_memory(planned, config).detail
     assert detail.startswith("~") and "GiB needed for 2 workers" in detail
 
 
