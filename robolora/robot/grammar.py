@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from robolora.robot.spec import CALLS, COLORS, LOCATIONS, LOOP_MAX, LOOP_MIN, SIZES, CallSpec, Param
 
@@ -285,136 +285,216 @@ def start() -> PrefixState:
     return _START
 
 
+# Positions of PrefixState's fields in the list that :func:`advance` updates in place while it reads.
+_F_MODE, _F_FRAMES, _F_PENDING, _F_INDENT, _F_NODE, _F_CALL = range(6)
+_F_GIVEN, _F_PARAM, _F_TEXT, _F_QUOTE, _F_TAIL, _F_HEADER = range(6, 12)
+# Builds a PrefixState from that list without NamedTuple's keyword-handling constructor (advance's hot path).
+_as_state = tuple.__new__
+
+
 def advance(state: PrefixState, text: str) -> PrefixState | None:
     """The state after reading ``text`` from ``state``, or None when no valid program continues that way."""
-    mode, frames, pending, indent, node, call, given, param, buf, quote, tail, header = state
+    s = list(state)
+    readers = _READERS
     for c in text:
-        if mode == _STRING:
-            if c == quote:
-                if param.validate(buf) is not None:
-                    return None
-                given |= param.bit
-                mode, buf = _AFTER_VALUE, ""
-            elif c in STRING_CHARS:
-                buf += c
-            else:
-                return None
-            continue
-        if mode == _NAME:
-            node = node.next.get(c)
-            if node is None or not node.mask & ~given:
-                return None
-            if node.end is not None:  # the name's "=" was read
-                param, mode = node.end, _VALUE
-            continue
-        if mode == _NUMBER:
-            if c in _NUMBER_CHARS:
-                buf += c
-                if not _prefix_ok(buf, param.range):
-                    return None
-                continue
-            if not _number_ok(buf, param):
-                return None
-            given |= param.bit
-            mode, buf = _AFTER_VALUE, ""
-            # The character that ended the number is read as what follows a value.
-        if mode == _AFTER_VALUE:
-            if c == ",":
-                if not call.all & ~given:  # nothing left to pass
-                    return None
-                mode = _ARG_COMMA
-            elif c == ")" and not call.required & ~given:
-                mode = _TAIL
-            else:
-                return None
-            continue
-        if mode == _ENUM:
-            if c == quote:
-                if not node.end:
-                    return None
-                given |= param.bit
-                mode, node = _AFTER_VALUE, None
-            else:
-                node = node.next.get(c)
-                if node is None:
-                    return None
-            continue
-        if mode == _VALUE:
-            if param.range is not None:
-                if not (c in _DIGITS or c == "-") or not _prefix_ok(c, param.range):
-                    return None
-                mode, buf = _NUMBER, c
-            elif c == '"' or c == "'":
-                quote = c
-                if param.options is None:
-                    mode, buf = _STRING, ""
-                else:
-                    mode, node = _ENUM, param.options
-            else:
-                return None
-            continue
-        if mode == _ARG_COMMA and c == " ":
-            mode = _ARG_SPACE
-            continue
-        if mode == _ARG_FIRST and c == ")":
-            if call.required:
-                return None
-            mode = _TAIL
-            continue
-        if mode in (_ARG_FIRST, _ARG_COMMA, _ARG_SPACE):
-            node = call.names.next.get(c)
-            if node is None or not node.mask & ~given:
-                return None
-            mode = _NAME
-            continue
-        if mode == _TAIL:
-            if tail:
-                if c != tail[0]:
-                    return None
-                tail = tail[1:]
-            elif c == "\n":
-                mode, indent, pending, header = _LINE, 0, header, False
-                node, call, param, given = None, None, None, 0
-            else:
-                return None
-            continue
-        if mode == _LOOP:
-            if c == ")":
-                if buf not in _LOOP_COUNTS:
-                    return None
-                mode, buf = _TAIL, ""
-            else:
-                buf += c
-                if buf not in _LOOP_PREFIXES:
-                    return None
-            continue
-        if mode == _LINE:
-            if c == " ":
-                indent += 1
-                # A line may sit at any open depth, or must open the pending body.
-                if indent > INDENT * (len(frames) if pending else len(frames) - 1):
-                    return None
-                continue
-            depth, misaligned = divmod(indent, INDENT)
-            if misaligned or (pending and depth != len(frames)):
-                return None
-            if c == "e":  # else / elif: only right after an if chain's body at this depth
-                if pending or frames[depth] != _IF_KIND:
-                    return None
-            elif c != "r" and depth >= MAX_DEPTH:  # a header needs room for its body
-                return None
-            mode, node = _STMT, _STATEMENTS
-            # The character is the statement's first.
-        # mode == _STMT
-        node = node.next.get(c)
-        if node is None:
+        if not readers[s[_F_MODE]](s, c):
             return None
-        if node.end is not None:
-            kind, mode, call, tail, header = node.end
-            depth = indent // INDENT
-            frames = (*frames, kind) if pending else (*frames[:depth], kind)
-            pending, node, given = False, None, 0
-    return PrefixState(mode, frames, pending, indent, node, call, given, param, buf, quote, tail, header)
+    return _as_state(PrefixState, s)
+
+
+# Each reader below takes one character in one mode: it updates the fields (a list, see advance) and
+# says whether a valid program can still follow.
+
+
+def _read_string(s: list[Any], c: str) -> bool:
+    """Free text up to the closing quote, where the parameter's rule judges it."""
+    if c == s[_F_QUOTE]:
+        param = s[_F_PARAM]
+        if param.validate(s[_F_TEXT]) is not None:
+            return False
+        s[_F_GIVEN] |= param.bit
+        s[_F_MODE], s[_F_TEXT] = _AFTER_VALUE, ""
+        return True
+    if c in STRING_CHARS:
+        s[_F_TEXT] += c
+        return True
+    return False
+
+
+def _read_enum(s: list[Any], c: str) -> bool:
+    """A string that must be one of the parameter's allowed values: a step in their trie, or the closing quote."""
+    node = s[_F_NODE]
+    if c == s[_F_QUOTE]:
+        if not node.end:
+            return False
+        s[_F_GIVEN] |= s[_F_PARAM].bit
+        s[_F_MODE], s[_F_NODE] = _AFTER_VALUE, None
+        return True
+    node = node.next.get(c)
+    s[_F_NODE] = node
+    return node is not None
+
+
+def _read_number(s: list[Any], c: str) -> bool:
+    """A number's digits and point, pruned to the parameter's range; any other character ends it."""
+    param = s[_F_PARAM]
+    if c in _NUMBER_CHARS:
+        s[_F_TEXT] += c
+        return _prefix_ok(s[_F_TEXT], param.range)
+    if not _number_ok(s[_F_TEXT], param):
+        return False
+    s[_F_GIVEN] |= param.bit
+    s[_F_MODE], s[_F_TEXT] = _AFTER_VALUE, ""
+    return _read_after_value(s, c)  # the character that ended the number is read as what follows a value
+
+
+def _read_value_start(s: list[Any], c: str) -> bool:
+    """Right after ``=``: a number's first character, or the quote that opens a string."""
+    param = s[_F_PARAM]
+    if param.range is not None:
+        if not (c in _DIGITS or c == "-") or not _prefix_ok(c, param.range):
+            return False
+        s[_F_MODE], s[_F_TEXT] = _NUMBER, c
+        return True
+    if c != '"' and c != "'":
+        return False
+    s[_F_QUOTE] = c
+    if param.options is None:
+        s[_F_MODE], s[_F_TEXT] = _STRING, ""
+    else:
+        s[_F_MODE], s[_F_NODE] = _ENUM, param.options
+    return True
+
+
+def _read_after_value(s: list[Any], c: str) -> bool:
+    """After a value: ``,`` where an argument is left to pass, or ``)`` once the required ones are given."""
+    call, given = s[_F_CALL], s[_F_GIVEN]
+    if c == ",":
+        if not call.all & ~given:  # nothing left to pass
+            return False
+        s[_F_MODE] = _ARG_COMMA
+        return True
+    if c == ")" and not call.required & ~given:
+        s[_F_MODE] = _TAIL
+        return True
+    return False
+
+
+def _read_first_argument(s: list[Any], c: str) -> bool:
+    """Right after ``(``: ``)`` for a call that requires nothing, else an argument name."""
+    if c == ")":
+        if s[_F_CALL].required:
+            return False
+        s[_F_MODE] = _TAIL
+        return True
+    return _read_name_start(s, c)
+
+
+def _read_after_comma(s: list[Any], c: str) -> bool:
+    """Right after ``,``: one optional space, else the next argument name."""
+    if c == " ":
+        s[_F_MODE] = _ARG_SPACE
+        return True
+    return _read_name_start(s, c)
+
+
+def _read_name_start(s: list[Any], c: str) -> bool:
+    """An argument name's first character: a step into the call's name trie, towards an argument not given yet."""
+    node = s[_F_CALL].names.next.get(c)
+    if node is None or not node.mask & ~s[_F_GIVEN]:
+        return False
+    s[_F_MODE], s[_F_NODE] = _NAME, node
+    return True
+
+
+def _read_name(s: list[Any], c: str) -> bool:
+    """An argument name up to and including its ``=``, which starts the value."""
+    node = s[_F_NODE].next.get(c)
+    if node is None or not node.mask & ~s[_F_GIVEN]:
+        return False
+    s[_F_NODE] = node
+    if node.end is not None:  # the name's "=" was read
+        s[_F_PARAM], s[_F_MODE] = node.end, _VALUE
+    return True
+
+
+def _read_loop_count(s: list[Any], c: str) -> bool:
+    """The digits of ``range(N)``, a count the spec allows, then ``)``."""
+    if c == ")":
+        if s[_F_TEXT] not in _LOOP_COUNTS:
+            return False
+        s[_F_MODE], s[_F_TEXT] = _TAIL, ""
+        return True
+    s[_F_TEXT] += c
+    return s[_F_TEXT] in _LOOP_PREFIXES
+
+
+def _read_tail(s: list[Any], c: str) -> bool:
+    """The fixed rest of the line (a header's ``:``), then the newline that starts the next line."""
+    tail = s[_F_TAIL]
+    if tail:
+        if c != tail[0]:
+            return False
+        s[_F_TAIL] = tail[1:]
+        return True
+    if c != "\n":
+        return False
+    s[_F_MODE], s[_F_INDENT], s[_F_PENDING], s[_F_HEADER] = _LINE, 0, s[_F_HEADER], False
+    s[_F_NODE], s[_F_CALL], s[_F_PARAM], s[_F_GIVEN] = None, None, None, 0
+    return True
+
+
+def _read_indent(s: list[Any], c: str) -> bool:
+    """A line's indentation: at any open depth, or one level deeper where a header's body is pending;
+    the first other character must start a statement that may stand at that depth."""
+    frames, pending = s[_F_FRAMES], s[_F_PENDING]
+    if c == " ":
+        s[_F_INDENT] += 1
+        return s[_F_INDENT] <= INDENT * (len(frames) if pending else len(frames) - 1)
+    depth, misaligned = divmod(s[_F_INDENT], INDENT)
+    if misaligned or (pending and depth != len(frames)):
+        return False
+    if c == "e":  # else / elif: only right after an if chain's body at this depth
+        if pending or frames[depth] != _IF_KIND:
+            return False
+    elif c != "r" and depth >= MAX_DEPTH:  # a header needs room for its body
+        return False
+    s[_F_MODE], s[_F_NODE] = _STMT, _STATEMENTS
+    return _read_statement(s, c)  # the character is the statement's first
+
+
+def _read_statement(s: list[Any], c: str) -> bool:
+    """A statement's opening, a step in the statement trie; a whole opening records the statement's kind
+    at its depth and moves on to its arguments, loop count or line end."""
+    node = s[_F_NODE].next.get(c)
+    if node is None:
+        return False
+    s[_F_NODE] = node
+    if node.end is not None:
+        kind, s[_F_MODE], s[_F_CALL], s[_F_TAIL], s[_F_HEADER] = node.end
+        depth = s[_F_INDENT] // INDENT
+        frames = s[_F_FRAMES]
+        s[_F_FRAMES] = (*frames, kind) if s[_F_PENDING] else (*frames[:depth], kind)
+        s[_F_PENDING], s[_F_NODE], s[_F_GIVEN] = False, None, 0
+    return True
+
+
+#: The reader of each mode, by its number.
+_READERS = (
+    _read_indent,  # _LINE
+    _read_statement,  # _STMT
+    _read_first_argument,  # _ARG_FIRST
+    _read_after_comma,  # _ARG_COMMA
+    _read_name_start,  # _ARG_SPACE
+    _read_name,  # _NAME
+    _read_value_start,  # _VALUE
+    _read_number,  # _NUMBER
+    _read_string,  # _STRING
+    _read_enum,  # _ENUM
+    _read_after_value,  # _AFTER_VALUE
+    _read_loop_count,  # _LOOP
+    _read_tail,  # _TAIL
+)
 
 
 def is_complete(state: PrefixState) -> bool:
