@@ -50,8 +50,8 @@ OVERALL = "overall"
 @dataclass(frozen=True)
 class EvalSettings:
     """How generated code is judged: the one place for the defaults of ``robolora eval``, ``robolora demo``,
-    a sweep's ``evaluate:`` and the pipeline's. Constrained decoding is on: the model can emit only code
-    the robot API accepts (``--no-constrained`` judges its raw output)."""
+    a sweep's ``evaluate:`` and :meth:`robolora.infer.Generator.generate`. Constrained decoding is on: the
+    model can emit only code the robot API accepts (``--no-constrained`` judges its raw output)."""
 
     constrained: bool = True
     #: Evaluate only the first N records (0: every record).

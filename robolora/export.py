@@ -2,7 +2,7 @@
 
 The merged model loads with ``AutoModelForCausalLM.from_pretrained`` alone (no PEFT) and generates
 the same tokens as base + adapter; the export checks that on a few commands before it finishes.
-Its saved chat template holds the training prompt's system turn (:func:`robolora.data.export_chat_template`),
+Its saved chat template holds the training prompt's system turn (:func:`robolora.prompts.export_chat_template`),
 so the user's command alone, as one user message, makes the prompt the model was trained on (in
 transformers, vLLM or TGI alike). Its README.md is a model card: the base model, the LoRA settings,
 the run's scores where it has an ``eval.json``, and how to prompt it, input normalization included.
@@ -43,8 +43,8 @@ def export_merged(lora_path: str | Path, output: str | Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from robolora.data import export_chat_template
     from robolora.infer import Generator
+    from robolora.prompts import export_chat_template
     from robolora.robot.normalize import normalize_command
 
     out = Path(output)
@@ -52,7 +52,7 @@ def export_merged(lora_path: str | Path, output: str | Path) -> Path:
         raise UserError(f"--output: {out} already exists and is not empty; choose a new directory")
     with_adapter = Generator.load(lora_path, merge=False, dtype=torch.float32)
     lora = Path(with_adapter.adapter)
-    expected = [g.raw for g in with_adapter.generate(list(PROBES), max_new_tokens=64)]
+    expected = [g.raw for g in with_adapter.generate(list(PROBES), max_new_tokens=64, constrained=False)]
     expected_prompts = [with_adapter.prompt_ids(p) for p in PROBES]
     with warnings.catch_warnings():  # PEFT reads a property transformers 5 deprecates
         warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
@@ -84,7 +84,7 @@ def export_merged(lora_path: str | Path, output: str | Path) -> Path:
             if plain(text, add_special_tokens=False)["input_ids"] != ids:
                 raise RuntimeError(f"the saved chat template renders {probe!r} as {text!r}, not as in training")
         reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
-        got = [g.raw for g in Generator(reloaded, plain).generate(list(PROBES), max_new_tokens=64)]
+        got = [g.raw for g in Generator(reloaded, plain).generate(list(PROBES), max_new_tokens=64, constrained=False)]
         if got != expected:
             raise RuntimeError(f"the merged model generates {got!r}, base + adapter {expected!r}")
         match_folder_mode(tmp)
@@ -184,7 +184,7 @@ def export_card(
     >>> front["library_name"], front["lora"]["r"], front["eval"]
     ('transformers', 8, {'semantic': 0.5})
     """
-    from robolora.data import SYSTEM_PROMPT
+    from robolora.prompts import SYSTEM_PROMPT
     from robolora.robot.normalize import normalize_command
 
     front: dict[str, Any] = {

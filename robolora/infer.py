@@ -1,7 +1,7 @@
 """Generation: a base model with or without a LoRA adapter, batched, greedy or sampled, optionally
 constrained to code the robot API accepts.
 
-Prompts are rendered exactly as in training (:func:`robolora.data.render_prompt`). A base model
+Prompts are rendered exactly as in training (:func:`robolora.prompts.render_prompt`). A base model
 without an adapter can be given a few worked examples first (few-shot), so comparisons with the
 adapter are fair. Generated text goes through :func:`robolora.evaluate.extract_code`; it is never
 executed.
@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from robolora.data import BASE_SYSTEM_PROMPT, FEW_SHOT_EXAMPLES, SYSTEM_PROMPT, prompt_messages, render_prompt
 from robolora.errors import UserError
-from robolora.evaluate import extract_code
+from robolora.evaluate import EVAL_DEFAULTS, extract_code
 from robolora.models import adapter_base_model, adapter_dir
+from robolora.prompts import BASE_SYSTEM_PROMPT, FEW_SHOT_EXAMPLES, SYSTEM_PROMPT, prompt_messages, render_prompt
 
 
 def base_model_of(lora: Path, flag: str = "--lora-path") -> str:
@@ -179,65 +179,72 @@ class Generator:
         self,
         commands: list[str],
         *,
-        batch_size: int = 32,
-        max_new_tokens: int = 128,
-        constrained: bool = False,
+        batch_size: int = EVAL_DEFAULTS.batch_size,
+        max_new_tokens: int = EVAL_DEFAULTS.max_new_tokens,
+        constrained: bool = EVAL_DEFAULTS.constrained,
         temperature: float = 0.0,
         seed: int = 0,
     ) -> list[Generation]:
         """Generate code for each command; greedy when ``temperature`` is 0, else sampled."""
-        from transformers import LogitsProcessorList
-
-        tok = self.tokenizer
-        device = next(self.model.parameters()).device
         torch.manual_seed(seed)
         # Longest prompts together: less padding per batch.
         order = sorted(range(len(commands)), key=lambda i: -len(commands[i]))
         out: dict[int, Generation] = {}
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            prompts = [self.prompt_ids(commands[i]) for i in idx]
-            width = max(map(len, prompts))
-            pad = tok.pad_token_id
-            input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
-            attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-            processors = LogitsProcessorList()
-            if constrained:
-                from robolora.robot.constrained import RobotLogitsProcessor
-
-                processors.append(RobotLogitsProcessor(tok, prompt_lengths=width))
-            generated = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention,
-                max_new_tokens=max_new_tokens,
-                do_sample=temperature > 0,
-                temperature=temperature if temperature > 0 else None,
-                top_p=None,
-                top_k=None,
-                logits_processor=processors,
-                pad_token_id=pad,
-                eos_token_id=tok.eos_token_id,
-                output_scores=True,
-                return_dict_in_generate=True,
-            )
-            new = generated.sequences[:, width:]
-            logprobs = self.model.compute_transition_scores(
-                generated.sequences, generated.scores, normalize_logits=True
-            )
-            for row, i in enumerate(idx):
-                ids = new[row].tolist()
-                keep = ids.index(tok.eos_token_id) if tok.eos_token_id in ids else len(ids)
-                ids = [t for t in ids[:keep] if t != pad]
-                raw = tok.decode(ids, skip_special_tokens=False)
-                lp = logprobs[row, :keep]
-                finite = lp[torch.isfinite(lp)]
-                mean = float(finite.mean()) if finite.numel() else float("-inf")
-                finished = tok.eos_token_id in new[row].tolist()
-                code = extract_code(raw)
-                if constrained and not finished:
-                    code = longest_complete_program(raw)
-                out[i] = Generation(raw=raw, code=code, mean_logprob=mean, finished=finished)
+            batch = self._generate_batch([commands[i] for i in idx], max_new_tokens, constrained, temperature)
+            out.update(zip(idx, batch, strict=True))
         return [out[i] for i in range(len(commands))]
+
+    def _generate_batch(
+        self, commands: list[str], max_new_tokens: int, constrained: bool, temperature: float
+    ) -> list[Generation]:
+        """One batch of commands, left-padded to the longest prompt, generated together."""
+        from transformers import LogitsProcessorList
+
+        tok = self.tokenizer
+        device = next(self.model.parameters()).device
+        prompts = [self.prompt_ids(c) for c in commands]
+        width = max(map(len, prompts))
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        processors = LogitsProcessorList()
+        if constrained:
+            from robolora.robot.constrained import RobotLogitsProcessor
+
+            processors.append(RobotLogitsProcessor(tok, prompt_lengths=width))
+        generated = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            max_new_tokens=max_new_tokens,
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else None,
+            top_p=None,
+            top_k=None,
+            logits_processor=processors,
+            pad_token_id=pad,
+            eos_token_id=tok.eos_token_id,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+        new = generated.sequences[:, width:]
+        logprobs = self.model.compute_transition_scores(generated.sequences, generated.scores, normalize_logits=True)
+        return [self._generation(new[row].tolist(), logprobs[row], constrained) for row in range(len(commands))]
+
+    def _generation(self, ids: list[int], logprobs: torch.Tensor, constrained: bool) -> Generation:
+        """One row's new tokens as a :class:`Generation`: cut at EOS, decoded, its code extracted."""
+        tok = self.tokenizer
+        keep = ids.index(tok.eos_token_id) if tok.eos_token_id in ids else len(ids)
+        raw = tok.decode([t for t in ids[:keep] if t != tok.pad_token_id], skip_special_tokens=False)
+        lp = logprobs[:keep]
+        finite = lp[torch.isfinite(lp)]
+        mean = float(finite.mean()) if finite.numel() else float("-inf")
+        finished = tok.eos_token_id in ids
+        code = extract_code(raw)
+        if constrained and not finished:
+            code = longest_complete_program(raw)
+        return Generation(raw=raw, code=code, mean_logprob=mean, finished=finished)
 
 
 def score_generations(

@@ -56,10 +56,10 @@ def build_stages(data: Any, source: str) -> list[Stage]:
     unknown = [k for k in data if k not in KEYS]
     if unknown:
         raise ConfigError(f"{source}: {unknown[0]}: unknown key; a pipeline has {', '.join(KEYS)}")
-    from robolora.sweep import _base_values
+    from robolora.sweep import base_values
 
     output_dir, shared, stages = data.get("output_dir"), data.get("shared") or {}, data.get("stages")
-    base = _base_values(data.get("base"), source)
+    base = base_values(data.get("base"), source)
     base.pop("output_dir", None)  # the pipeline's folders replace the base file's own
     if not isinstance(output_dir, str) or not output_dir.strip():
         raise ConfigError(f"{source}: output_dir: give the folder the stages' folders go in")
@@ -105,7 +105,7 @@ def plan_stages(stages: list[Stage], source: str) -> dict[str, str]:
     folder holding a run that no longer matches is never overwritten: nothing starts, and one line names the
     stages, what changed, and the fix.
     """
-    from robolora.launcher import check_creatable
+    from robolora.preflight import check_creatable
     from robolora.runrecord import describe_changes, folder_state
 
     actions: dict[str, str] = {}
@@ -156,7 +156,8 @@ def run_pipeline(path: str | Path, dry_run: bool = False) -> None:
     Every stage's dataset and folder is checked before the first one starts; ``dry_run`` prints what would
     run and what would be kept, and starts nothing.
     """
-    from robolora.launcher import load_datasets, run_training
+    from robolora.data import load_datasets
+    from robolora.launcher import run_training
 
     stages = load_pipeline(path)
     for stage in stages:

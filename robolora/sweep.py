@@ -21,7 +21,8 @@ links the best variant as ``best/`` and scores the members' majority vote (``ens
 A failing variant is reported and the others go on. Running the same sweep again keeps the
 finished variants and continues the others from their last checkpoints, each only while its settings
 and inputs are those its run used (:mod:`robolora.runrecord`); otherwise nothing starts and one line
-names the changed variants. Every label in the comparison is read from the run's own files.
+names the changed variants. Every label in the comparison is read from the run's own files
+(:mod:`robolora.sweep_report` collects the results and writes the comparison).
 
 Example:
     >>> sweep = build_sweep({"output_dir": "out", "shared": {"data_json": "d.json"},
@@ -38,30 +39,31 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import itertools
-import json
 import logging
-import math
 import os
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from robolora.config import TrainConfig, absolute_paths, from_dict, load_config_file
 from robolora.errors import ConfigError, UserError
-from robolora.evaluate import EvalSettings
-from robolora.fileio import atomic_write_bytes, atomic_write_text, read_mapping
-from robolora.launcher import run_finished
+from robolora.evaluate import EVAL_DEFAULTS, EvalSettings
+from robolora.fileio import atomic_write_text, read_mapping
+from robolora.runrecord import run_finished
+from robolora.sweep_report import (
+    METRICS,
+    RATES,
+    VariantResult,
+    collect,
+    evaluate_adapter,
+    evaluated_with,
+    report_sweep,
+)
 
 KEYS = ("output_dir", "base", "shared", "variants", "grid", "metric", "max_concurrent", "evaluate")
-#: The metrics a sweep can rank by, and whether higher is better.
-METRICS = {"semantic": True, "exact": True, "api_valid": True, "syntax": True, "eval_loss": False}
 #: Training fields the sweep sets itself, or that one sweep cannot vary.
 FIXED = ("output_dir", "ray_address")
 #: Names a variant cannot take: the sweep's own entries in its folder.
@@ -71,9 +73,6 @@ NAME = re.compile(r"[A-Za-z0-9][\w.-]*")
 MAX_VARIANTS = 1000
 #: What a trial reserves for itself (it drives a Train run and evaluates through a Ray task).
 TRIAL_MEMORY = 256 * 2**20
-METRICS_FILE = "metrics.jsonl"
-#: Largest summary or evaluation file a sweep reads back (an evaluation holds a table per category).
-MAX_RESULT_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ class Sweep:
     variants: list[Variant]
     metric: str = "semantic"
     max_concurrent: int | None = None
-    evaluate: EvalSettings | None = field(default_factory=EvalSettings)
+    evaluate: EvalSettings | None = EVAL_DEFAULTS
 
 
 # ----------------------------------------------------------------------------- the sweep file (pure)
@@ -129,7 +128,13 @@ def grid_points(grid: dict[str, list[Any]], source: str) -> list[tuple[str, dict
     return points
 
 
-def _base_values(base: Any, source: str) -> dict[str, Any]:
+def base_values(base: Any, source: str) -> dict[str, Any]:
+    """The training settings a sweep or pipeline file's ``base`` gives: those of a training config file
+    (named by ``base``), or a mapping as written; None gives none.
+
+    >>> base_values({"lora_r": 8}, "s.yaml"), base_values(None, "s.yaml")
+    ({'lora_r': 8}, {})
+    """
     if base is None:
         return {}
     if isinstance(base, str):
@@ -157,7 +162,7 @@ def _evaluate_settings(value: Any, source: str) -> EvalSettings | None:
     if value is False:
         return None
     if value is None or value is True:
-        return EvalSettings()
+        return EVAL_DEFAULTS
     if not isinstance(value, dict):
         raise ConfigError(f"{source}: evaluate: expected false or a mapping of constrained, limit, batch_size, ...")
     known = EvalSettings.__dataclass_fields__
@@ -170,22 +175,11 @@ def _evaluate_settings(value: Any, source: str) -> EvalSettings | None:
     return EvalSettings(**value)
 
 
-def build_sweep(data: Any, source: str) -> Sweep:
-    """The variants of a parsed sweep file, each a validated :class:`TrainConfig`."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping with {', '.join(KEYS)}")
-    for key in data:
-        if key not in KEYS:
-            raise ConfigError(f"{source}: {key}: unknown key; a sweep has {', '.join(KEYS)}")
-    output_dir = data.get("output_dir")
-    if not isinstance(output_dir, str) or not output_dir.strip():
-        raise ConfigError(f"{source}: output_dir: give the folder the variants' folders go in")
-    base = _base_values(data.get("base"), source)
-    shared = data.get("shared") or {}
-    if not isinstance(shared, dict):
-        raise ConfigError(f"{source}: shared: expected a mapping of training settings")
-    listed = _listed_variants(data.get("variants"), source)
-    grid = grid_points(data["grid"], source) if data.get("grid") is not None else []
+def _combinations(
+    listed: list[tuple[str | None, dict[str, Any]]], grid: list[tuple[str, dict[str, Any]]], source: str
+) -> list[tuple[str, dict[str, Any], str]]:
+    """Each listed variant crossed with each grid point, as ``(name, changes, where)``; ``where`` names
+    the variant's place in the file for its errors."""
     if max(1, len(listed)) * max(1, len(grid)) > MAX_VARIANTS:
         raise ConfigError(
             f"{source}: {len(listed)} listed variants crossed with {len(grid)} grid points make more than "
@@ -201,6 +195,11 @@ def build_sweep(data: Any, source: str) -> Sweep:
         for point_name, point in grid or [("", {})]:
             both = {**changes, **point}
             combos.append(("_".join(n for n in (name, point_name) if n), both, where))
+    return combos
+
+
+def _ranking(data: dict[str, Any], source: str) -> tuple[EvalSettings | None, str, int | None]:
+    """The sweep's ``evaluate``, ``metric`` and ``max_concurrent``, checked against each other."""
     evaluate = _evaluate_settings(data.get("evaluate"), source)
     metric = data.get("metric") or ("semantic" if evaluate else "eval_loss")
     if metric not in METRICS:
@@ -210,22 +209,48 @@ def build_sweep(data: Any, source: str) -> Sweep:
     concurrent = data.get("max_concurrent")
     if concurrent is not None and (isinstance(concurrent, bool) or not isinstance(concurrent, int) or concurrent < 1):
         raise ConfigError(f"{source}: max_concurrent: expected a whole number of at least 1, got {concurrent!r}")
+    return evaluate, metric, concurrent
+
+
+def _variant(name: str, changes: dict[str, Any], where: str, values: dict[str, Any], shared: dict[str, Any]) -> Variant:
+    """One variant: ``changes`` on top of ``values`` (the base and shared settings, and its folder)."""
+    for key in FIXED:
+        if key in changes or (key == "output_dir" and key in shared):
+            raise ConfigError(f"{where}: {key}: set by the sweep; give it once at the sweep's top level")
+    label = f"{where} ({name})"
+    try:
+        cfg = from_dict({**values, **changes}, source=label)
+    except ConfigError as e:  # a rule on the values (ranges, combinations) names only the field
+        raise (e if str(e).startswith(label) else ConfigError(f"{label}: {e}")) from None
+    return Variant(name, changes, cfg)
+
+
+def build_sweep(data: Any, source: str) -> Sweep:
+    """The variants of a parsed sweep file, each a validated :class:`TrainConfig`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping with {', '.join(KEYS)}")
+    for key in data:
+        if key not in KEYS:
+            raise ConfigError(f"{source}: {key}: unknown key; a sweep has {', '.join(KEYS)}")
+    output_dir = data.get("output_dir")
+    if not isinstance(output_dir, str) or not output_dir.strip():
+        raise ConfigError(f"{source}: output_dir: give the folder the variants' folders go in")
+    base = base_values(data.get("base"), source)
+    shared = data.get("shared") or {}
+    if not isinstance(shared, dict):
+        raise ConfigError(f"{source}: shared: expected a mapping of training settings")
+    listed = _listed_variants(data.get("variants"), source)
+    grid = grid_points(data["grid"], source) if data.get("grid") is not None else []
+    combos = _combinations(listed, grid, source)
+    evaluate, metric, concurrent = _ranking(data, source)
     variants, seen = [], set()
     for name, changes, where in combos:
         if name in seen or name in RESERVED:
             raise ConfigError(f"{where}: name: {name!r} is {'taken' if name in seen else 'reserved'}; rename it")
         seen.add(name)
-        for key in FIXED:
-            if key in changes or (key == "output_dir" and key in shared):
-                raise ConfigError(f"{where}: {key}: set by the sweep; give it once at the sweep's top level")
         # The base file's own output_dir, if any, gives way to the sweep's folder.
-        values = {**base, **shared, **changes, "output_dir": str(Path(output_dir) / name)}
-        label = f"{where} ({name})"
-        try:
-            cfg = from_dict(values, source=label)
-        except ConfigError as e:  # a rule on the values (ranges, combinations) names only the field
-            raise (e if str(e).startswith(label) else ConfigError(f"{label}: {e}")) from None
-        variants.append(Variant(name, changes, cfg))
+        values = {**base, **shared, "output_dir": str(Path(output_dir) / name)}
+        variants.append(_variant(name, changes, where, values, shared))
     return Sweep(Path(output_dir), variants, metric, concurrent, evaluate)
 
 
@@ -263,283 +288,7 @@ def share_cluster(configs: list[TrainConfig], cpus: int, gpus: int, max_concurre
     return concurrent, out
 
 
-# ----------------------------------------------------------------------------- results (pure over files)
-
-
-@dataclass
-class VariantResult:
-    name: str
-    status: str  # "done", "failed" or "not run"
-    changes: dict[str, Any]
-    error: str | None = None
-    eval_loss: float | None = None
-    train_loss: float | None = None
-    scores: dict[str, float] = field(default_factory=dict)  # overall eval rates, 0..1
-    tokens_per_s: float | None = None
-    #: How many variants (this one included) were training on the cluster during its run, at most.
-    at_once: int | None = None
-    #: Seconds of training over every attempt of the run (a resumed run counts each one).
-    train_time_s: float | None = None
-    adapter_mb: float | None = None
-
-    def value(self, metric: str) -> float | None:
-        return self.eval_loss if metric == "eval_loss" else self.scores.get(metric)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object a run wrote (its summary, its evaluation); {} when it is missing or damaged."""
-    from robolora.fileio import FileReadError, load_json
-
-    try:
-        data = load_json(path, max_bytes=MAX_RESULT_BYTES)
-    except FileReadError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def rates(scores: dict[str, Any]) -> dict[str, float]:
-    """The fractions (0..1) in a :meth:`Scores.to_dict` (which holds counts and ``*_rate`` fractions).
-
-    >>> rates({"n": 4, "semantic": 3, "semantic_rate": 0.75, "syntax": 4, "syntax_rate": 1.0})
-    {'semantic': 0.75, 'syntax': 1.0}
-    """
-    return {m: scores[f"{m}_rate"] for m in RATES if f"{m}_rate" in scores}
-
-
-def variant_scores(out: Path) -> dict[str, float]:
-    """The overall rates of a variant's ``eval.json`` (written by the sweep or ``robolora eval``)."""
-    overall = _read_json(out / "eval.json").get("overall") or {}
-    return rates(next(iter(overall.values()), {})) if overall else {}
-
-
-def _saved_config(out: Path) -> dict[str, Any] | None:
-    """The resolved settings a run saved (``config.yaml``), or None when there is none to read."""
-    try:
-        data = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def collect(variant: Variant, error: str | None = None) -> VariantResult:
-    """What a variant's folder holds: its summary, evaluation and adapter size.
-
-    Every label comes from the run itself: the settings from its saved ``config.yaml`` (what it trained
-    with), the losses from its whole ``metrics.jsonl``.
-    """
-    from robolora.report import read_metrics, run_summary
-
-    out = Path(variant.config.output_dir)
-    done = run_finished(out)
-    summary = _read_json(out / "train_summary.json")
-    saved = _saved_config(out)
-    changes = {k: saved.get(k, v) for k, v in variant.changes.items()} if saved else dict(variant.changes)
-    metrics = run_summary(read_metrics(out / METRICS_FILE)) if (out / METRICS_FILE).is_file() else {}
-    adapter = out / "adapter_model.safetensors"
-    return VariantResult(
-        variant.name,
-        "done" if done and not error else ("failed" if error else "not run"),
-        changes,
-        error=error,
-        eval_loss=metrics.get("eval_loss", summary.get("eval_loss")),
-        train_loss=metrics.get("train_loss", summary.get("train_loss")),
-        scores=variant_scores(out),
-        tokens_per_s=summary.get("mean_tokens_per_s"),
-        train_time_s=summary.get("train_runtime_s"),
-        adapter_mb=adapter.stat().st_size / 2**20 if adapter.is_file() else None,
-    )
-
-
-def training_span(out: Path) -> tuple[float, float] | None:
-    """When a run trained: the wall-clock times of its first and last logged rows."""
-    from robolora.report import read_metrics
-
-    if not (out / METRICS_FILE).is_file():
-        return None
-    times = [r["time"] for r in read_metrics(out / METRICS_FILE) if isinstance(r.get("time"), (int, float))]
-    return (min(times), max(times)) if times else None
-
-
-def at_once(spans: dict[str, tuple[float, float] | None]) -> dict[str, int]:
-    """For each run, how many runs (itself included) were training at the same time as it, at most.
-
-    >>> at_once({"a": (0, 10), "b": (5, 15), "c": (12, 20), "d": None})
-    {'a': 2, 'b': 2, 'c': 2}
-    >>> at_once({"a": (0, 10), "b": (1, 9), "c": (2, 8)})["a"]
-    3
-    """
-    known = {n: s for n, s in spans.items() if s}
-    out = {}
-    for name, (start, end) in known.items():
-        # the most spans holding one moment of this run: the count peaks at some span's start
-        moments = [start] + [s for s, _ in known.values() if start <= s <= end]
-        out[name] = max(sum(1 for s, e in known.values() if s <= t <= e) for t in moments)
-    return out
-
-
-def pick_best(results: list[VariantResult], metric: str) -> VariantResult | None:
-    """The finished variant with the best value of ``metric`` (ties: the earlier variant)."""
-    higher = METRICS[metric]
-    ranked = [r for r in results if r.status == "done" and r.value(metric) is not None]
-    if not ranked:
-        return None
-    return max(ranked, key=lambda r: (r.value(metric) if higher else -r.value(metric), -results.index(r)))
-
-
-COLUMNS = (
-    ("variant", lambda r: r.name),
-    ("status", lambda r: r.status),
-    ("changes", lambda r: ", ".join(f"{k}={v}" for k, v in r.changes.items()) or "-"),
-    ("eval_loss", lambda r: r.eval_loss),
-    ("train_loss", lambda r: r.train_loss),
-    ("semantic", lambda r: r.scores.get("semantic")),
-    ("exact", lambda r: r.scores.get("exact")),
-    ("api_valid", lambda r: r.scores.get("api_valid")),
-    ("syntax", lambda r: r.scores.get("syntax")),
-    ("tokens_per_s", lambda r: r.tokens_per_s),
-    ("at_once", lambda r: r.at_once),
-    ("train_time_s", lambda r: r.train_time_s),
-    ("adapter_mb", lambda r: r.adapter_mb),
-)
-RATES = ("semantic", "exact", "api_valid", "syntax")
-
-
-def _cell(name: str, value: Any) -> str:
-    if value is None:
-        return "-"
-    if name in RATES:
-        return f"{100 * value:.1f}%"
-    if isinstance(value, float):
-        return f"{value:.4f}" if name.endswith("loss") else f"{value:.2f}" if name == "adapter_mb" else f"{value:.1f}"
-    return str(value)
-
-
-def comparison_table(results: list[VariantResult], best: str | None = None, ensemble: dict | None = None) -> str:
-    """The variants side by side as aligned text; the best is starred, the ensemble's vote last.
-
-    >>> r = VariantResult("a", "done", {"lora_r": 8}, eval_loss=0.25, scores={"semantic": 0.9})
-    >>> print(comparison_table([r], best="a").splitlines()[2].split())
-    ['a', '*', 'done', 'lora_r=8', '0.2500', '-', '90.0%', '-', '-', '-', '-', '-', '-', '-']
-    """
-    names = [n for n, _ in COLUMNS]
-    rows = [[_cell(n, get(r)) for n, get in COLUMNS] for r in results]
-    for row, r in zip(rows, results, strict=True):
-        if r.name == best:
-            row[0] += " *"
-    if ensemble:
-        scores = [_cell(m, ensemble["scores"].get(m)) for m in RATES]
-        rows.append(
-            ["ensemble (vote)", "done", f"{ensemble['members']} members", "-", "-", *scores, "-", "-", "-", "-"]
-        )
-    widths = [max(len(x) for x in col) for col in zip(names, *rows, strict=True)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-
-    return "\n".join([line(names), line(["-" * w for w in widths]), *map(line, rows)])
-
-
-def comparison_csv(results: list[VariantResult], ensemble: dict | None = None) -> str:
-    """The same comparison as CSV, with raw numbers (rates as fractions) and the error of failed variants."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow([n for n, _ in COLUMNS] + ["error"])
-    for r in results:
-        writer.writerow([("" if (v := get(r)) is None else v) for _, get in COLUMNS] + [r.error or ""])
-    if ensemble:
-        scores = ensemble["scores"]
-        row = {"variant": "ensemble (vote)", "status": "done", "changes": f"{ensemble['members']} members"}
-        writer.writerow([row.get(n, scores.get(n, "")) for n, _ in COLUMNS] + [""])
-    return buffer.getvalue()
-
-
-def plot_curves(runs: dict[str, list[dict]], path: str | os.PathLike[str], best: str | None = None) -> Path:
-    """Each variant's train and eval loss in its own panel, side by side on one loss scale, as a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from robolora.diagnose import series
-
-    n = max(1, len(runs))
-    cols = min(n, 4)
-    rows_n = math.ceil(n / cols)
-    fig = Figure(figsize=(3.6 * cols, 3.0 * rows_n), dpi=100, layout="constrained")
-    canvas = FigureCanvasAgg(fig)
-    axes = fig.subplots(rows_n, cols, sharey=True, squeeze=False).ravel()
-    for ax, (name, rows) in zip(axes, runs.items(), strict=False):
-        for key, label, style in (("train_loss", "train", ".-"), ("eval_loss", "eval", "o-")):
-            points = series(rows, key)
-            if points:
-                ax.plot([s for s, _ in points], [v for _, v in points], style, label=label, markersize=3)
-        ax.set_title(f"{name}{' (best)' if name == best else ''}", fontsize=9)
-        ax.set_xlabel("optimizer step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    for ax in axes[len(runs) :]:
-        ax.set_visible(False)
-    axes[0].set_ylabel("loss")
-    buffer = io.BytesIO()
-    canvas.print_png(buffer)
-    return atomic_write_bytes(path, buffer.getvalue())
-
-
-def vote_predictions(members: dict[str, list[dict]]) -> tuple[list[str], list[dict]]:
-    """The ensemble's prediction per record from members' ``eval_predictions.jsonl`` rows.
-
-    Each row needs ``prediction`` and ``mean_logprob``; the members must have judged the same inputs
-    in the same order. Returns the picks and the records (``input``, ``output``, ``category``).
-
-    >>> rows = lambda *codes: [{"input": "x", "reference": "robot.stop()", "category": "c",
-    ...     "prediction": c, "mean_logprob": -0.1} for c in codes]
-    >>> vote_predictions({"a": rows("robot.stop()"), "b": rows("robot.go_home()"), "c": rows("robot.stop()")})[0]
-    ['robot.stop()']
-    """
-    from robolora.infer import vote
-
-    columns = list(members.values())
-    inputs = [r["input"] for r in columns[0]]
-    for name, rows in members.items():
-        if [r["input"] for r in rows] != inputs:
-            raise ValueError(f"{name} was evaluated on other records; an ensemble needs the same ones")
-    picks = []
-    for row in zip(*columns, strict=True):
-        picks.append(row[vote([(r["prediction"], r.get("mean_logprob", 0.0)) for r in row])]["prediction"])
-    records = [{"input": r["input"], "output": r["reference"], "category": r["category"]} for r in columns[0]]
-    return picks, records
-
-
 # ----------------------------------------------------------------------------- running it
-
-
-def evaluate_adapter(out: str, settings: dict[str, Any], threads: int | None = None) -> dict[str, float]:
-    """Generate code for a run's ``val.jsonl`` with its adapter; write ``eval.json`` and the predictions."""
-    import torch
-
-    from robolora.data import load_records
-    from robolora.evaluate import compare_dict
-    from robolora.infer import Generator, score_generations
-
-    if threads:
-        torch.set_num_threads(threads)
-    s = EvalSettings(**settings)
-    folder = Path(out)
-    records = load_records(folder / "val.jsonl", check_api=False)[: s.limit or None]
-    gen = Generator.load(folder)
-    generations = gen.generate(
-        [r["input"] for r in records],
-        batch_size=s.batch_size,
-        max_new_tokens=s.max_new_tokens,
-        constrained=s.constrained,
-    )
-    report = score_generations(records, generations, folder / "eval_predictions.jsonl")
-    data = {**compare_dict({folder.name: report}), "settings": s.__dict__}
-    atomic_write_text(folder / "eval.json", json.dumps(data, indent=2))
-    return rates(report.overall.to_dict())
-
-
-def evaluated_with(folder: Path, settings: dict[str, Any] | None) -> bool:
-    """Whether the run in ``folder`` holds an evaluation made with ``settings`` (the sweep's ``evaluate``)."""
-    return settings is None or _read_json(folder / "eval.json").get("settings") == settings
 
 
 def _error_file(job: dict[str, Any]) -> Path:
@@ -619,74 +368,6 @@ class SweepFailed(UserError):
     exit_code = 1
 
 
-def _link_best(out: Path, best: VariantResult | None) -> None:
-    link = out / "best"
-    if link.is_symlink() or link.exists():
-        if not link.is_symlink():
-            raise UserError(f"{link} exists and is not the sweep's link; move it away to link the best variant")
-        link.unlink()
-    if best is not None:
-        link.symlink_to(best.name, target_is_directory=True)
-
-
-def _ensemble(sweep: Sweep, results: list[VariantResult]) -> dict[str, Any] | None:
-    """Score the finished members' vote from their saved predictions (no generation needed)."""
-    from robolora.evaluate import compare_dict, score, write_predictions
-
-    members = {}
-    for r in results:
-        path = sweep.output_dir / r.name / "eval_predictions.jsonl"
-        if r.status == "done" and path.is_file():
-            members[r.name] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if len(members) < 2:
-        return None
-    try:
-        picks, records = vote_predictions(members)
-    except ValueError as e:
-        print(f"no ensemble: {e}")
-        return None
-    report = score(records, picks)
-    write_predictions(sweep.output_dir / "ensemble_predictions.jsonl", records, picks, report.judgements)
-    data = {"members": list(members), **compare_dict({"ensemble (vote)": report})}
-    atomic_write_text(sweep.output_dir / "ensemble_eval.json", json.dumps(data, indent=2))
-    return {"members": len(members), "scores": rates(report.overall.to_dict()), "table": report.table()}
-
-
-def report_sweep(sweep: Sweep, errors: dict[str, str]) -> tuple[list[VariantResult], VariantResult | None]:
-    """Write the comparison (text, CSV, PNG, JSON), link ``best/`` and score the ensemble."""
-    from robolora.report import read_metrics
-
-    out = sweep.output_dir
-    results = [collect(v, errors.get(v.name)) for v in sweep.variants]
-    shared = at_once({v.name: training_span(Path(v.config.output_dir)) for v in sweep.variants})
-    for r in results:
-        r.at_once = shared.get(r.name)
-    best = pick_best(results, sweep.metric)
-    ensemble = _ensemble(sweep, results) if sweep.evaluate else None
-    table = comparison_table(results, best.name if best else None, ensemble)
-    atomic_write_text(out / "comparison.txt", table + "\n")
-    atomic_write_text(out / "comparison.csv", comparison_csv(results, ensemble))
-    curves = {}
-    for r in results:
-        metrics = out / r.name / "metrics.jsonl"
-        if metrics.is_file():
-            curves[r.name] = read_metrics(metrics)
-    if curves:
-        plot_curves(curves, out / "loss_curves.png", best.name if best else None)
-    summary = {
-        "metric": sweep.metric,
-        "best": best.name if best else None,
-        "variants": [r.__dict__ for r in results],
-        "ensemble": {k: v for k, v in ensemble.items() if k != "table"} if ensemble else None,
-    }
-    atomic_write_text(out / "sweep.json", json.dumps(summary, indent=2, default=str))
-    _link_best(out, best)
-    print(f"\nSweep {out} ({sweep.metric} picks the best; * marks it)\n{table}")
-    if ensemble:
-        print(f"\nensemble of {ensemble['members']} (majority vote over canonical programs):\n{ensemble['table']}")
-    return results, best
-
-
 #: What a start of the sweep does with each variant.
 ACTIONS = {
     "train": "train",
@@ -715,7 +396,7 @@ def plan_variants(sweep: Sweep, source: str) -> dict[str, str]:
     data files' content, the starting adapter) are those the sweep now gives, the rule ``robolora train``
     follows. Otherwise nothing starts: one line names the variants, what changed, and the fix.
     """
-    from robolora.launcher import check_creatable
+    from robolora.preflight import check_creatable
     from robolora.runrecord import describe_changes, folder_state
 
     actions, stale, foreign = {}, [], []
@@ -750,7 +431,7 @@ def plan_variants(sweep: Sweep, source: str) -> dict[str, str]:
 
 def check_data(sweep: Sweep) -> None:
     """Every distinct dataset of the variants, validated as ``robolora train`` does before a run starts."""
-    from robolora.launcher import load_datasets
+    from robolora.data import load_datasets
 
     seen = set()
     for v in sweep.variants:
@@ -766,7 +447,7 @@ def check_data(sweep: Sweep) -> None:
 
 def local_resources(cfg: TrainConfig) -> tuple[int, int] | None:
     """CPUs and GPUs a local Ray cluster started for ``cfg`` would have; None when it joins a running cluster."""
-    from robolora.launcher import local_gpus
+    from robolora.gpu import local_gpus
 
     if cfg.ray_address or os.environ.get("RAY_ADDRESS"):
         return None
@@ -789,7 +470,8 @@ def run_sweep(path: str | os.PathLike, max_concurrent: int | None = None, dry_ru
     Raises:
         SweepFailed: some variants failed (everything else is written first).
     """
-    from robolora.launcher import check_model, init_ray
+    from robolora.launcher import init_ray
+    from robolora.preflight import check_model
 
     if max_concurrent is not None and max_concurrent < 1:
         raise ConfigError(f"--max-concurrent: must be at least 1, got {max_concurrent}")
@@ -828,12 +510,8 @@ def run_sweep(path: str | os.PathLike, max_concurrent: int | None = None, dry_ru
     return _train_and_report(sweep, concurrent, actions)
 
 
-def _train_and_report(sweep: Sweep, concurrent: int, actions: dict[str, str]) -> list[VariantResult]:
-    from ray import tune
-
-    out = sweep.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    logs = out / "logs"
+def _jobs(sweep: Sweep, actions: dict[str, str], logs: Path) -> list[dict[str, Any]]:
+    """The trials to run, one per variant not kept as it is (a trial's config must be plain data)."""
     evaluate = sweep.evaluate.__dict__ if sweep.evaluate else None
     todo = []
     for v in sweep.variants:
@@ -841,6 +519,64 @@ def _train_and_report(sweep: Sweep, concurrent: int, actions: dict[str, str]) ->
             print(f"[{v.name}] finished earlier: kept")
             continue
         todo.append({"name": v.name, "config": v.config.to_dict(), "evaluate": evaluate, "logs": str(logs)})
+    return todo
+
+
+@contextlib.contextmanager
+def _quiet_tune() -> Any:
+    """Tune's own console output gives way to the variants' lines while the trials run."""
+    # Failures are reported one line each; Tune's own tracebacks stay in the logs.
+    tune_log = logging.getLogger("ray.tune")
+    level = tune_log.level
+    tune_log.setLevel(logging.CRITICAL)
+    # Tune's console output even at verbose=0 (its experiment table, and a TensorBoard hint pointing at
+    # its own driver artifacts, not at the variants' events) gives way to the lines above.
+    new_output = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        tune_log.setLevel(level)
+        if new_output is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = new_output
+
+
+def _run_trials(todo: list[dict[str, Any]], concurrent: int, out: Path) -> dict[str, str]:
+    """Run the trials on Ray Tune, ``concurrent`` at a time; the error of each variant that failed."""
+    from ray import tune
+
+    tuner = tune.Tuner(
+        # The trial only drives its Train run, whose workers hold the CPUs and GPUs; a trial
+        # holding a CPU would keep a Train worker waiting (Tune refuses an all-zero request).
+        tune.with_resources(run_variant, {"CPU": 0, "memory": TRIAL_MEMORY}),
+        param_space={"variant": tune.grid_search(todo)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
+        run_config=tune.RunConfig(
+            name=time.strftime("%Y%m%d-%H%M%S"),
+            storage_path=str(out / "tune"),
+            verbose=0,
+            callbacks=[_variant_callback()],
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    with _quiet_tune():
+        grid = tuner.fit()
+    errors: dict[str, str] = {}
+    for result in grid:
+        job = result.config["variant"]
+        if result.error is not None:
+            path_ = _error_file(job)
+            errors[job["name"]] = path_.read_text() if path_.is_file() else str(result.error).splitlines()[-1]
+    return errors
+
+
+def _train_and_report(sweep: Sweep, concurrent: int, actions: dict[str, str]) -> list[VariantResult]:
+    out = sweep.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    todo = _jobs(sweep, actions, logs)
     errors: dict[str, str] = {}
     if todo:
         print(
@@ -848,42 +584,9 @@ def _train_and_report(sweep: Sweep, concurrent: int, actions: dict[str, str]) ->
             f"their curves side by side: tensorboard --logdir {sweep.output_dir}",
             flush=True,
         )
-        tuner = tune.Tuner(
-            # The trial only drives its Train run, whose workers hold the CPUs and GPUs; a trial
-            # holding a CPU would keep a Train worker waiting (Tune refuses an all-zero request).
-            tune.with_resources(run_variant, {"CPU": 0, "memory": TRIAL_MEMORY}),
-            param_space={"variant": tune.grid_search(todo)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
-            run_config=tune.RunConfig(
-                name=time.strftime("%Y%m%d-%H%M%S"),
-                storage_path=str(out / "tune"),
-                verbose=0,
-                callbacks=[_variant_callback()],
-                failure_config=tune.FailureConfig(max_failures=0),
-            ),
-        )
-        # Failures are reported below, one line each; Tune's own tracebacks stay in the logs.
-        tune_log = logging.getLogger("ray.tune")
-        level = tune_log.level
-        tune_log.setLevel(logging.CRITICAL)
-        # Tune's console output even at verbose=0 (its experiment table, and a TensorBoard hint pointing at
-        # its own driver artifacts, not at the variants' events) gives way to the lines above.
-        new_output = os.environ.get("RAY_AIR_NEW_OUTPUT")
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-        try:
-            grid = tuner.fit()
-        finally:
-            tune_log.setLevel(level)
-            if new_output is None:
-                os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
-            else:
-                os.environ["RAY_AIR_NEW_OUTPUT"] = new_output
-        for result in grid:
-            job = result.config["variant"]
-            if result.error is not None:
-                path_ = _error_file(job)
-                errors[job["name"]] = path_.read_text() if path_.is_file() else str(result.error).splitlines()[-1]
-    results, _ = report_sweep(sweep, errors)
+        errors = _run_trials(todo, concurrent, out)
+    results = [collect(v.name, v.changes, Path(v.config.output_dir), errors.get(v.name)) for v in sweep.variants]
+    report_sweep(out, results, sweep.metric, vote=sweep.evaluate is not None)
     failed = [r for r in results if r.status != "done"]
     if failed:
         lines = "\n".join(f"  {r.name}: {r.error or r.status}" for r in failed)

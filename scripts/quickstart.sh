@@ -14,5 +14,5 @@ echo "== train (examples/smollm2-135m.yaml) into $OUT"
 "$BIN/robolora" train --config examples/smollm2-135m.yaml --output-dir "$OUT"
 
 echo "== evaluate the adapter on its validation split ($OUT/val.jsonl), constrained to the robot API"
-"$BIN/robolora" eval --lora-path "$OUT" --constrained \
+"$BIN/robolora" eval --lora-path "$OUT" \
     --predictions-out "$OUT/eval_predictions.jsonl" --json-out "$OUT/eval.json"

@@ -118,9 +118,9 @@ def _assert_stands_alone(run: Path, exported: Path, base: str) -> None:
     project's generation for the same adapter."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from robolora.data import render_prompt
     from robolora.infer import Generator
     from robolora.models import load_tokenizer
+    from robolora.prompts import render_prompt
     from robolora.robot.normalize import normalize_command
 
     tokenizer = AutoTokenizer.from_pretrained(exported)
@@ -132,7 +132,7 @@ def _assert_stands_alone(run: Path, exported: Path, base: str) -> None:
         text = _user_prompt(tokenizer, words)
         assert text == render_prompt(base_tokenizer, words)[0], words
         assert tokenizer(text, add_special_tokens=False)["input_ids"] == project.prompt_ids(words), words
-        expected = project.generate([words], max_new_tokens=24)[0].raw  # one at a time: no padding
+        expected = project.generate([words], max_new_tokens=24, constrained=False)[0].raw  # one at a time: no padding
         assert _plain_greedy(model, tokenizer, words, max_new_tokens=24) == expected, words
 
 
@@ -141,7 +141,7 @@ def test_the_export_makes_the_training_prompt_and_code_from_the_words_alone(run,
 
 
 def test_a_model_without_a_chat_template_gets_one_that_renders_the_plain_prompt(plain_run, plain_base):
-    from robolora.data import PLAIN_TEMPLATE
+    from robolora.prompts import PLAIN_TEMPLATE
 
     run, exported = plain_run
     assert not (run / "chat_template.jinja").exists()  # the run prompted with the plain template

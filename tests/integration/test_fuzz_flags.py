@@ -32,11 +32,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robolora import cli
+from robolora import cli, commands
 from robolora.cli import main
 from robolora.config import NUMBER_BOUNDS, Bound, TrainConfig, flag
-from robolora.data import FEW_SHOT_EXAMPLES
 from robolora.models import TINY_LLAMA
+from robolora.prompts import FEW_SHOT_EXAMPLES
 from robolora.robot.generator import generate_records
 from tests.conftest import without_ray_lines
 
@@ -204,7 +204,7 @@ COMMAND_FLAGS: list[tuple[list[str], str, int, int]] = [
     (["demo", "--lora-path", "DIR/no-adapter", "--command", "stop"], "--few-shot", 0, len(FEW_SHOT_EXAMPLES)),
     (["demo", "--lora-path", "DIR/no-adapter", "--command", "stop"], "--max-new-tokens", 1, cli.MAX_NEW_TOKENS),
     (["data", "stats", "DATA", "--model-name", "tiny-llama"], "--max-length", cli.MAX_LENGTH.low, cli.MAX_LENGTH.high),
-    (["data", "generate", "--output", "DIR/new.json"], "--num-examples", 1, cli.MAX_EXAMPLES),
+    (["data", "generate", "--output", "DIR/new.json"], "--num-examples", 1, commands.MAX_EXAMPLES),
     (["data", "generate", "--output", "DIR/new.json"], "--seed", 0, cli.SEED_MAX),
     *(
         (["jobs", action, "raysubmit_x"], "--timeout", 1, cli.MAX_JOBS_TIMEOUT_S)
@@ -256,14 +256,14 @@ def robot_check_cases(rng: random.Random) -> list[Case]:
     valid = 'robot.move_forward(distance=1.0)\nrobot.turn_left(angle=90)\nrobot.say(text="done")\n'
     long_line = 'robot.say(text="' + "a" * 200 + '")\n'
     big = {
-        "just-over-64KiB": long_line * (cli.MAX_CODE_BYTES // len(long_line) + 1),
+        "just-over-64KiB": long_line * (commands.MAX_CODE_BYTES // len(long_line) + 1),
         "one-10MB-line": "robot.stop()" + " " * 10_000_000,
         "multibyte-over-64KiB": 'robot.say(text="' + "é" * 40_000 + '")',
     }
     lines = {
-        "1001-lines": "robot.stop()\n" * (cli.MAX_CODE_LINES + 1),
+        "1001-lines": "robot.stop()\n" * (commands.MAX_CODE_LINES + 1),
         "5000-blank-lines": "\n" * 5000,
-        "1001-lines-of-errors": "robot.fly()\n" * (cli.MAX_CODE_LINES + 1),
+        "1001-lines-of-errors": "robot.fly()\n" * (commands.MAX_CODE_LINES + 1),
     }
     cases = []
     for label, text in big.items():
@@ -381,12 +381,12 @@ def test_bad_flag_gets_one_clear_error_and_changes_nothing(case, tmp_path, capsy
 def test_robot_check_caps_what_it_prints(run_cli):
     code, out, err = run_cli("robot", "check", "robot.fly()\n" * 900)
     lines = err.splitlines()
-    assert code == 1 and len(lines) == cli.MAX_CODE_ERRORS + 1
-    assert lines[-1] == f"api error: ... and {900 - cli.MAX_CODE_ERRORS} more"
+    assert code == 1 and len(lines) == commands.MAX_CODE_ERRORS + 1
+    assert lines[-1] == f"api error: ... and {900 - commands.MAX_CODE_ERRORS} more"
     code, _, err = run_cli("robot", "check", 'robot.say(text="' + "x" * 30_000 + '", volume=9)')
-    assert code == 1 and all(len(line) <= cli.MAX_OUTPUT_LINE for line in err.splitlines())
-    code, out, _ = run_cli("robot", "check", "robot.stop()\n" * cli.MAX_CODE_LINES)  # the limit itself is fine
-    assert code == 0 and out.count("robot.stop()") == cli.MAX_CODE_LINES
+    assert code == 1 and all(len(line) <= commands.MAX_OUTPUT_LINE for line in err.splitlines())
+    code, out, _ = run_cli("robot", "check", "robot.stop()\n" * commands.MAX_CODE_LINES)  # the limit itself is fine
+    assert code == 0 and out.count("robot.stop()") == commands.MAX_CODE_LINES
 
 
 def test_robot_check_reads_real_stdin_bytes(tmp_path):

@@ -221,7 +221,7 @@ def test_limits_of_the_model():
     ],
 )
 def test_bounded_flags_of_the_other_commands(run_cli, args, flag, message):
-    from robolora.data import FEW_SHOT_EXAMPLES
+    from robolora.prompts import FEW_SHOT_EXAMPLES
 
     assert len(FEW_SHOT_EXAMPLES) == 8
     command = " ".join(args[:2]) if args[0] in ("data", "jobs") else args[0]
@@ -244,7 +244,7 @@ def test_generate_refuses_absurd_counts(run_cli, tmp_path):
 def test_robot_check_refuses_what_it_cannot_check(run_cli, monkeypatch):
     import io
 
-    from robolora.cli import MAX_CODE_BYTES, MAX_CODE_LINES
+    from robolora.commands import MAX_CODE_BYTES, MAX_CODE_LINES
 
     code, _, err = run_cli("robot", "check", "robot.stop()\n" * (MAX_CODE_LINES + 1))
     assert (code, err) == (
@@ -277,3 +277,29 @@ def test_robot_check_prints_at_most_20_problems(run_cli):
     code, _, err = run_cli("robot", "check", "robot.fly()\n" * 50)
     lines = err.splitlines()
     assert code == 1 and len(lines) == 21 and lines[-1] == "api error: ... and 30 more"
+
+
+def test_eval_and_demo_take_their_defaults_from_the_eval_settings():
+    from robolora.cli import build_parser
+    from robolora.evaluate import EVAL_DEFAULTS
+
+    parser = build_parser()
+    ev = parser.parse_args(["eval", "--lora-path", "run"])
+    assert (ev.constrained, ev.limit, ev.batch_size, ev.max_new_tokens) == (
+        EVAL_DEFAULTS.constrained,
+        EVAL_DEFAULTS.limit,
+        EVAL_DEFAULTS.batch_size,
+        EVAL_DEFAULTS.max_new_tokens,
+    )
+    demo = parser.parse_args(["demo", "--lora-path", "run"])
+    assert (demo.constrained, demo.max_new_tokens) == (EVAL_DEFAULTS.constrained, EVAL_DEFAULTS.max_new_tokens)
+    assert parser.parse_args(["eval", "--no-constrained"]).constrained is False
+    assert parser.parse_args(["demo", "--constrained"]).constrained is True
+
+
+def test_eval_help_shows_the_defaults(run_cli, capsys):
+    with pytest.raises(SystemExit):
+        run_cli("eval", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--constrained, --no-constrained only let the model emit code the robot API accepts (default: on)" in text
+    assert "(default: 32)" in text and "(default: 128)" in text and "(default: 0, every record)" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,7 +13,8 @@ from robolora.errors import UserError
 from robolora.pipeline import build_stages, plan_stages
 from robolora.report import run_summary
 from robolora.runrecord import RUN_MARKER, changes, folder_state, input_digests, read_marker, write_marker
-from robolora.sweep import MAX_VARIANTS, build_sweep, collect, plan_variants
+from robolora.sweep import MAX_VARIANTS, build_sweep, plan_variants
+from robolora.sweep_report import collect
 
 
 def _finish(cfg, finished=True):
@@ -119,7 +121,8 @@ def test_labels_and_losses_come_from_the_run_itself(tmp_path, data):
     _finish(sweep.variants[0].config)
     # a sweep file that no longer says what the run trained with (plan_variants refuses it before this)
     edited = _sweep(tmp_path, data, [{"name": "b", "lora_r": 8}])
-    r = collect(edited.variants[0])
+    v = edited.variants[0]
+    r = collect(v.name, v.changes, Path(v.config.output_dir))
     assert r.changes == {"lora_r": 64}
     assert (r.status, r.train_loss, r.eval_loss) == ("done", 1.0, 1.25)  # no train_summary.json at all
 

@@ -12,16 +12,14 @@ import pytest
 from robolora.config import TrainConfig
 from robolora.errors import ConfigError
 from robolora.evaluate import compare_dict, score
-from robolora.sweep import (
+from robolora.sweep import build_sweep, load_sweep, share_cluster
+from robolora.sweep_report import (
     VariantResult,
-    build_sweep,
     collect,
     comparison_csv,
     comparison_table,
-    load_sweep,
     pick_best,
     plot_curves,
-    share_cluster,
     vote_predictions,
 )
 
@@ -188,20 +186,19 @@ def test_comparison_as_text_and_csv():
 
 
 def test_collect_reads_a_variants_folder(tmp_path):
-    s = build_sweep({"output_dir": str(tmp_path), "shared": {"data_json": "d"}, "variants": [{"name": "a"}]}, "s")
     out = tmp_path / "a"
     out.mkdir()
-    assert collect(s.variants[0]).status == "not run"
+    assert collect("a", {}, out).status == "not run"
     (out / "robolora_run.json").write_text(json.dumps({"finished": True}))
     (out / "train_summary.json").write_text(json.dumps({"eval_loss": 0.1, "mean_tokens_per_s": 250.0}))
     records = [{"input": "stop", "output": "robot.stop()"}] * 4
     report = score(records, ["robot.stop()"] * 3 + ["robot.go_home()"])
     (out / "eval.json").write_text(json.dumps(compare_dict({"a": report})))  # as the sweep and `eval` write it
     (out / "adapter_model.safetensors").write_bytes(b"\0" * 2**20)
-    r = collect(s.variants[0])
+    r = collect("a", {}, out)
     assert (r.status, r.eval_loss, r.tokens_per_s, r.adapter_mb) == ("done", 0.1, 250.0, 1.0)
     assert r.scores == {"semantic": 0.75, "exact": 0.75, "api_valid": 1.0, "syntax": 1.0}
-    assert collect(s.variants[0], error="boom").status == "failed"
+    assert collect("a", {}, out, error="boom").status == "failed"
 
 
 def rows(*codes, inputs=("x",)):
