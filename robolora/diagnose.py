@@ -365,23 +365,10 @@ def diagnose(rows: list[dict], config: dict | None = None) -> Diagnosis:
         return Diagnosis(verdict, final_train, final_eval, best, best_step, gap, findings, remedies)
 
     # A non-finite loss is conclusive however short the run: the weights are already ruined.
-    broken = [(kind, s, v) for kind, ser in (("train", train), ("eval", evals)) for s, v in ser if not math.isfinite(v)]
-    if broken:
-        kind, step, value = broken[0]
-        return result(
-            "instability",
-            [f"The {kind} loss became {value} at step {step}: training diverged."],
-            [*_steady_remedies(cfg), "check the data for empty or extremely long responses"],
-        )
-    if len(train) < MIN_POINTS:
-        return result(
-            "too short",
-            [f"Only {len(train)} train loss values were logged; at least {MIN_POINTS} are needed to see a trend."],
-            [
-                (f"log more often: lower {_flag(cfg, 'logging_steps')}, or " if cfg.get("logging_steps", 2) > 1 else "")
-                + f"train longer: raise {_flag(cfg, _length(cfg))}"
-            ],
-        )
+    early = {"instability": _diverged(train, evals, cfg), "too short": _too_short(train, cfg)}
+    for verdict, (findings, remedies) in early.items():  # in order of precedence
+        if findings:
+            return result(verdict, findings, remedies)
 
     headline = ("eval", final_eval) if evals else ("train", final_train)
     no_eval = (
@@ -389,20 +376,58 @@ def diagnose(rows: list[dict], config: dict | None = None) -> Diagnosis:
         if evals
         else [f"No eval loss was logged, so overfitting cannot be judged: lower {_flag(cfg, 'eval_steps')}."]
     )
+    for verdict, (findings, remedies) in _patterns(rows, train, evals, (best_step, best), headline, cfg).items():
+        if findings:  # in order of precedence
+            return result(verdict, findings + no_eval, remedies)
+    verdict, findings = _passed(headline, gap)
+    return result(verdict, findings + no_eval, [])
+
+
+def _diverged(train: Series, evals: Series, cfg: dict) -> Check:
+    """The first non-finite train or eval loss: training diverged."""
+    broken = [(kind, s, v) for kind, ser in (("train", train), ("eval", evals)) for s, v in ser if not math.isfinite(v)]
+    if not broken:
+        return [], []
+    kind, step, value = broken[0]
+    return [f"The {kind} loss became {value} at step {step}: training diverged."], [
+        *_steady_remedies(cfg),
+        "check the data for empty or extremely long responses",
+    ]
+
+
+def _too_short(train: Series, cfg: dict) -> Check:
+    """Fewer than :data:`MIN_POINTS` train losses: too few to judge anything by."""
+    if len(train) >= MIN_POINTS:
+        return [], []
+    return [f"Only {len(train)} train loss values were logged; at least {MIN_POINTS} are needed to see a trend."], [
+        (f"log more often: lower {_flag(cfg, 'logging_steps')}, or " if cfg.get("logging_steps", 2) > 1 else "")
+        + f"train longer: raise {_flag(cfg, _length(cfg))}"
+    ]
+
+
+def _patterns(
+    rows: list[dict],
+    train: Series,
+    evals: Series,
+    best: tuple[int | None, float | None],
+    headline: tuple[str, float],
+    cfg: dict,
+) -> dict[str, Check]:
+    """The guide's loss patterns by verdict, in order of precedence; a pattern without findings is absent."""
     trend = loss_trend(train)
     spikes = _spikes(train, cfg)
-    checks = {
+    return {
         "instability": spikes if spikes[0] else _rising(trend, cfg),
-        "overfitting": _overfitting(train, evals, (best_step, best), cfg),
+        "overfitting": _overfitting(train, evals, best, cfg),
         "underfitting": _underfitting(train, trend, headline, cfg, _cut_short(rows, cfg)),
     }
-    for verdict, (findings, remedies) in checks.items():  # in order of precedence
-        if findings:
-            return result(verdict, findings + no_eval, remedies)
 
+
+def _passed(headline: tuple[str, float], gap: float | None) -> tuple[str, list[str]]:
+    """The verdict (excellent or good) and findings of a run no pattern matched, by its headline loss."""
     kind, loss = headline
     verdict, bound = ("excellent", EXCELLENT_LOSS) if loss < EXCELLENT_LOSS else ("good", GOOD_LOSS)
     findings = [f"The final {kind} loss {fmt_loss(loss)} is below {bound}: {verdict} by the guide's measure."]
     if gap is not None:
         findings.append(f"The eval loss is within {MAX_VAL_GAP} of the train loss (gap {fmt_loss(gap)}).")
-    return result(verdict, findings + no_eval, [])
+    return verdict, findings

@@ -17,10 +17,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from robolora.errors import UserError
 from robolora.models import adapter_base_model, adapter_config, adapter_dir
+from robolora.report import front_matter, lora_lines, section, table
 
 PROBES = ("move forward 3 meters", "pick up the red ball", "if you see a cup, pick it up")
 #: Hub names of the registry's aliases (the card's ``base_model``); other names are kept as given.
@@ -41,34 +40,61 @@ def export_merged(lora_path: str | Path, output: str | Path) -> Path:
     and the reloaded model generates what base + adapter generate."""
     adapter_base_model(adapter_dir(lora_path))  # a damaged adapter is one error before any model loads
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from robolora.infer import Generator
     from robolora.prompts import export_chat_template
-    from robolora.robot.normalize import normalize_command
 
-    out = Path(output)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"--output: {out} already exists and is not empty; choose a new directory")
+    out = _new_output_dir(output)
     with_adapter = Generator.load(lora_path, merge=False, dtype=torch.float32)
     lora = Path(with_adapter.adapter)
-    expected = [g.raw for g in with_adapter.generate(list(PROBES), max_new_tokens=64, constrained=False)]
+    expected = _probe_answers(with_adapter)
     expected_prompts = [with_adapter.prompt_ids(p) for p in PROBES]
     with warnings.catch_warnings():  # PEFT reads a property transformers 5 deprecates
         warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
         merged = with_adapter.model.merge_and_unload()
     tokenizer = with_adapter.tokenizer
+    card = _card_of(lora, out, plain_prompt=not tokenizer.chat_template)
+    tokenizer.chat_template = export_chat_template(tokenizer)
+    _stop_at_eos(merged.generation_config, tokenizer)
+    _save_verified(merged, tokenizer, card, out, expected_prompts, expected)
+    print(
+        f"exported {lora_path} merged into its base model to {out}; it generates the same tokens on {len(PROBES)} "
+        "probe commands, and its chat template holds the training prompt (see its README.md)"
+    )
+    return out
+
+
+def _new_output_dir(output: str | Path) -> Path:
+    """``output`` as a Path, refused where it holds anything: an export never mixes with other files."""
+    out = Path(output)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--output: {out} already exists and is not empty; choose a new directory")
+    return out
+
+
+def _probe_answers(generator: Any) -> list[str]:
+    """What a :class:`robolora.infer.Generator` writes for the probe commands (unconstrained generation)."""
+    return [g.raw for g in generator.generate(list(PROBES), max_new_tokens=64, constrained=False)]
+
+
+def _card_of(lora: Path, out: Path, plain_prompt: bool) -> str:
+    """The exported model's card, from the adapter's run: its config (else adapter_config.json) and scores."""
     config = _run_config(lora)
-    card = export_card(
+    return export_card(
         base=config.get("model_name") or adapter_base_model(lora),
         lora_settings=_lora_settings(config, lora),
         scores=_eval_scores(lora),
         adapter=str(lora),
         out=str(out),
-        plain_prompt=not tokenizer.chat_template,
+        plain_prompt=plain_prompt,
     )
-    tokenizer.chat_template = export_chat_template(tokenizer)
-    _stop_at_eos(merged.generation_config, tokenizer)
+
+
+def _save_verified(
+    merged: Any, tokenizer: Any, card: str, out: Path, expected_prompts: list[list[int]], expected: list[str]
+) -> None:
+    """Save model, tokenizer and card into a temporary folder beside ``out``, check them (:func:`_verify`),
+    then rename the folder into place: ``out`` never holds an unchecked or half-written export."""
     out.parent.mkdir(parents=True, exist_ok=True)
     # mkdir, not tempfile.mkdtemp: the folder gets the usual permissions (0777 less the umask), not 0700.
     tmp = out.parent / f".{out.name}-{uuid.uuid4().hex}.tmp"
@@ -77,27 +103,38 @@ def export_merged(lora_path: str | Path, output: str | Path) -> Path:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(card)
-        plain = AutoTokenizer.from_pretrained(tmp)
-        for probe, ids in zip(PROBES, expected_prompts, strict=True):
-            messages = [{"role": "user", "content": normalize_command(probe)}]
-            text = plain.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            if plain(text, add_special_tokens=False)["input_ids"] != ids:
-                raise RuntimeError(f"the saved chat template renders {probe!r} as {text!r}, not as in training")
-        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
-        got = [g.raw for g in Generator(reloaded, plain).generate(list(PROBES), max_new_tokens=64, constrained=False)]
-        if got != expected:
-            raise RuntimeError(f"the merged model generates {got!r}, base + adapter {expected!r}")
+        _verify(tmp, expected_prompts, expected)
         match_folder_mode(tmp)
         if out.exists():
             out.rmdir()
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(
-        f"exported {lora_path} merged into its base model to {out}; it generates the same tokens on {len(PROBES)} "
-        "probe commands, and its chat template holds the training prompt (see its README.md)"
-    )
-    return out
+
+
+def _verify(folder: Path, expected_prompts: list[list[int]], expected: list[str]) -> None:
+    """Load the saved model as a user would, with plain transformers, and check that its chat template
+    renders each probe, given alone, as the training prompt's tokens, and that it generates ``expected``.
+
+    Raises:
+        RuntimeError: it does not.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from robolora.infer import Generator
+    from robolora.robot.normalize import normalize_command
+
+    plain = AutoTokenizer.from_pretrained(folder)
+    for probe, ids in zip(PROBES, expected_prompts, strict=True):
+        messages = [{"role": "user", "content": normalize_command(probe)}]
+        text = plain.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if plain(text, add_special_tokens=False)["input_ids"] != ids:
+            raise RuntimeError(f"the saved chat template renders {probe!r} as {text!r}, not as in training")
+    reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    got = _probe_answers(Generator(reloaded, plain))
+    if got != expected:
+        raise RuntimeError(f"the merged model generates {got!r}, base + adapter {expected!r}")
 
 
 def _stop_at_eos(generation_config: Any, tokenizer: Any) -> None:
@@ -180,11 +217,11 @@ def export_card(
     ``plain_prompt``: the base model has no chat template of its own (the saved one renders the plain prompt).
 
     >>> card = export_card("tiny-llama", {"r": 8, "alpha": 16}, {"semantic": 0.5}, "run", "merged", False)
+    >>> import yaml
     >>> front = yaml.safe_load(card.split("---")[1])
     >>> front["library_name"], front["lora"]["r"], front["eval"]
     ('transformers', 8, {'semantic': 0.5})
     """
-    from robolora.prompts import SYSTEM_PROMPT
     from robolora.robot.normalize import normalize_command
 
     front: dict[str, Any] = {
@@ -196,54 +233,61 @@ def export_card(
     }
     if scores:
         front["eval"] = scores
-    prompt_note = (
-        f'The saved chat template makes "{SYSTEM_PROMPT}" the system turn of a conversation that has none, as '
-        "in training: send the command alone, as the one user message."
-    )
-    if plain_prompt:
-        prompt_note += (
-            " The base model has no chat template of its own; this one renders the plain prompt it was trained "
-            "on (`### System:`, `### Command:`, `### Code:`)."
-        )
     example = normalize_command(NORMALIZE_EXAMPLE)
-    s = lora_settings
     lines = [
-        "---",
-        yaml.safe_dump(front, sort_keys=False, default_flow_style=None).strip(),
-        "---",
+        *front_matter(front),
         "",
         f"# Robot-LoRA: {base} with its LoRA adapter merged in",
         "",
         "Turns a natural-language robot command into robot API code. A plain transformers model: it runs without",
         "PEFT or robolora (transformers, vLLM and TGI read its chat template).",
         "",
-        "## Model",
-        "",
-        f"- base model: `{base}`",
-        f"- LoRA: r={s.get('r')}, alpha={s.get('alpha')}, dropout={s.get('dropout')}",
-        f"- target modules: `{s.get('target_modules')}`",
+        *section("Model", _model_lines(base, lora_settings, adapter)),
+        *(section("Evaluation", _score_lines(scores)) if scores else []),
+        *section("Prompt", [_prompt_note(plain_prompt)]),
+        *section("Input normalization", _normalization_lines(example)),
+        *section("Usage", _merged_usage(out, example)),
+    ]
+    return "\n".join(lines)
+
+
+def _model_lines(base: str, s: dict[str, Any], adapter: str) -> list[str]:
+    """The base model, the LoRA settings ``s`` (as given: None where unknown) and the adapter merged in."""
+    return [
+        *lora_lines(base, s.get("r"), s.get("alpha"), s.get("dropout"), s.get("target_modules")),
         *([f"- layers: `{s['layers']}`"] if "layers" in s else []),
         f"- merged from the adapter `{adapter}`",
-        "",
     ]
-    if scores:
-        lines += [
-            "## Evaluation",
-            "",
-            "On the run's validation split (`eval.json`):",
-            "",
-            "| metric | rate |",
-            "|---|---|",
-            *(f"| {name} | {value:.1%} |" for name, value in scores.items()),
-            "",
-        ]
-    lines += [
-        "## Prompt",
+
+
+def _score_lines(scores: dict[str, float]) -> list[str]:
+    """The run's overall rates, as percentages."""
+    return [
+        "On the run's validation split (`eval.json`):",
         "",
-        prompt_note,
-        "",
-        "## Input normalization",
-        "",
+        *table("metric", [(name, f"{value:.1%}") for name, value in scores.items()], value_header="rate"),
+    ]
+
+
+def _prompt_note(plain_prompt: bool) -> str:
+    """What the saved chat template adds to the user's command, and which prompt it renders."""
+    from robolora.prompts import SYSTEM_PROMPT
+
+    note = (
+        f'The saved chat template makes "{SYSTEM_PROMPT}" the system turn of a conversation that has none, as '
+        "in training: send the command alone, as the one user message."
+    )
+    if plain_prompt:
+        note += (
+            " The base model has no chat template of its own; this one renders the plain prompt it was trained "
+            "on (`### System:`, `### Command:`, `### Code:`)."
+        )
+    return note
+
+
+def _normalization_lines(example: str) -> list[str]:
+    """How to rewrite a command as the model was trained on it, with :data:`NORMALIZE_EXAMPLE` as ``example``."""
+    return [
         "The model was trained on commands with their quantities in the robot API's units (metres, metres per",
         "second, seconds, degrees) written as digits, and reads lower-case words best. Rewrite a command the",
         "same way before you send it: centimetres /100, millimetres /1000, feet x0.3048, inches x0.0254, yards",
@@ -255,9 +299,12 @@ def export_card(
         f"- sent: `{example}`",
         "",
         "With robolora installed, `from robolora.robot.normalize import normalize_command` does it.",
-        "",
-        "## Usage",
-        "",
+    ]
+
+
+def _merged_usage(out: str, example: str) -> list[str]:
+    """Python that loads the exported model from ``out`` with transformers alone and answers ``example``."""
+    return [
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
@@ -271,6 +318,4 @@ def export_card(
         "output = model.generate(**inputs, max_new_tokens=128, do_sample=False)",
         'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))',
         "```",
-        "",
     ]
-    return "\n".join(lines)

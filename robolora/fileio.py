@@ -232,51 +232,74 @@ def check_yaml(
     """
     import yaml
 
-    # Each open collection: [anchor, expanded size so far, height below it].
-    stack: list[list[Any]] = []
-    anchors: dict[str, tuple[int, int]] = {}  # anchor -> (expanded size, height)
-    total = 0
-
-    def add(size: int, height: int) -> None:
-        nonlocal total
-        total += size
-        if total > max_expansion:
-            raise FileReadError(
-                f"{shown_path(path)}: its aliases (*name) expand to more than {max_expansion:,} values and "
-                "characters; write the values out instead of repeating aliases of aliases"
-            )
-        if len(stack) + height > max_depth:
-            raise _too_deep(path, max_depth)
-        if stack:
-            stack[-1][1] += size
-            stack[-1][2] = max(stack[-1][2], height)
-
+    size = _YamlSize(path, max_depth, max_expansion)
     loader = yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader
     for event in yaml.parse(text, Loader=loader):
         if isinstance(event, yaml.AliasEvent):
-            if event.anchor not in anchors:
-                if any(entry[0] == event.anchor for entry in stack):
-                    raise FileReadError(
-                        f"{shown_path(path)}: the alias *{event.anchor} sits inside the value it names; "
-                        "write the value out"
-                    )
-                continue  # an undefined alias: the loader names it
-            add(*anchors[event.anchor])
+            size.alias(event.anchor)
         elif isinstance(event, yaml.ScalarEvent):
-            size = 1 + len(event.value)
-            add(size, 0)
-            if event.anchor:
-                anchors[event.anchor] = (size, 0)
+            size.scalar(event.anchor, event.value)
         elif isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
-            if len(stack) >= max_depth:
-                raise _too_deep(path, max_depth)
-            stack.append([event.anchor, 1, 0])
+            size.open(event.anchor)
         elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
-            anchor, size, height = stack.pop()
-            add(size, height + 1)
-            total -= size  # counted once already, as its children came
-            if anchor:
-                anchors[anchor] = (size, height + 1)
+            size.close()
+
+
+class _YamlSize:
+    """The nesting and alias expansion of a YAML text so far, fed its parse events by :func:`check_yaml`;
+    each method raises :class:`FileReadError` as soon as a limit is passed."""
+
+    def __init__(self, path: str | os.PathLike[str], max_depth: int, max_expansion: int) -> None:
+        self.path, self.max_depth, self.max_expansion = path, max_depth, max_expansion
+        # Each open collection: [anchor, expanded size so far, height below it].
+        self.stack: list[list[Any]] = []
+        self.anchors: dict[str, tuple[int, int]] = {}  # anchor -> (expanded size, height)
+        self.total = 0
+
+    def add(self, size: int, height: int) -> None:
+        """Count a value of ``size`` nodes and characters, nesting ``height`` levels, into its collection."""
+        self.total += size
+        if self.total > self.max_expansion:
+            raise FileReadError(
+                f"{shown_path(self.path)}: its aliases (*name) expand to more than {self.max_expansion:,} values and "
+                "characters; write the values out instead of repeating aliases of aliases"
+            )
+        if len(self.stack) + height > self.max_depth:
+            raise _too_deep(self.path, self.max_depth)
+        if self.stack:
+            self.stack[-1][1] += size
+            self.stack[-1][2] = max(self.stack[-1][2], height)
+
+    def alias(self, anchor: str) -> None:
+        """``*anchor``: the whole value it names, once more."""
+        if anchor not in self.anchors:
+            if any(entry[0] == anchor for entry in self.stack):
+                raise FileReadError(
+                    f"{shown_path(self.path)}: the alias *{anchor} sits inside the value it names; write the value out"
+                )
+            return  # an undefined alias: the loader names it
+        self.add(*self.anchors[anchor])
+
+    def scalar(self, anchor: str | None, value: str) -> None:
+        """A scalar: one node and its characters."""
+        size = 1 + len(value)
+        self.add(size, 0)
+        if anchor:
+            self.anchors[anchor] = (size, 0)
+
+    def open(self, anchor: str | None) -> None:
+        """The start of a list or mapping."""
+        if len(self.stack) >= self.max_depth:
+            raise _too_deep(self.path, self.max_depth)
+        self.stack.append([anchor, 1, 0])
+
+    def close(self) -> None:
+        """The end of the innermost open list or mapping: its size is known, and its anchor's."""
+        anchor, size, height = self.stack.pop()
+        self.add(size, height + 1)
+        self.total -= size  # counted once already, as its children came
+        if anchor:
+            self.anchors[anchor] = (size, height + 1)
 
 
 def parse_yaml(

@@ -102,8 +102,35 @@ def _resolved(value: Any) -> str:
     return "planned" if value is None else str(value)
 
 
-def _table(header: str, pairs: list[tuple[str, str]]) -> list[str]:
-    return [f"| {header} | value |", "|---|---|", *(f"| {name} | {value} |" for name, value in pairs)]
+# ----------------------------------------------------------------------------- parts of both model cards
+# The run's card (model_card) and the exported model's (robolora.export.export_card) share these.
+
+
+def table(header: str, pairs: list[tuple[str, str]], value_header: str = "value") -> list[str]:
+    """A two-column Markdown table of ``(name, value)`` rows."""
+    return [f"| {header} | {value_header} |", "|---|---|", *(f"| {name} | {value} |" for name, value in pairs)]
+
+
+def front_matter(fields: dict[str, Any]) -> list[str]:
+    """Hugging Face model-card metadata: ``fields`` as YAML between ``---`` lines, in their own order."""
+    return ["---", yaml.safe_dump(fields, sort_keys=False, default_flow_style=None).strip(), "---"]
+
+
+def section(title: str, body: list[str]) -> list[str]:
+    """A card's ``## title`` section, a blank line after the heading and after ``body``."""
+    return [f"## {title}", "", *body, ""]
+
+
+def lora_lines(base: str, r: Any, alpha: Any, dropout: Any, target_modules: Any) -> list[str]:
+    """The base model and LoRA settings that open a card's Model section; each card formats its own values."""
+    return [
+        f"- base model: `{base}`",
+        f"- LoRA: r={r}, alpha={alpha}, dropout={dropout}",
+        f"- target modules: `{target_modules}`",
+    ]
+
+
+# ----------------------------------------------------------------------------- the run's model card
 
 
 def model_card(config: dict, rows: list[dict], diagnosis: Diagnosis, extra: dict | None = None) -> str:
@@ -118,21 +145,43 @@ def model_card(config: dict, rows: list[dict], diagnosis: Diagnosis, extra: dict
             largest ``elapsed_s`` logged).
     """
     c, x = config, extra or {}
-    out = c["output_dir"]
     front = {
         "library_name": "peft",
         "base_model": c["model_name"],
         "pipeline_tag": "text-generation",
         "tags": ["lora", "robotics", "robolora"],
     }
+    lora = lora_lines(c["model_name"], c["lora_r"], c["lora_alpha"], f"{c['lora_dropout']:g}", c["lora_target_modules"])
+    lines = [
+        *front_matter(front),
+        "",
+        f"# Robot-LoRA adapter for {c['model_name']}",
+        "",
+        "A LoRA adapter that turns natural-language robot commands into robot API code, trained with robolora.",
+        "",
+        *section("Model", lora),
+        *section("Data", _data_lines(c)),
+        *section("Training", table("setting", _training_settings(c, x))),
+        *section("Results", table("metric", _results(rows, diagnosis, x))),
+        *section(f"Diagnosis: {diagnosis.verdict}", _diagnosis_lines(diagnosis)),
+        *section("Usage", _adapter_usage(c["model_name"], c["output_dir"])),
+    ]
+    return "\n".join(lines)
+
+
+def _data_lines(c: dict) -> list[str]:
+    """The dataset file(s) the run read, and how its validation split was made."""
     if c["data_json"]:
-        data = [f"- `{c['data_json']}`, {c['val_ratio']:.0%} of each category held out for validation"]
-    else:
-        data = [f"- training: `{c['train_json']}`", f"- validation: `{c['val_json']}`"]
+        return [f"- `{c['data_json']}`, {c['val_ratio']:.0%} of each category held out for validation"]
+    return [f"- training: `{c['train_json']}`", f"- validation: `{c['val_json']}`"]
+
+
+def _training_settings(c: dict, x: dict) -> list[tuple[str, str]]:
+    """The run's length, batch, schedule and distribution, as resolved where ``x`` (the run's extra) says."""
     batch = f"{c['batch_size']} per worker x {c['gradient_accumulation_steps']} accumulation steps"
     if "global_batch" in x:
         batch += f" = {x['global_batch']} per optimizer step"
-    training = [
+    return [
         (
             ("length", f"{c['max_steps']} optimizer steps (--max-steps, which overrides --num-epochs)")
             if c["max_steps"] > 0
@@ -145,6 +194,10 @@ def model_card(config: dict, rows: list[dict], diagnosis: Diagnosis, extra: dict
         ("CPU offload", _resolved(x.get("offload", c["offload"]))),
         ("workers", _resolved(x.get("workers", c["num_workers"]))),
     ]
+
+
+def _results(rows: list[dict], diagnosis: Diagnosis, x: dict) -> list[tuple[str, str]]:
+    """Steps, losses, speed, memory and wall time of the run; ``n/a`` where nothing was logged."""
     speeds = [r["tokens_per_s"] for r in rows if r.get("tokens_per_s") is not None]
     memory = [r["memory_mb"] for r in rows if r.get("memory_mb") is not None]
     elapsed = [r["elapsed_s"] for r in rows if r.get("elapsed_s") is not None]
@@ -152,7 +205,7 @@ def model_card(config: dict, rows: list[dict], diagnosis: Diagnosis, extra: dict
     best = "n/a"
     if diagnosis.best_eval_loss is not None:
         best = f"{fmt_loss(diagnosis.best_eval_loss)} at step {diagnosis.best_eval_step}"
-    results = [
+    return [
         ("optimizer steps", str(rows[-1]["step"]) if rows else "n/a"),
         ("final train loss", fmt_loss(diagnosis.final_train_loss)),
         ("final eval loss", fmt_loss(diagnosis.final_eval_loss)),
@@ -161,54 +214,29 @@ def model_card(config: dict, rows: list[dict], diagnosis: Diagnosis, extra: dict
         ("peak memory", f"{max(memory):.0f} MB" if memory else "n/a"),
         ("wall time", "n/a" if wall is None else _duration(wall)),
     ]
-    lines = [
-        "---",
-        yaml.safe_dump(front, sort_keys=False, default_flow_style=None).strip(),
-        "---",
-        "",
-        f"# Robot-LoRA adapter for {c['model_name']}",
-        "",
-        "A LoRA adapter that turns natural-language robot commands into robot API code, trained with robolora.",
-        "",
-        "## Model",
-        "",
-        f"- base model: `{c['model_name']}`",
-        f"- LoRA: r={c['lora_r']}, alpha={c['lora_alpha']}, dropout={c['lora_dropout']:g}",
-        f"- target modules: `{c['lora_target_modules']}`",
-        "",
-        "## Data",
-        "",
-        *data,
-        "",
-        "## Training",
-        "",
-        *_table("setting", training),
-        "",
-        "## Results",
-        "",
-        *_table("metric", results),
-        "",
-        f"## Diagnosis: {diagnosis.verdict}",
-        "",
-        *(f"- {f}" for f in diagnosis.findings),
-        *(["", "Remedies:", "", *(f"- {r}" for r in diagnosis.remedies)] if diagnosis.remedies else []),
-        "",
-        "## Usage",
-        "",
+
+
+def _diagnosis_lines(diagnosis: Diagnosis) -> list[str]:
+    """The diagnosis's findings, then its remedies where it has any."""
+    remedies = ["", "Remedies:", "", *(f"- {r}" for r in diagnosis.remedies)] if diagnosis.remedies else []
+    return [*(f"- {f}" for f in diagnosis.findings), *remedies]
+
+
+def _adapter_usage(model_name: str, out: str) -> list[str]:
+    """How to load the adapter onto its base model, and how to try it."""
+    return [
         "```python",
         "from peft import PeftModel",
         "from robolora.models import load_model  # also resolves aliases such as smollm2-135m",
         "",
-        f'base = load_model("{c["model_name"]}")',
+        f'base = load_model("{model_name}")',
         f'model = PeftModel.from_pretrained(base, "{out}")',
         "```",
         "",
         "```bash",
         f"robolora demo --lora-path {out}",
         "```",
-        "",
     ]
-    return "\n".join(lines)
 
 
 def run_summary(rows: list[dict]) -> dict[str, Any]:
