@@ -35,6 +35,8 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from robolora.storage import download, is_uri
+
 if TYPE_CHECKING:
     import torch
 
@@ -55,13 +57,17 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def publish(src: Path, out: Path, step: int, keep: int = 0) -> Path:
-    """Make ``src`` visible as ``out/checkpoint-<step>`` in one rename; keep the newest ``keep`` (0: all)."""
+def publish(src: str | os.PathLike, out: Path, step: int, keep: int = 0) -> Path:
+    """Make ``src`` (a folder, or one in a bucket: :mod:`robolora.storage`) visible as ``out/checkpoint-<step>``
+    in one rename; keep the newest ``keep`` (0: all)."""
     out.mkdir(parents=True, exist_ok=True)
     final = out / f"checkpoint-{step}"
     partial = out / f".checkpoint-{step}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(src, partial, copy_function=_link_or_copy)
+    if is_uri(str(src)):
+        download(str(src), str(partial))
+    else:
+        shutil.copytree(src, partial, copy_function=_link_or_copy)
     if final.exists():  # the same step saved again after a resume: the new one replaces it
         old = out / f".checkpoint-{step}.old"
         shutil.rmtree(old, ignore_errors=True)

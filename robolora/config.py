@@ -29,6 +29,7 @@ import yaml
 
 from robolora.errors import ConfigError
 from robolora.fileio import read_mapping
+from robolora.storage import is_uri, shown
 
 DEFAULT_MODEL = "codellama/CodeLlama-7b-Python-hf"
 #: PEFT's shorthand for every linear layer but the LM head, whatever the architecture names them.
@@ -163,7 +164,10 @@ class TrainConfig:
         "dist",
     )
     storage_path: str | None = _f(
-        None, "Ray Train storage for checkpoints, shared by all nodes (default: <output-dir>/.ray)", "dist"
+        None,
+        "Ray Train storage for checkpoints, shared by all nodes: a folder, or a bucket (s3://, gs://, any "
+        "pyarrow file system) (default: <output-dir>/.ray)",
+        "dist",
     )
     max_failures: int = _f(0, "worker-group restarts allowed before the run fails", "dist")
     placement_strategy: str = _f(
@@ -397,6 +401,13 @@ def _check_numbers(c: TrainConfig) -> None:
 
 
 def _check_consistency(c: TrainConfig) -> None:
+    for name in LOCAL_PATH_FIELDS:
+        value = getattr(c, name)
+        if name != "storage_path" and is_uri(value):
+            raise ConfigError(
+                f"--{name.replace('_', '-')} {shown(value)}: give a local or shared folder or file; "
+                "only --storage-path takes a bucket URI (Ray Train keeps the checkpoints there)"
+            )
     if c.data_json and (c.train_json or c.val_json):
         raise ConfigError(
             "--data-json cannot be combined with --train-json/--val-json: pass one dataset or a train/val pair"
@@ -578,7 +589,10 @@ def absolute_paths(cfg: TrainConfig, base: str | os.PathLike | None = None) -> T
     def absolute(value: str) -> str:
         return str(root / Path(value).expanduser())
 
-    changes = {k: absolute(getattr(cfg, k)) for k in LOCAL_PATH_FIELDS if getattr(cfg, k)}
+    # A bucket (--storage-path s3://...) is no local path: it stays as given.
+    changes = {
+        k: absolute(getattr(cfg, k)) for k in LOCAL_PATH_FIELDS if getattr(cfg, k) and not is_uri(getattr(cfg, k))
+    }
     if is_local_model(cfg.model_name, root):
         changes["model_name"] = absolute(cfg.model_name)
     return cfg.replace(**changes) if any(getattr(cfg, k) != v for k, v in changes.items()) else cfg

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 from robolora.errors import UserError
 from robolora.fileio import FileReadError, read_text
+from robolora.storage import is_uri
 
 #: Never shipped to the cluster (gitignore syntax, relative to the working directory). Ray also
 #: skips what the directory's .gitignore lists.
@@ -286,7 +287,7 @@ def command_line(argv: Sequence[str], working_dir: Path, parser: argparse.Argume
             )
     for name in ("output_dir", "storage_path"):
         value = getattr(cfg, name)
-        if value and not Path(value).is_absolute():
+        if value and not Path(value).is_absolute() and not is_uri(value):
             flag = "--" + name.replace("_", "-")
             raise UserError(
                 f"{flag} {value}: give an absolute path on storage that every node of the cluster shares "

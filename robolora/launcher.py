@@ -28,6 +28,7 @@ from robolora.gpu import available_memory
 from robolora.preflight import Check, Plan, check_batches, check_memory, plan_run, preflight
 from robolora.progress import PROGRESS, ProgressWatcher
 from robolora.runrecord import write_marker
+from robolora.storage import is_uri, join
 
 
 def _sigterm_as_interrupt(signum: int, frame: object) -> None:
@@ -123,17 +124,17 @@ def run_training(
     print_checklist(checks, plan)
     out = Path(cfg.output_dir).resolve()
     start_output(out, given, cfg, ctx)
-    run_dir = ray_run_dir(cfg, out)
+    storage, name = ray_storage(cfg, out)
     spec = RunSpec(
         config=cfg.to_dict(),
         output_dir=str(out),
         train_records=ctx["train"],
         val_records=ctx["val"],
-        checkpoint_root=str(run_dir),
+        checkpoint_root=join(storage, name),
         startup=marks,
         label=label,
     )
-    trainer = ray_trainer(cfg, train_loop or train_loop_per_worker, spec, run_dir, callbacks)
+    trainer = ray_trainer(cfg, train_loop or train_loop_per_worker, spec, (storage, name), callbacks)
     result = fit(trainer, out, watch)
     summary = finish_run(cfg, out, time.perf_counter() - t0)
     write_marker(out, given, cfg, finished=True, inputs=ctx["inputs"])
@@ -173,7 +174,11 @@ def start_output(out: Path, given: TrainConfig, cfg: TrainConfig, ctx: dict[str,
 
 
 def ray_trainer(
-    cfg: TrainConfig, train_loop: Callable[[dict], None], spec: Any, run_dir: Path, callbacks: Sequence[Any]
+    cfg: TrainConfig,
+    train_loop: Callable[[dict], None],
+    spec: Any,
+    storage: tuple[str, str],
+    callbacks: Sequence[Any],
 ) -> Any:
     """The Ray Train ``TorchTrainer`` for a planned config: its workers, resources, storage and checkpoints."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -189,8 +194,8 @@ def ray_trainer(
             placement_strategy=cfg.placement_strategy,
         ),
         run_config=RunConfig(
-            name=run_dir.name,
-            storage_path=str(run_dir.parent),
+            name=storage[1],
+            storage_path=storage[0],
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.save_total_limit or None),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),
@@ -218,12 +223,20 @@ def fit(trainer: Any, out: Path, watch: bool) -> Any:
             watcher.stop()
 
 
-def ray_run_dir(cfg: TrainConfig, out: Path) -> Path:
-    """Where Ray Train keeps the run's state and registered checkpoints: ``<output_dir>/.ray/train``,
-    or ``<storage_path>/<output_dir name>`` (shared storage for several nodes)."""
-    if cfg.storage_path:
-        return Path(cfg.storage_path).resolve() / out.name
-    return out / ".ray" / "train"
+def ray_storage(cfg: TrainConfig, out: Path) -> tuple[str, str]:
+    """Where Ray Train keeps the run's state and registered checkpoints, as its (storage path, run name):
+    ``<output_dir>/.ray/train``, or ``<storage_path>/<output_dir name>`` on shared storage or in a bucket
+    (:mod:`robolora.storage`; a URI stays one).
+
+    >>> from robolora.config import TrainConfig
+    >>> ray_storage(TrainConfig(), Path("/runs/a")), ray_storage(TrainConfig(storage_path="s3://b/x"), Path("/runs/a"))
+    (('/runs/a/.ray', 'train'), ('s3://b/x', 'a'))
+    """
+    if not cfg.storage_path:
+        return str(out / ".ray"), "train"
+    if is_uri(cfg.storage_path):
+        return cfg.storage_path, out.name
+    return str(Path(cfg.storage_path).resolve()), out.name
 
 
 def _fit_interruptibly(trainer: Any) -> Any:

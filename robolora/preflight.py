@@ -23,6 +23,7 @@ from robolora.gpu import available_memory
 from robolora.memplan import GpuInventory, Workload, plan_memory
 from robolora.runrecord import changes, describe_changes, input_digests, read_marker
 from robolora.sizing import GIB, ModelDims, known_model
+from robolora.storage import check_storage, is_uri
 
 
 @dataclass
@@ -365,6 +366,8 @@ def preflight(cfg: TrainConfig) -> tuple[list[Check], dict[str, Any]]:
     inputs = input_digests(cfg)
     out_check, resuming = check_output_dir(cfg, inputs)
     checks.append(out_check)
+    if is_uri(cfg.storage_path):
+        checks.append(Check("checkpoint storage", True, check_storage(cfg.storage_path)))
     model_check, model_config = check_model(cfg)
     checks.append(model_check)
     target_check, targets = check_targets(cfg, model_config)

@@ -64,6 +64,7 @@ from robolora.profiling import StepProfiler
 from robolora.progress import METRICS
 from robolora.sampler import plan_epoch, steps_per_epoch, total_steps
 from robolora.startup import describe, phases
+from robolora.storage import filesystem, is_dir, is_uri, join, location
 
 #: Seconds between metrics-only ``ray.train.report`` calls. Ray Train's controller collects a worker's
 #: report when it polls (every 0.5 s as robolora starts Ray, 2 s by Ray's default) and holds one at a
@@ -262,41 +263,45 @@ class Trainer:
 
         if dist.is_main():
             remove_partials(self.out)
-        checkpoint = ray.train.get_checkpoint()
-        published = self._published_checkpoint(checkpoint)
-        if published is not None:
-            self._load_checkpoint(published)
-            source = str(published)
-        elif checkpoint is not None:
-            with checkpoint.as_directory() as d:
-                self._load_checkpoint(Path(d))
-            source = checkpoint.path
-        else:
+        checkpoint = self._published_checkpoint(ray.train.get_checkpoint()) or ray.train.get_checkpoint()
+        if checkpoint is None:
             if dist.is_main():
                 self.metrics.clear()
             return
+        # A local folder is read in place; one in a bucket is downloaded first (each rank reads its shard).
+        with checkpoint.as_directory() as d:
+            self._load_checkpoint(Path(d))
+        source = location(checkpoint.filesystem, checkpoint.path)
         if dist.is_main():
             self.metrics.truncate(self.step)
         dist.print0(f"resumed from {source} at step {self.step}")
 
-    def _published_checkpoint(self, registered: Any) -> Path | None:
+    def _published_checkpoint(self, registered: Any) -> Any:
         """The newest checkpoint in the output directory if Ray Train has not registered it.
 
         Ray Train's controller registers a reported checkpoint when it next polls the workers (every 2 s
         by default); a run stopped in between has published the checkpoint (all of it persisted) but
-        Ray Train would resume from the one before. Its files are read from Ray's storage, which every
-        node reaches; if any worker cannot read them, the registered one is used.
+        Ray Train would resume from the one before. Its files are read from Ray's storage (a shared folder
+        or a bucket), which every node reaches; if any worker cannot read them, the registered one is used.
         """
-        if not self.spec.checkpoint_root:
+        import ray.train
+
+        root = self.spec.checkpoint_root
+        if not root:
             return None
         visible = visible_steps(self.out) if dist.is_main() else []
         name = Path(registered.path).name if registered is not None else None
         newest = dist.broadcast_object(newer_than_registered(visible, name))
         if newest is None:
             return None
-        folder = Path(self.spec.checkpoint_root) / f"checkpoint-{newest}"
-        (readable,) = dist.all_reduce([float((folder / DS_TAG).is_dir())], self.device)
-        return folder if readable == self.world else None
+        folder = join(root, f"checkpoint-{newest}")
+        (readable,) = dist.all_reduce([float(is_dir(join(folder, DS_TAG)))], self.device)
+        if readable < self.world:
+            return None
+        if not is_uri(folder):
+            return ray.train.Checkpoint(folder)
+        fs, path = filesystem(folder)
+        return ray.train.Checkpoint(path, filesystem=fs)
 
     def _load_checkpoint(self, d: Path) -> None:
         """Engine, optimizer, scheduler, random state and loop counters from the checkpoint folder ``d``."""
@@ -331,7 +336,7 @@ class Trainer:
         dist.barrier()  # every rank's part is persisted
         if dist.is_main() and self.spec.checkpoint_root:
             publish(
-                Path(self.spec.checkpoint_root) / f"checkpoint-{self.step}",
+                join(self.spec.checkpoint_root, f"checkpoint-{self.step}"),
                 self.out,
                 self.step,
                 keep=self.cfg.save_total_limit,

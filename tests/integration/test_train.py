@@ -164,28 +164,71 @@ def save_fails_at_step_6_loop(config):
     run_worker(config)
 
 
+@pytest.fixture
+def s3_storage():
+    """A real S3-compatible server (moto's, on 127.0.0.1) with an empty bucket: the ``--storage-path`` URI
+    and a client that lists the bucket. The credentials ride in the URI because the session's Ray workers
+    started before this test and do not see environment variables set now."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=f"http://{host}:{port}",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    s3.create_bucket(Bucket="runs")
+    yield f"s3://testing:testing@runs/robolora?endpoint_override={host}:{port}&scheme=http&region=us-east-1", s3
+    server.stop()
+
+
+def bucket_checkpoints(s3, run: str) -> dict[str, set[str]]:
+    """The checkpoint folders of ``run`` in the bucket, with the files in each."""
+    found: dict[str, set[str]] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="runs", Prefix=f"robolora/{run}/"):
+        for key in (o["Key"] for o in page.get("Contents", [])):
+            parts = key.split("/")
+            if len(parts) > 3 and parts[2].startswith("checkpoint-"):
+                found.setdefault(parts[2], set()).add("/".join(parts[3:]))
+    return found
+
+
 def test_an_interrupted_save_leaves_no_visible_checkpoint_and_resume_uses_the_previous_one(
-    train_run, tiny_reference, tmp_path
+    train_run, tiny_reference, tmp_path, s3_storage
 ):
+    """Checkpoints in a bucket (--storage-path s3://...): a save that fails midway leaves no checkpoint there
+    or in the output directory, and the same command again resumes from the bucket's last complete one."""
     import shutil
 
+    from robolora.config import load_config_file
     from robolora.launcher import TrainingFailed
 
+    uri, s3 = s3_storage
     assert TINY_REFERENCE == {"save_steps": 3}  # the same settings as the runs below
     reference = tiny_reference
     out = tmp_path / "broken-save"
     with pytest.raises(TrainingFailed, match="No space left on device"):
-        train_run("broken-save", save_steps=3, train_loop=save_fails_at_step_6_loop)
+        train_run("broken-save", save_steps=3, storage_path=uri, train_loop=save_fails_at_step_6_loop)
     shutil.rmtree(out / ".scratch-rank1", ignore_errors=True)
     # Only complete checkpoints are visible: step 3 with every rank's state; nothing of step 6.
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
     three = out / "checkpoint-3"
-    assert {"trainer_state.json", "adapter_model.safetensors", "rng_rank0.safetensors", "rng_rank1.safetensors"} <= {
-        p.name for p in three.iterdir()
-    }
-    train_run("broken-save", save_steps=3)  # the same command again: resumes from step 3
+    saved = {"trainer_state.json", "adapter_model.safetensors", "rng_rank0.safetensors", "rng_rank1.safetensors"}
+    assert saved <= {p.name for p in three.iterdir()}
+    in_bucket = bucket_checkpoints(s3, "broken-save")
+    assert sorted(in_bucket) == ["checkpoint-3"] and saved <= in_bucket["checkpoint-3"]
+    assert any(f.startswith("deepspeed/") for f in in_bucket["checkpoint-3"])
+    assert not (out / ".ray").exists()  # Ray Train kept the run in the bucket, not beside the output
+    assert load_config_file(out / "config.yaml")["storage_path"] == uri  # a URI is never made a local path
+    train_run("broken-save", save_steps=3, storage_path=uri)  # the same command again: resumes from step 3
     assert_same_curve(out, reference, steps=8, after=3)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6", "checkpoint-8"]
+    assert sorted(bucket_checkpoints(s3, "broken-save")) == ["checkpoint-3", "checkpoint-6", "checkpoint-8"]
     assert not list(out.glob(".checkpoint-*"))
 
 

@@ -70,6 +70,10 @@ def test_train_arguments_are_checked_against_the_working_directory(tmp_path):
     assert check(args) == args[1:]
     with pytest.raises(UserError, match="--output-dir out: give an absolute path on storage"):
         check(["train", "--config", "run.yaml", "--output-dir", "out"])
+    in_bucket = [*args[1:], "--storage-path", "s3://runs/robolora"]  # every node reaches a bucket
+    assert check(in_bucket) == in_bucket
+    with pytest.raises(UserError, match="--storage-path ray: give an absolute path on storage"):
+        check([*args[1:], "--storage-path", "ray"])
     with pytest.raises(UserError, match=r"--data-json other\.json: not found in the working directory"):
         check(["train", "--data-json", "other.json", "--output-dir", "/shared/run"])
     with pytest.raises(UserError, match="unrecognized arguments: --lora-rank"):
