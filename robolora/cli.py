@@ -45,6 +45,7 @@ from robolora.config import NUMBER_BOUNDS, Parser
 from robolora.errors import UserError
 from robolora.eval_commands import cmd_demo, cmd_eval
 from robolora.evaluate import EVAL_DEFAULTS
+from robolora.models import QUANTIZATIONS
 from robolora.plan_command import cmd_plan
 from robolora.prompts import FEW_SHOT_EXAMPLES
 
@@ -221,6 +222,19 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
         default=EVAL_DEFAULTS.max_new_tokens,
         help=f"longest program, in tokens, 1..{MAX_NEW_TOKENS} (default: {EVAL_DEFAULTS.max_new_tokens})",
     )
+    p.add_argument(
+        "--quantization",
+        choices=QUANTIZATIONS,
+        default=EVAL_DEFAULTS.quantization,
+        help="load the base model's weights quantized by bitsandbytes: 4bit (NF4, about a quarter of bf16) or 8bit "
+        "(default: not quantized)",
+    )
+    p.add_argument(
+        "--max-memory",
+        default=EVAL_DEFAULTS.max_memory,
+        help="spread the weights over the visible GPUs within these caps, e.g. 0:20GiB,1:20GiB,cpu:64GiB, or 40GB "
+        "for every GPU (default: one GPU holds the model; several GPUs share it)",
+    )
 
 
 def _add_eval_command(sub: argparse._SubParsersAction) -> None:
@@ -307,6 +321,8 @@ def _add_config_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_plan_command(sub: argparse._SubParsersAction) -> None:
+    from robolora.models import QUANTIZATIONS
+
     plan = sub.add_parser(
         "plan",
         help="per-GPU memory and the ZeRO stage, offload and batch split that fit; the guide's VRAM table beside it",
@@ -331,6 +347,12 @@ def _add_plan_command(sub: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="plan with it on (default: off, turned on only where nothing fits without)",
+    )
+    plan.add_argument(
+        "--quantization",
+        choices=QUANTIZATIONS,
+        default=None,
+        help="plan QLoRA: the base's linear weights 4-bit NF4 or 8-bit, whole on every GPU (default: the config's)",
     )
     plan.add_argument("--config", default=None, help="a training config (YAML or JSON); the flags here override it")
     plan.set_defaults(func=cmd_plan)

@@ -29,6 +29,7 @@ import yaml
 
 from robolora.errors import ConfigError
 from robolora.fileio import read_mapping
+from robolora.models import QUANTIZATIONS
 from robolora.storage import is_uri, shown
 
 DEFAULT_MODEL = "codellama/CodeLlama-7b-Python-hf"
@@ -80,6 +81,14 @@ class TrainConfig:
     )
     trust_remote_code: bool = _f(
         False, "run the model repository's own Python code (only for repositories you trust)", "model"
+    )
+    quantization: str | None = _f(
+        None,
+        "QLoRA: load the base model's Linear weights quantized by bitsandbytes, 4bit (NF4, double quantization, "
+        "matmuls in bf16 or fp32) or 8bit (LLM.int8); the adapters train in full precision and load on the "
+        "unquantized model (needs `pip install bitsandbytes`)",
+        "model",
+        QUANTIZATIONS,
     )
     lora_r: int = _f(32, "LoRA rank (higher = more trainable parameters)", "model")
     lora_alpha: int = _f(64, "LoRA scaling factor (effective scale = alpha / r)", "model")
@@ -417,6 +426,16 @@ def _check_consistency(c: TrainConfig) -> None:
     if c.offload == "all" and c.zero_stage == 2:
         raise ConfigError(
             "--offload all needs --zero-stage 3: ZeRO-2 cannot offload parameters (use --offload optimizer)"
+        )
+    if c.quantization == "8bit" and c.zero_stage == 3:
+        raise ConfigError(
+            "--quantization 8bit cannot be combined with --zero-stage 3: 8-bit LoRA under ZeRO-3 trains with a "
+            "loss ~10x off (bitsandbytes #1451); use --quantization 4bit or --zero-stage 2"
+        )
+    if c.quantization == "4bit" and c.zero_stage == 3 and c.offload not in (None, "none"):
+        raise ConfigError(
+            f"--quantization 4bit with --zero-stage 3 cannot be combined with --offload {c.offload}: offloading a "
+            "4-bit model under ZeRO-3 uses more GPU memory than not offloading (peft docs); use --offload none"
         )
     if c.packing and c.trust_remote_code:
         raise ConfigError(

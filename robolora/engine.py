@@ -44,11 +44,16 @@ def deepspeed_config(cfg: TrainConfig, world: int, hidden_size: int | None) -> d
 
 def load_base_model(cfg: TrainConfig, ds_config: dict[str, Any], dtype: torch.dtype) -> tuple[Any, Any]:
     """The frozen base model for training (no key/value cache; activation checkpointing if asked), and
-    under ZeRO-3 the object that keeps transformers loading into shards: hold it as long as the model."""
+    under ZeRO-3 the object that keeps transformers loading into shards: hold it as long as the model.
+
+    With ``--quantization`` the Linear weights load quantized by bitsandbytes (QLoRA: NF4, matmuls in
+    ``dtype``), straight onto this worker's device, and PEFT prepares the model for k-bit training.
+    """
     import deepspeed
 
     from robolora.models import load_model
 
+    quantization = cfg.quantization
     zero3_loading = None
     if cfg.zero_stage == 3:
         # While this object lives, transformers builds the model inside deepspeed.zero.Init and
@@ -60,15 +65,48 @@ def load_base_model(cfg: TrainConfig, ds_config: dict[str, Any], dtype: torch.dt
         deepspeed.comm.init_distributed(
             dist_backend=get_accelerator().communication_backend_name(), dist_init_required=False
         )
-        zero3_loading = HfDeepSpeedConfig(ds_config)
+        # A quantized model is the exception: transformers skips zero.Init for it (and refuses the
+        # device_map bitsandbytes needs while ZeRO-3 is announced), so every rank loads the whole
+        # quantized model and deepspeed.initialize partitions it afterwards (bitsandbytes #1249, DeepSpeed
+        # #5637); the memory planner counts the full quantized base on every GPU. The object is made
+        # after the load then, for what transformers does differently under ZeRO-3 later.
+        if not quantization:
+            zero3_loading = HfDeepSpeedConfig(ds_config)
+    device = torch.device("cuda", torch.cuda.current_device()) if cfg.use_gpu else torch.device("cpu")
     model = load_model(
         cfg.model_name,
         dtype=dtype,
         trust_remote_code=cfg.trust_remote_code,
         attention=training_attention(cfg.use_gpu),
+        quantization=quantization,
+        device=device if quantization else None,
     )
     model.config.use_cache = False
-    if cfg.gradient_checkpointing:
+    if quantization and cfg.zero_stage == 3:
+        zero3_loading = HfDeepSpeedConfig(ds_config)
+    if quantization:
+        from peft import prepare_model_for_kbit_training
+
+        prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+        # On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight in place at its first forward
+        # without gradients (our evaluation) and unpacks it in state_dict: under ZeRO-3 that repacks a
+        # gathered weight whose shard DeepSpeed later restores unpacked, and state_dict fails on the
+        # shard ("packed_weight should be [N, K/2]"). Keep the trained layout throughout.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
+        # PEFT upcasts every unquantized weight (embeddings, norms, LM head) to float32; back to the
+        # run's dtype, so the planner's figures hold and ZeRO-3 partitions tensors of one dtype.
+        for p in model.parameters():
+            if p.dtype.is_floating_point and p.dtype != dtype and type(p).__name__ == "Parameter":
+                p.data = p.data.to(dtype)
+        if cfg.gradient_checkpointing:
+            model.enable_input_require_grads()
+    elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     return model, zero3_loading

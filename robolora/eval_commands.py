@@ -28,13 +28,14 @@ def _generators(args: argparse.Namespace) -> list:
     loras = _lora_paths(args)
     from robolora.infer import Generator
 
-    gens = [] if args.base_only else [Generator.load(p) for p in loras]
+    placed = {"quantization": args.quantization, "max_memory": args.max_memory}
+    gens = [] if args.base_only else [Generator.load(p, **placed) for p in loras]
     if args.base_only or getattr(args, "compare_base", False):
         from robolora.infer import base_model_of
         from robolora.models import adapter_dir
 
         name = args.model_name or (base_model_of(adapter_dir(loras[0])) if loras else None)
-        gens.append(Generator.load(model_name=name, few_shot=args.few_shot))
+        gens.append(Generator.load(model_name=name, few_shot=args.few_shot, **placed))
     if not gens:
         raise UserError("--lora-path: give at least one adapter, or --base-only with --model-name")
     return gens

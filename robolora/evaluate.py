@@ -60,6 +60,10 @@ class EvalSettings:
     batch_size: int = 32
     #: The longest program, in tokens.
     max_new_tokens: int = 128
+    #: The base model's weights quantized on loading ("4bit", "8bit"), for models too big for the GPUs.
+    quantization: str | None = None
+    #: Caps that spread the weights over the visible GPUs (robolora.placement), e.g. "0:20GiB,1:20GiB".
+    max_memory: str | None = None
 
 
 #: The defaults, as one value.

@@ -127,10 +127,15 @@ class Generator:
         few_shot: int = 0,
         merge: bool = True,
         dtype: torch.dtype | None = None,
+        quantization: str | None = None,
+        max_memory: str | None = None,
     ) -> Generator:
         """The base model named in the adapter's run (or ``model_name``), with the adapter applied.
 
-        ``merge`` folds the LoRA weights into the base weights: the same outputs, faster generation.
+        ``merge`` folds the LoRA weights into the base weights: the same outputs, faster generation (not
+        into quantized weights: the adapter stays beside them). The weights go to the one visible GPU (or
+        the CPU), or are spread over several GPUs within ``max_memory`` (:mod:`robolora.placement`);
+        ``quantization`` ("4bit", "8bit") loads them through bitsandbytes.
         """
         from peft import PeftModel
         from transformers.utils import logging as hf_logging
@@ -144,19 +149,20 @@ class Generator:
         name = model_name or (base_model_of(lora) if lora else None)
         if name is None:
             raise UserError("--model-name: give the base model (or --lora-path to a trained adapter)")
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        gpus = torch.cuda.device_count()
         use_shape_free_attention()  # each generated token brings a new shape
         # Decoding reads every weight once per token: bf16 halves that traffic where it runs natively.
-        dtype = dtype or (torch.bfloat16 if bf16_supported(device == "cuda") else torch.float32)
-        model = load_model(name, dtype=dtype).to(device)
+        dtype = dtype or (torch.bfloat16 if bf16_supported(gpus > 0) else torch.float32)
+        where = placement_of(name, gpus, dtype, quantization, max_memory)
+        model = load_model(name, dtype=dtype, quantization=quantization, placement=where)
         tokenizer = load_tokenizer(name)
         if lora is not None:
             with warnings.catch_warnings():  # PEFT reads a property transformers 5 deprecates, on every load
                 warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
                 model = PeftModel.from_pretrained(model, str(lora))
-            if merge:
+            if merge and not quantization:
                 model = model.merge_and_unload()
-        if device == "cuda":
+        if gpus:
             use_fused_norms(model)
         # A short label for tables: the run folder (and checkpoint), not the whole path.
         short = f"{lora.parent.name}/{lora.name}" if lora and lora.name.startswith("checkpoint-") else None
@@ -203,7 +209,8 @@ class Generator:
         from transformers import LogitsProcessorList
 
         tok = self.tokenizer
-        device = next(self.model.parameters()).device
+        # The first layer's device: with the weights spread over GPUs, accelerate carries the rest.
+        device = self.model.get_input_embeddings().weight.device
         prompts = [self.prompt_ids(c) for c in commands]
         width = max(map(len, prompts))
         pad = tok.pad_token_id
@@ -245,6 +252,24 @@ class Generator:
         if constrained and not finished:
             code = longest_complete_program(raw)
         return Generation(raw=raw, code=code, mean_logprob=mean, finished=finished)
+
+
+def placement_of(
+    name: str, gpus: int, dtype: torch.dtype, quantization: str | None, max_memory: str | None
+) -> dict[str, Any]:
+    """Where the weights of ``name`` go (``from_pretrained``'s placement arguments): caps from ``--max-memory``
+    are checked against the weights' size (read from the model's config) before anything loads."""
+    from robolora.placement import check_fits, device_map, parse_max_memory
+
+    limits = parse_max_memory(max_memory, gpus) if max_memory else None
+    if limits:
+        from robolora.models import load_config
+        from robolora.sizing import ModelDims, quantized_weight_bytes
+
+        dims = ModelDims.from_config(load_config(name))
+        w = dtype.itemsize
+        check_fits(quantized_weight_bytes(dims, quantization, w) if quantization else dims.params() * w, limits)
+    return device_map(gpus, limits)
 
 
 def score_generations(

@@ -26,7 +26,16 @@ from dataclasses import dataclass, replace
 
 from robolora.config import NUMBER_BOUNDS, TrainConfig
 from robolora.errors import ConfigError
-from robolora.sizing import COMPONENTS, GIB, SIZES, MemoryEstimate, ModelDims, estimate_worker_memory
+from robolora.sizing import (
+    COMPONENTS,
+    GIB,
+    QUANT_BYTES,
+    SIZES,
+    MemoryEstimate,
+    ModelDims,
+    estimate_worker_memory,
+    quantized_weight_bytes,
+)
 
 # ----------------------------------------------------------------------------- GPU inventory
 
@@ -148,6 +157,8 @@ class Workload:
     lora_dropout: float
     gradient_checkpointing: bool
     bf16: bool
+    #: ``--quantization`` (QLoRA): "4bit", "8bit" or None.
+    quantization: str | None = None
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, dims: ModelDims, targets: Sequence[str]) -> Workload:
@@ -165,6 +176,7 @@ class Workload:
             lora_dropout=cfg.lora_dropout,
             gradient_checkpointing=cfg.gradient_checkpointing,
             bf16=cfg.bf16 is not False,
+            quantization=cfg.quantization,
         )
 
     def estimate(
@@ -185,6 +197,7 @@ class Workload:
             on_gpu=on_gpu,
             lora_layers=self.lora_layers,
             lora_dropout=self.lora_dropout > 0,
+            quantization=self.quantization,
         )
 
 
@@ -236,9 +249,22 @@ def micro_batches(batch_size: int, grad_accum: int) -> list[int]:
     return [m for m in range(batch_size, 0, -1) if per_step % m == 0]
 
 
-def strategies_for(zero_stage: int | None, offload: str | None) -> list[tuple[int, str]]:
-    """The layouts left open by a ZeRO stage and an offload mode that were given (None: open)."""
+def strategies_for(
+    zero_stage: int | None, offload: str | None, quantization: str | None = None
+) -> list[tuple[int, str]]:
+    """The layouts left open by a ZeRO stage and an offload mode that were given (None: open).
+
+    With ``quantization`` the planner picks no offload (it keeps the quantized base on the GPU; under
+    ZeRO-3 offloading a 4-bit model costs GPU memory) and no ZeRO-3 for 8-bit (its loss is ~10x off).
+    """
     allowed = [(s, o) for s, o in STRATEGIES if zero_stage in (None, s) and offload in (None, o)]
+    if quantization and allowed:
+        kept = [
+            (s, o)
+            for s, o in allowed
+            if (offload is not None or o == "none") and (zero_stage is not None or quantization != "8bit" or s == 2)
+        ]
+        allowed = kept or allowed
     if not allowed:
         raise ConfigError(
             f"--offload {offload} needs --zero-stage 3: ZeRO-{zero_stage} cannot offload parameters "
@@ -266,9 +292,10 @@ class MemoryPlan:
         """The training flags that reproduce this plan."""
         c = self.choice
         ckpt = " --gradient-checkpointing" if c.gradient_checkpointing else ""
+        quant = f" --quantization {self.work.quantization}" if self.work.quantization else ""
         return (
             f"--num-workers {self.gpus.count} --zero-stage {c.zero_stage} --offload {c.offload} "
-            f"--batch-size {c.micro_batch} --gradient-accumulation-steps {c.grad_accum}{ckpt}"
+            f"--batch-size {c.micro_batch} --gradient-accumulation-steps {c.grad_accum}{ckpt}{quant}"
         )
 
     def refusal(self) -> str:
@@ -296,6 +323,7 @@ class MemoryPlan:
             f"Batch: max length {work.max_length}, {work.batch_size} per GPU x accumulation "
             f"{work.gradient_accumulation_steps} x {gpus.count} GPU{'s' if gpus.count > 1 else ''} = global batch "
             f"{global_batch}, {'bf16' if work.bf16 else 'fp32'}",
+            *_quantization_lines(work),
             "",
             self.table(),
             "(* chosen; +opt: optimizer states on the host; +all: weights too; "
@@ -331,6 +359,20 @@ class MemoryPlan:
         return "\n".join(f"{label:<24}" + "".join(f"{v:>{width}}" for v in values) for label, values in rows)
 
 
+def _quantization_lines(work: Workload) -> list[str]:
+    """The report's line on a quantized base: its bytes and why ZeRO-3 does not shard it."""
+    if not work.quantization:
+        return []
+    dims, w = work.dims, 2 if work.bf16 else 4
+    base = quantized_weight_bytes(dims, work.quantization, w)
+    kind = "NF4 + double quantization" if work.quantization == "4bit" else "LLM.int8"
+    return [
+        f"Quantization: {work.quantization} ({kind}) on {dims.linear_params() / 1e9:.2f}B linear weights at "
+        f"{QUANT_BYTES[work.quantization]:.3f} byte each, the rest in {'bf16' if work.bf16 else 'fp32'}: "
+        f"{base / GIB:.2f} GiB on every GPU (ZeRO-3 does not shard a quantized base at load)"
+    ]
+
+
 def _option(work: Workload, gpus: GpuInventory, stage: int, offload: str, micro: int, ckpt: bool) -> Option:
     accum = work.batch_size * work.gradient_accumulation_steps // micro
     estimate = work.estimate(gpus.count, stage, offload, micro, ckpt)
@@ -360,7 +402,7 @@ def plan_memory(
     ``fixes`` lists the flags that would make it fit (``suggest=False`` skips working those out).
     """
     best: list[Option] = []
-    for stage, off in strategies_for(zero_stage, offload):
+    for stage, off in strategies_for(zero_stage, offload, work.quantization):
         options = list(_candidates(work, gpus, stage, off))
         best.append(next((o for o in options if o.fits), options[-1]))
     choice = next((o for o in best if o.fits), None)
@@ -463,7 +505,8 @@ def check_guide(row: GuideRow, work: Workload) -> GuideCheck:
     dims = SIZES[row.size]
 
     def at(batch: int) -> Workload:  # the row's model and batch, one micro-batch a step
-        return replace(work, dims=dims, batch_size=batch, gradient_accumulation_steps=1)
+        # The guide's figures are for LoRA on a bf16 base: compare them unquantized.
+        return replace(work, dims=dims, batch_size=batch, gradient_accumulation_steps=1, quantization=None)
 
     low = at(row.batch[0]).estimate(1, 2, "none", row.batch[0], True)
     high = at(row.batch[1]).estimate(1, 2, "none", row.batch[1], False)
@@ -485,7 +528,8 @@ def guide_table(work: Workload) -> str:
     """The guide's 7B/13B/34B table beside the planner's figures for the same settings."""
     lines = [
         'The training guide\'s "GPU Memory Requirements" beside this planner: one GPU, no offload, '
-        f"{'bf16' if work.bf16 else 'fp32'}, max length {work.max_length}, "
+        f"{'bf16' if work.bf16 else 'fp32'}{', unquantized base' if work.quantization else ''}, "
+        f"max length {work.max_length}, "
         f"LoRA r={work.lora_r} on {','.join(work.targets)}",
         "(guide minimum vs the planner at the row's smallest batch with gradient checkpointing, guide recommended "
         "vs its largest batch without; the guide's GB read as GiB)",

@@ -432,17 +432,85 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
     return tokenizer
 
 
-def load_model(name: str, dtype: Any = None, trust_remote_code: bool = False, attention: str | None = None) -> Any:
+#: ``--quantization`` values: QLoRA's NF4 base weights, or LLM.int8() base weights.
+QUANTIZATIONS = ("4bit", "8bit")
+BNB_HINT = "install it with `pip install bitsandbytes` (or `pip install robolora[qlora]`), or drop --quantization"
+
+
+def bitsandbytes_problem() -> str | None:
+    """Why bitsandbytes cannot quantize here (missing, or failing to import on this machine), or None."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed"
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as e:  # a broken install or a native library that does not load on this machine
+        return f"bitsandbytes cannot run on this machine ({type(e).__name__}: {' '.join(str(e).split())[:160]})"
+    return None
+
+
+def quantization_config(kind: str | None, compute_dtype: Any = None) -> Any:
+    """The ``BitsAndBytesConfig`` for ``--quantization`` (None for none).
+
+    4-bit is QLoRA's recipe: NF4 with double quantization, matmuls in ``compute_dtype``, and the packed
+    weights stored in ``compute_dtype`` too, so ZeRO-3 partitions tensors of one dtype (uint8 storage
+    mixed with bf16 flat buffers fails in DeepSpeed's all_gather).
+
+    Raises:
+        UserError: an unknown kind, or bitsandbytes missing or unable to run on this machine.
+    """
+    if kind is None:
+        return None
+    if kind not in QUANTIZATIONS:
+        raise UserError(
+            f"--quantization: expected one of {', '.join(QUANTIZATIONS)}, got {kind!r}; pick one or drop it"
+        )
+    if problem := bitsandbytes_problem():
+        raise UserError(f"--quantization {kind}: {problem}; {BNB_HINT}")
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    dtype = compute_dtype or torch.float32
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage=dtype,
+    )
+
+
+def load_model(
+    name: str,
+    dtype: Any = None,
+    trust_remote_code: bool = False,
+    attention: str | None = None,
+    quantization: str | None = None,
+    device: Any = None,
+    placement: dict[str, Any] | None = None,
+) -> Any:
     """A causal LM for training or inference, on the CPU, in ``dtype`` (float32 by default), with the
-    ``attention`` implementation given (transformers' choice by default)."""
+    ``attention`` implementation given (transformers' choice by default).
+
+    With ``quantization`` ("4bit" or "8bit", see :func:`quantization_config`) the Linear weights are
+    quantized by bitsandbytes as they load, straight onto ``device`` (the CPU by default): quantized
+    weights cannot be moved between devices afterwards, so the caller names the worker's device here.
+    ``placement`` (``device_map`` and ``max_memory``, :func:`robolora.placement.device_map`) puts an
+    inference model's weights on one device or spreads them over several GPUs instead.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
     source = resolve_model(name)
-    extra = {"attn_implementation": attention} if attention else {}
+    dtype = dtype or torch.float32
+    extra: dict[str, Any] = {"attn_implementation": attention} if attention else {}
+    if quantization:
+        extra["quantization_config"] = quantization_config(quantization, dtype)
+        extra["device_map"] = {"": torch.device(device) if device is not None else torch.device("cpu")}
+    if placement:
+        extra.update(placement)
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code, **extra
-        )
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
     except OSError as e:
         raise _not_found(name, f"it could not be loaded ({' '.join(str(e).split())[:200]})") from None

@@ -103,11 +103,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
         parse_gpus,
         plan_memory,
     )
+    from robolora.placement import inference_needs
     from robolora.preflight import model_dims, workload
 
     check_nodes(args.nodes)
     given_gpus = parse_gpus(args.gpus, args.nodes) if args.gpus is not None else None
-    keys = ("model_name", "max_length", "batch_size", "lora_r", "lora_target_modules", "gradient_checkpointing")
+    keys = (
+        "model_name",
+        "max_length",
+        "batch_size",
+        "lora_r",
+        "lora_target_modules",
+        "gradient_checkpointing",
+        "quantization",
+    )
     given = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     cfg = config_from_namespace(argparse.Namespace(config=args.config, **given))
     cached = _check_plan_model(cfg.model_name)
@@ -135,6 +144,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         )
     plan = plan_memory(work, gpus, zero_stage=cfg.zero_stage, offload=cfg.offload)
     print(plan.report(label))
+    print(inference_needs(dims, gpus.memory))
     print()
     print(guide_table(work))
     return 0 if plan.fits else 1

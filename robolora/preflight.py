@@ -110,6 +110,26 @@ def check_model(cfg: TrainConfig) -> tuple[Check, Any]:
     return Check("base model", True, detail), model_config
 
 
+def check_quantization(cfg: TrainConfig) -> Check | None:
+    """``--quantization`` needs bitsandbytes importable here, before Ray starts workers that would fail
+    one by one; on CPU workers it runs on bitsandbytes' CPU backend, correct but slow."""
+    if not cfg.quantization:
+        return None
+    from robolora.models import BNB_HINT, bitsandbytes_problem
+
+    if problem := bitsandbytes_problem():
+        raise UserError(f"--quantization {cfg.quantization}: {problem}; {BNB_HINT}")
+    import bitsandbytes
+
+    kind = "NF4 + double quantization (QLoRA)" if cfg.quantization == "4bit" else "LLM.int8"
+    detail = f"{cfg.quantization}, {kind}, bitsandbytes {bitsandbytes.__version__}"
+    if cfg.use_gpu is False:
+        detail += "; on CPU workers it runs on bitsandbytes' CPU backend (slowly)"
+    elif cfg.use_gpu is None:
+        detail += " (on CPU workers, if planned, it runs slowly on bitsandbytes' CPU backend)"
+    return Check("quantization", True, detail)
+
+
 def check_targets(cfg: TrainConfig, model_config: Any) -> tuple[Check, list[str]]:
     """The LoRA target modules, checked against the model's modules (built without weights) and with
     ``auto`` and ``all-linear`` resolved for it; returns the check and the resolved names."""
@@ -370,6 +390,9 @@ def preflight(cfg: TrainConfig) -> tuple[list[Check], dict[str, Any]]:
         checks.append(Check("checkpoint storage", True, check_storage(cfg.storage_path)))
     model_check, model_config = check_model(cfg)
     checks.append(model_check)
+    quantization = check_quantization(cfg)
+    if quantization:
+        checks.append(quantization)
     target_check, targets = check_targets(cfg, model_config)
     checks.append(target_check)
     resume = check_resume_from(cfg, targets)

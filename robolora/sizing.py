@@ -5,6 +5,10 @@ Per worker (one GPU, or one CPU process) for a decoder with ``F`` frozen paramet
 
 * weights ``(F + T) * w``: every worker holds all of them under ZeRO-2, which shards only what the
   optimizer owns; ZeRO-3 divides them by ``N``; parameter offload moves them to the host;
+* with ``--quantization`` (QLoRA) the frozen Linear weights take :data:`QUANT_BYTES` a parameter (NF4:
+  half a byte plus its double-quantized constants) and every rank holds the whole quantized base, even
+  under ZeRO-3 (transformers skips ``zero.Init`` for quantized models); embeddings, norms and the LM head
+  stay in the compute dtype, and one layer's weight is dequantized at a time while it runs;
 * gradients and optimizer states of the ``T`` trainable parameters, counted as DeepSpeed's own
   estimators count them (``estimate_zero2_model_states_mem_needs``: 18 bytes per trainable parameter
   in bf16 besides its 16-bit weight), divided by ``N`` under both stages and moved to the host by
@@ -57,6 +61,10 @@ OPTIMIZER_BYTES = 4 + 8
 #: two fp32 tensors are alive at a time (the fp32 copy and the log-softmax kept for the backward pass,
 #: later the log-softmax and its gradient).
 LOGIT_FP32_BYTES = 8
+#: Bytes per quantized Linear weight. NF4 with double quantization (QLoRA): 4 bits, plus one 8-bit absmax per
+#: block of 64 and one fp32 constant per 256 of those blocks, 8/64 + 32/(64*256) = 0.127 bit. LLM.int8:
+#: one byte (its per-row fp32 scales are 4 bytes per output feature, a rounding error).
+QUANT_BYTES = {"4bit": 0.5 + (8 / 64 + 32 / (64 * 256)) / 8, "8bit": 1.0}
 
 
 #: The dimension fields of the model configs that :meth:`ModelDims.from_config` reads (Llama-style and
@@ -209,6 +217,19 @@ class ModelDims:
         per_layer = sum(a * b for _, a, b in self.layer_modules()) + 2 * self.hidden
         return self.vocab * self.hidden + self.layers * per_layer + self.hidden + head
 
+    def linear_params(self) -> int:
+        """Weights of the layers' linear modules: the ones bitsandbytes quantizes (not the embeddings,
+        the norms, the biases or the LM head).
+
+        >>> round(SIZES["34B"].linear_params() / SIZES["34B"].params(), 3)
+        0.984
+        """
+        return self.layers * sum(a * b for _, a, b in self.layer_modules())
+
+    def largest_linear_params(self) -> int:
+        """Parameters of the biggest linear module in a layer: what a quantized layer dequantizes at once."""
+        return max(a * b for _, a, b in self.layer_modules())
+
     def largest_module_params(self) -> int:
         """Parameters of the biggest single module: what ZeRO-3 gathers whole at once."""
         return max(self.vocab * self.hidden, *(a * b for _, a, b in self.layer_modules()))
@@ -281,11 +302,20 @@ class MemoryEstimate:
     logits: int
     margin: int
     host: int = 0
+    #: A quantized layer's weight, dequantized to the compute dtype while its matmul runs.
+    dequantized: int = 0
 
     @property
     def model_states(self) -> int:
         """Weights, gradients, optimizer states and ZeRO-3's gathered module: what DeepSpeed estimates."""
-        return self.frozen_weights + self.lora_weights + self.gradients + self.optimizer_states + self.gathered
+        return (
+            self.frozen_weights
+            + self.lora_weights
+            + self.gradients
+            + self.optimizer_states
+            + self.gathered
+            + self.dequantized
+        )
 
     @property
     def total(self) -> int:
@@ -298,6 +328,7 @@ COMPONENTS = (
     ("gradients", "LoRA gradients"),
     ("optimizer_states", "optimizer states"),
     ("gathered", "ZeRO-3 gathered module"),
+    ("dequantized", "dequantized layer"),
     ("activations", "activations"),
     ("logits", "logits"),
     ("margin", "margin"),
@@ -315,12 +346,17 @@ def model_states(
     offload: str,
     bf16: bool = True,
     on_gpu: bool = True,
+    frozen_bytes: int | None = None,
 ) -> MemoryEstimate:
     """Weights, gradients, optimizer states and ZeRO-3's gathered module of one worker.
 
     With every parameter trainable this is DeepSpeed's own estimate: ``2P + 18P/N`` under ZeRO-2,
     ``18P/N + 4L`` under ZeRO-3 (``L`` the largest module), ``2P/N + 4L`` with optimizer offload and
     ``4L`` with parameter offload.
+
+    ``frozen_bytes`` is a quantized base (:func:`quantized_weight_bytes`): every worker holds all of it
+    whatever the stage (transformers loads a quantized model whole on every rank, without ``zero.Init``),
+    so nothing of it is sharded, gathered or offloaded.
 
     Example (ZeRO-2, 4 workers, all of 1000 parameters trainable: 2 * 1000 + 18 * 1000 / 4):
         >>> model_states(0, 1000, 100, 100, workers=4, zero_stage=2, offload="none").model_states
@@ -330,6 +366,8 @@ def model_states(
     n = workers
     sharded = zero_stage == 3  # ZeRO-3 partitions the weights too, frozen or not
     frozen = math.ceil(frozen_params * w / n) if sharded else frozen_params * w
+    if frozen_bytes is not None:
+        frozen, largest_module = frozen_bytes, 0
     lora = math.ceil(trainable_params * w / n) if sharded else trainable_params * w
     # ZeRO-2 keeps its gradient partition in the model's dtype and makes an fp32 copy for the step;
     # ZeRO-3 reduces straight into an fp32 partition (DeepSpeed's gradient_accumulation_dtype).
@@ -345,9 +383,22 @@ def model_states(
         host += math.ceil(trainable_params * 4 / n) + optimizer
         gradients = optimizer = 0
         if offload == "all":
-            host += frozen + lora
-            frozen = lora = 0
+            host += lora + (frozen if frozen_bytes is None else 0)
+            lora = 0
+            frozen = frozen if frozen_bytes is not None else 0
     return MemoryEstimate(frozen, lora, gradients, optimizer, gathered, 0, 0, 0, host)
+
+
+def quantized_weight_bytes(dims: ModelDims, quantization: str, w: int) -> int:
+    """Bytes of a base model loaded with ``--quantization``: the layers' linear weights at
+    :data:`QUANT_BYTES`, everything else (embeddings, norms, the LM head) at ``w`` bytes.
+
+    >>> dims = SIZES["34B"]
+    >>> round(quantized_weight_bytes(dims, "4bit", 2) / dims.params(), 3)  # bytes a parameter, 34B
+    0.539
+    """
+    linear = dims.linear_params()
+    return math.ceil(linear * QUANT_BYTES[quantization]) + (dims.params() - linear) * w
 
 
 def layer_activation_bytes(
@@ -440,9 +491,12 @@ def estimate_worker_memory(
     on_gpu: bool,
     lora_layers: Sequence[int] | None = None,
     response_share: float = RESPONSE_SHARE,
+    quantization: str | None = None,
 ) -> MemoryEstimate:
-    """Peak memory of one worker's device (the GPU, or the host when training on the CPU)."""
+    """Peak memory of one worker's device (the GPU, or the host when training on the CPU); ``quantization``
+    ("4bit", "8bit") for a base loaded quantized by bitsandbytes (QLoRA)."""
     w = 2 if bf16 else 4
+    frozen_bytes = quantized_weight_bytes(dims, quantization, w) if quantization else None
     lora = dims.lora_params(lora_r, targets, lora_layers)
     # The largest module is a frozen one (LoRA's A and B are smaller than what they adapt), so ZeRO-3
     # gathers no gradient with it.
@@ -456,7 +510,9 @@ def estimate_worker_memory(
         offload=offload,
         bf16=bf16,
         on_gpu=on_gpu,
+        frozen_bytes=frozen_bytes,
     )
+    dequantized = dims.largest_linear_params() * w if quantization else 0
     tokens = micro_batch * seq_len
     activations = activation_memory(
         dims,
@@ -472,4 +528,4 @@ def estimate_worker_memory(
     )
     logits = math.ceil(tokens * response_share) * dims.vocab * (w + LOGIT_FP32_BYTES)
     margin = MARGIN_GPU if on_gpu else MARGIN_CPU + math.ceil(HEAP_SHARE_CPU * (activations + logits))
-    return replace(states, activations=activations, logits=logits, margin=margin)
+    return replace(states, activations=activations, logits=logits, margin=margin, dequantized=dequantized)

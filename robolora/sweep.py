@@ -52,6 +52,7 @@ from robolora.config import TrainConfig, absolute_paths, from_dict, load_config_
 from robolora.errors import ConfigError, UserError
 from robolora.evaluate import EVAL_DEFAULTS, EvalSettings
 from robolora.fileio import atomic_write_text, read_mapping
+from robolora.placement import gpus_to_reserve
 from robolora.runrecord import run_finished
 from robolora.sweep_report import (
     METRICS,
@@ -319,7 +320,8 @@ def run_variant(config: dict[str, Any]) -> None:
                 run_training(cfg, callbacks=[TuneReportCallback()], watch=False, label=job["name"])
             scores = {}
             if job["evaluate"] is not None:
-                resources = {"num_gpus": 1} if cfg.use_gpu else {"num_cpus": cfg.num_workers * cfg.cpus_per_worker}
+                gpus = gpus_to_reserve(job["evaluate"].get("max_memory"), cfg.num_workers)  # a big model: several
+                resources = {"num_gpus": gpus} if cfg.use_gpu else {"num_cpus": cfg.num_workers * cfg.cpus_per_worker}
                 threads = None if cfg.use_gpu else resources["num_cpus"]
                 # Its own resources, outside the trial's placement group (which holds only the trial).
                 free = PlacementGroupSchedulingStrategy(placement_group=None)

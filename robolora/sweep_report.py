@@ -289,7 +289,7 @@ def evaluate_adapter(out: str, settings: dict[str, Any], threads: int | None = N
     s = EvalSettings(**settings)
     folder = Path(out)
     records = load_records(folder / "val.jsonl", check_api=False)[: s.limit or None]
-    gen = Generator.load(folder)
+    gen = Generator.load(folder, quantization=s.quantization, max_memory=s.max_memory)
     generations = gen.generate(
         [r["input"] for r in records],
         batch_size=s.batch_size,

@@ -123,3 +123,24 @@ def test_export_merges_into_a_plain_model(adapter, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, peft(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
     assert main(["export", "--lora-path", str(adapter), "--output", str(out)]) == 2  # never overwritten
+
+
+def test_eval_loads_a_big_model_quantized_and_within_memory_caps(adapter, tmp_path, capsys):
+    """--quantization 4bit (bitsandbytes' NF4, its CPU backend here) with the adapter beside the quantized
+    weights (never merged into them), and --max-memory caps through accelerate's device map; caps that cannot
+    hold the weights, or name a GPU that is not there, are one line before anything loads."""
+    from robolora.infer import Generator
+
+    scores = tmp_path / "scores.json"
+    args = ["eval", "--lora-path", str(adapter), "--limit", "4", "--max-new-tokens", "16", "--json-out", str(scores)]
+    assert main([*args, "--quantization", "4bit", "--max-memory", "cpu:2GiB"]) == 0
+    overall = next(iter(json.loads(scores.read_text())["overall"].values()))
+    assert overall["n"] == 4 and overall["api_valid_rate"] == 1.0  # constrained decoding, as always
+    gen = Generator.load(adapter, quantization="4bit")
+    assert type(gen.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"
+    capsys.readouterr()
+    assert main([*args, "--max-memory", "cpu:1MiB"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("robolora: error: --max-memory: the weights need about ") and "GiB in all;" in err
+    assert main([*args, "--max-memory", "0:20GiB"]) == 2
+    assert "--max-memory: GPU 0 is not visible (no GPU); name a visible GPU or cpu" in capsys.readouterr().err
