@@ -41,10 +41,11 @@ from robolora.commands import (
     cmd_sweep,
     cmd_train,
 )
-from robolora.config import NUMBER_BOUNDS, Parser
+from robolora.config import NUMBER_BOUNDS
 from robolora.errors import UserError
 from robolora.eval_commands import cmd_demo, cmd_eval
 from robolora.evaluate import EVAL_DEFAULTS
+from robolora.flags import Parser
 from robolora.models import QUANTIZATIONS
 from robolora.plan_command import cmd_plan
 from robolora.prompts import FEW_SHOT_EXAMPLES
@@ -178,7 +179,7 @@ def _add_robot_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train_command(sub: argparse._SubParsersAction) -> None:
-    from robolora.config import add_train_arguments
+    from robolora.flags import add_train_arguments
 
     train = sub.add_parser(
         "train",
@@ -313,7 +314,7 @@ def _add_export_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_config_command(sub: argparse._SubParsersAction) -> None:
-    from robolora.config import add_train_arguments
+    from robolora.flags import add_train_arguments
 
     cfg = sub.add_parser("config", help="print the resolved training config (defaults < --config file < flags)")
     add_train_arguments(cfg)

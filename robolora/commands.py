@@ -181,7 +181,7 @@ def cmd_robot_check(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from robolora.config import config_from_namespace
+    from robolora.flags import config_from_namespace
     from robolora.launcher import command_start, run_training
 
     run_training(config_from_namespace(args), started_at=command_start())
@@ -210,7 +210,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from robolora.config import config_from_namespace
+    from robolora.flags import config_from_namespace
 
     print(yaml.safe_dump(config_from_namespace(args).to_dict(), sort_keys=False), end="")
     return 0

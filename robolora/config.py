@@ -1,10 +1,11 @@
 """Typed configuration: every flag of the training guide plus what a distributed run needs.
 
-One dataclass, :class:`TrainConfig`, is the single source of truth. The CLI parser, the YAML/JSON
-``--config`` file, the saved ``config.yaml`` of a run and the Ray workers' ``train_loop_config``
+One dataclass, :class:`TrainConfig`, is the single source of truth. The CLI parser (:mod:`robolora.flags`),
+the YAML/JSON ``--config`` file, the saved ``config.yaml`` of a run and the Ray workers' ``train_loop_config``
 are all derived from its fields. Precedence: field defaults < config file < command-line flags.
 
 Example:
+    >>> from robolora.flags import parse_train_args
     >>> cfg = parse_train_args(["--data-json", "d.json", "--lora-r", "64", "--lora-target-modules", "q_proj, v_proj"])
     >>> cfg.lora_r, cfg.lora_alpha, cfg.target_modules()
     (64, 64, ['q_proj', 'v_proj'])
@@ -12,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import functools
@@ -452,7 +452,7 @@ def _type_hints() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)  # evaluated once: every parser and config file needs them
 
 
-def _field_type(f: dataclasses.Field) -> tuple[type, bool]:
+def field_type(f: dataclasses.Field) -> tuple[type, bool]:
     """(base type, optional) of a field such as ``int | None``."""
     hint = _type_hints()[f.name]
     args = typing.get_args(hint)
@@ -464,8 +464,8 @@ def _field_type(f: dataclasses.Field) -> tuple[type, bool]:
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Check a config-file value against the field's type; ints are accepted for floats."""
-    f = _FIELDS[name]
-    base, optional = _field_type(f)
+    f = FIELDS[name]
+    base, optional = field_type(f)
     where = f"{source}: {name}"
     if value is None:
         if optional:
@@ -490,11 +490,11 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     raise ConfigError(f"{where}: expected a string, got {value!r}")
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
 def _unknown_key(key: str, source: str) -> ConfigError:
-    close = difflib.get_close_matches(str(key), _FIELDS, n=1)
+    close = difflib.get_close_matches(str(key), FIELDS, n=1)
     hint = f" (did you mean {close[0]}?)" if close else "; `robolora train --help` lists the keys"
     return ConfigError(f"{source}: {key}: unknown key{hint}")
 
@@ -503,7 +503,7 @@ def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
     """Build a validated config from a flat dict of field values (unknown keys are refused)."""
     checked = {}
     for key, value in values.items():
-        if key not in _FIELDS:
+        if key not in FIELDS:
             raise _unknown_key(key, source)
         checked[key] = _coerce(key, value, source)
     return TrainConfig(**checked)
@@ -513,70 +513,9 @@ def load_config_file(path: str | os.PathLike, flag: str = "--config") -> dict[st
     """Read a YAML or JSON config file into a flat dict of field values (not yet validated)."""
     data = read_mapping(path, flag)
     for key in data:
-        if not isinstance(key, str) or key not in _FIELDS:
+        if not isinstance(key, str) or key not in FIELDS:
             raise _unknown_key(key, str(path))
     return data
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that raises ConfigError (one line, naming the command) instead of printing usage."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        raise ConfigError(f"{self.prog}: {message} (see `{self.prog} --help`)")
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config`` and one flag per config field, grouped as in the training guide.
-
-    Defaults are suppressed so that only flags actually given override the config file.
-    """
-    parser.add_argument("--config", help="YAML or JSON file of config keys; flags given here override it")
-    groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
-    for f in dataclasses.fields(TrainConfig):
-        base, _ = _field_type(f)
-        group = groups[f.metadata["group"]]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f"{f.metadata['help']} (default: {default})"
-        common = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if base is bool:
-            group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **common)
-        else:
-            group.add_argument(
-                flag(f.name), type=base, metavar=f.name.split("_")[-1].upper(), choices=f.metadata["choices"], **common
-            )
-
-
-def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
-    """Merge defaults, the ``--config`` file and the flags given into a validated config."""
-    values: dict[str, Any] = {}
-    source = "config"
-    if getattr(ns, "config", None):
-        values.update(load_config_file(ns.config))
-        source = ns.config
-    given = {k: v for k, v in vars(ns).items() if k in _FIELDS}
-    file_values = {}
-    if values:
-        try:
-            file_values = from_dict(values, source=source).to_dict()
-        except ConfigError as e:
-            msg = str(e)
-            raise ConfigError(msg if msg.startswith(source) else f"{source}: {msg}") from None
-    return from_dict({**file_values, **given}, source="flags")
-
-
-def build_train_parser(prog: str = "robolora train") -> argparse.ArgumentParser:
-    """The parser of ``robolora train`` and ``launch/train_robot.py``."""
-    parser = Parser(prog=prog, description="Fine-tune a code LLM with LoRA on robot commands.")
-    add_train_arguments(parser)
-    return parser
-
-
-def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
-    """Parse command-line arguments into a validated :class:`TrainConfig`."""
-    return config_from_namespace(build_train_parser().parse_args(argv))
 
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:

@@ -261,7 +261,7 @@ def command_line(argv: Sequence[str], working_dir: Path, parser: argparse.Argume
     data paths relative to the working directory), and the run's output must go to an absolute
     path: a relative one would land in the job's temporary copy of the working directory.
     """
-    from robolora.config import config_from_namespace
+    from robolora.flags import config_from_namespace
 
     args = list(argv[1:] if argv and argv[0] == "robolora" else argv)
     if not args or args[0].startswith("-"):

@@ -91,8 +91,8 @@ def _check_plan_model(name: str) -> str | None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from robolora.config import config_from_namespace
     from robolora.errors import ConfigError
+    from robolora.flags import config_from_namespace
     from robolora.gpu import local_gpus
     from robolora.memplan import (
         GpuInventory,

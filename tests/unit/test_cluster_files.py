@@ -22,7 +22,7 @@ import ray.autoscaler
 import yaml
 
 from robolora.cli import build_parser
-from robolora.config import config_from_namespace
+from robolora.flags import config_from_namespace
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"

@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 import yaml
 
-from robolora.config import TrainConfig, flag, from_dict, parse_train_args, save_config
+from robolora.config import TrainConfig, flag, from_dict, save_config
 from robolora.errors import ConfigError
+from robolora.flags import parse_train_args
 
 GUIDE_FLAGS = (
     "--data-json --train-json --val-json --output-dir --model-name --max-length --lora-r --lora-alpha "

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robolora.config import TrainConfig, parse_train_args
+from robolora.config import TrainConfig
 from robolora.errors import ConfigError, UserError
+from robolora.flags import parse_train_args
 from robolora.memplan import Workload, parse_gpus, plan_memory
 from robolora.sizing import GIB, QUANT_BYTES, SIZES, quantized_weight_bytes
 
