@@ -85,31 +85,36 @@ def load_base_model(cfg: TrainConfig, ds_config: dict[str, Any], dtype: torch.dt
     if quantization and cfg.zero_stage == 3:
         zero3_loading = HfDeepSpeedConfig(ds_config)
     if quantization:
-        from peft import prepare_model_for_kbit_training
-
-        prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=cfg.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-        # On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight in place at its first forward
-        # without gradients (our evaluation) and unpacks it in state_dict: under ZeRO-3 that repacks a
-        # gathered weight whose shard DeepSpeed later restores unpacked, and state_dict fails on the
-        # shard ("packed_weight should be [N, K/2]"). Keep the trained layout throughout.
-        for module in model.modules():
-            if hasattr(module, "support_avx512bf16_for_cpu"):
-                module.support_avx512bf16_for_cpu = False
-        # PEFT upcasts every unquantized weight (embeddings, norms, LM head) to float32; back to the
-        # run's dtype, so the planner's figures hold and ZeRO-3 partitions tensors of one dtype.
-        for p in model.parameters():
-            if p.dtype.is_floating_point and p.dtype != dtype and type(p).__name__ == "Parameter":
-                p.data = p.data.to(dtype)
-        if cfg.gradient_checkpointing:
-            model.enable_input_require_grads()
+        prepare_quantized(model, cfg, dtype)
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     return model, zero3_loading
+
+
+def prepare_quantized(model: Any, cfg: TrainConfig, dtype: torch.dtype) -> None:
+    """A bitsandbytes-quantized base made ready for LoRA training (PEFT's k-bit preparation), in the run's dtype."""
+    from peft import prepare_model_for_kbit_training
+
+    prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+    # On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight in place at its first forward
+    # without gradients (our evaluation) and unpacks it in state_dict: under ZeRO-3 that repacks a
+    # gathered weight whose shard DeepSpeed later restores unpacked, and state_dict fails on the
+    # shard ("packed_weight should be [N, K/2]"). Keep the trained layout throughout.
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    # PEFT upcasts every unquantized weight (embeddings, norms, LM head) to float32; back to the
+    # run's dtype, so the planner's figures hold and ZeRO-3 partitions tensors of one dtype.
+    for p in model.parameters():
+        if p.dtype.is_floating_point and p.dtype != dtype and type(p).__name__ == "Parameter":
+            p.data = p.data.to(dtype)
+    if cfg.gradient_checkpointing:
+        model.enable_input_require_grads()
 
 
 def conv1d_targets(model: torch.nn.Module, targets: list[str]) -> bool:
