@@ -1,6 +1,8 @@
 """Merge a LoRA adapter into its base model and save a plain transformers model.
 
-The merged model loads with ``AutoModelForCausalLM.from_pretrained`` alone (no PEFT) and generates
+The merge walks the base's safetensors shard by shard (:mod:`robolora.merge`), so host memory holds
+the adapter and one adapted tensor, not the model twice in float32; the merged model keeps the base's
+dtype and shard layout. It loads with ``AutoModelForCausalLM.from_pretrained`` alone (no PEFT) and generates
 the same tokens as base + adapter; the export checks that on a few commands before it finishes.
 Its saved chat template holds the training prompt's system turn (:func:`robolora.prompts.export_chat_template`),
 so the user's command alone, as one user message, makes the prompt the model was trained on (in
@@ -15,11 +17,14 @@ import shutil
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from robolora.errors import UserError
 from robolora.models import adapter_base_model, adapter_config, adapter_dir
 from robolora.report import front_matter, lora_lines, section, table
+
+if TYPE_CHECKING:
+    from robolora.merge import MergeStats
 
 PROBES = ("move forward 3 meters", "pick up the red ball", "if you see a cup, pick it up")
 #: Hub names of the registry's aliases (the card's ``base_model``); other names are kept as given.
@@ -37,31 +42,47 @@ RATE_NAMES = {
 def export_merged(lora_path: str | Path, output: str | Path) -> Path:
     """Write the merged model, tokenizer and model card to ``output`` (a new directory), verified token
     for token: the saved chat template renders each probe command, given alone, as the project does,
-    and the reloaded model generates what base + adapter generate."""
-    adapter_base_model(adapter_dir(lora_path))  # a damaged adapter is one error before any model loads
-    import torch
+    and the reloaded model generates what base + adapter generate.
+
+    The weights are merged shard by shard (:mod:`robolora.merge`), in the base's dtype; base + adapter,
+    loaded first for the reference answers, is let go before the merge, and the merged model is loaded
+    only to check it: at most one copy of the model is in memory at a time."""
+    lora = adapter_dir(lora_path)
+    base_name = adapter_base_model(lora)  # a damaged adapter is one error before any model loads
+    import gc
 
     from robolora.infer import Generator
+    from robolora.merge import base_dtype, base_folder
     from robolora.prompts import export_chat_template
 
     out = _new_output_dir(output)
-    with_adapter = Generator.load(lora_path, merge=False, dtype=torch.float32)
-    lora = Path(with_adapter.adapter)
+    base = base_folder(base_name)
+    dtype = base_dtype(base)
+    with_adapter = Generator.load(lora, merge=False, dtype=dtype)
     expected = _probe_answers(with_adapter)
     expected_prompts = [with_adapter.prompt_ids(p) for p in PROBES]
-    with warnings.catch_warnings():  # PEFT reads a property transformers 5 deprecates
-        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
-        merged = with_adapter.model.merge_and_unload()
     tokenizer = with_adapter.tokenizer
+    del with_adapter
+    gc.collect()
     card = _card_of(lora, out, plain_prompt=not tokenizer.chat_template)
     tokenizer.chat_template = export_chat_template(tokenizer)
-    _stop_at_eos(merged.generation_config, tokenizer)
-    _save_verified(merged, tokenizer, card, out, expected_prompts, expected)
+    stats = _save_verified(lora, base, tokenizer, card, out, expected_prompts, expected, dtype)
     print(
-        f"exported {lora_path} merged into its base model to {out}; it generates the same tokens on {len(PROBES)} "
-        "probe commands, and its chat template holds the training prompt (see its README.md)"
+        f"exported {lora_path} merged into its base model to {out} ({stats.merged} weights in {stats.shards} "
+        f"shard{'s' * (stats.shards != 1)}, peak host memory of the merge +{_mib(stats.peak_rss_growth)}); it "
+        f"generates the same tokens on {len(PROBES)} probe commands, and its chat template holds the training "
+        "prompt (see its README.md)"
     )
     return out
+
+
+def _mib(size: int) -> str:
+    """A byte count for people.
+
+    >>> _mib(3 << 20), _mib(5 << 30)
+    ('3 MiB', '5.0 GiB')
+    """
+    return f"{size / (1 << 30):.1f} GiB" if size >= 1 << 30 else f"{round(size / (1 << 20))} MiB"
 
 
 def _new_output_dir(output: str | Path) -> Path:
@@ -91,35 +112,57 @@ def _card_of(lora: Path, out: Path, plain_prompt: bool) -> str:
 
 
 def _save_verified(
-    merged: Any, tokenizer: Any, card: str, out: Path, expected_prompts: list[list[int]], expected: list[str]
-) -> None:
-    """Save model, tokenizer and card into a temporary folder beside ``out``, check them (:func:`_verify`),
+    lora: Path,
+    base: Path,
+    tokenizer: Any,
+    card: str,
+    out: Path,
+    expected_prompts: list[list[int]],
+    expected: list[str],
+    dtype: Any,
+) -> MergeStats:
+    """Merge into a temporary folder beside ``out``, add tokenizer and card, check them (:func:`_verify`),
     then rename the folder into place: ``out`` never holds an unchecked or half-written export."""
+    from robolora.merge import merge_adapter
+
     out.parent.mkdir(parents=True, exist_ok=True)
     # mkdir, not tempfile.mkdtemp: the folder gets the usual permissions (0777 less the umask), not 0700.
     tmp = out.parent / f".{out.name}-{uuid.uuid4().hex}.tmp"
     tmp.mkdir()
     try:
-        merged.save_pretrained(tmp, safe_serialization=True)
+        stats = merge_adapter(base, lora, tmp)
+        _save_generation_config(tmp, tokenizer)
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(card)
-        _verify(tmp, expected_prompts, expected)
+        _verify(tmp, expected_prompts, expected, dtype)
         match_folder_mode(tmp)
         if out.exists():
             out.rmdir()
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return stats
 
 
-def _verify(folder: Path, expected_prompts: list[list[int]], expected: list[str]) -> None:
+def _save_generation_config(folder: Path, tokenizer: Any) -> None:
+    """The merged folder's generation_config.json: the base's (else its config's), stopping at EOS."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        generation_config = GenerationConfig.from_pretrained(folder)
+    except OSError:
+        generation_config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(folder))
+    _stop_at_eos(generation_config, tokenizer)
+    generation_config.save_pretrained(folder)
+
+
+def _verify(folder: Path, expected_prompts: list[list[int]], expected: list[str], dtype: Any) -> None:
     """Load the saved model as a user would, with plain transformers, and check that its chat template
     renders each probe, given alone, as the training prompt's tokens, and that it generates ``expected``.
 
     Raises:
         RuntimeError: it does not.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from robolora.infer import Generator
@@ -131,7 +174,7 @@ def _verify(folder: Path, expected_prompts: list[list[int]], expected: list[str]
         text = plain.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         if plain(text, add_special_tokens=False)["input_ids"] != ids:
             raise RuntimeError(f"the saved chat template renders {probe!r} as {text!r}, not as in training")
-    reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     got = _probe_answers(Generator(reloaded, plain))
     if got != expected:
         raise RuntimeError(f"the merged model generates {got!r}, base + adapter {expected!r}")

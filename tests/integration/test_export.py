@@ -17,6 +17,8 @@ import yaml
 
 from robolora.cli import main
 
+#: What each export printed, by its output folder.
+PRINTED: dict[Path, str] = {}
 #: Commands as the model sees them: already normalized.
 WORDS = ("move forward 3 m", "pick up the red ball", "turn left 90 degrees, 2 times", 'say "hello"', "stop")
 
@@ -69,8 +71,15 @@ def run(tiny_reference) -> Path:
 @pytest.fixture(scope="module")
 def exported(run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "merged"
-    with umask(0o022):
+    return _export(run, out, 0o022)
+
+
+def _export(run: Path, out: Path, mask: int) -> Path:
+    """``robolora export`` of ``run`` to ``out`` under ``mask``; what it printed goes to :data:`PRINTED`."""
+    printed = io.StringIO()
+    with umask(mask), contextlib.redirect_stdout(printed):
         assert main(["export", "--lora-path", str(run), "--output", str(out)]) == 0
+    PRINTED[out] = printed.getvalue()
     return out
 
 
@@ -92,10 +101,33 @@ def plain_base(tmp_path_factory) -> Path:
 def plain_run(ray_session, small_dataset, plain_base) -> tuple[Path, Path]:
     """A run on the template-less model and its export, made under umask 027."""
     run = _train(plain_base.parent / "run", small_dataset, model_name=str(plain_base))
-    out = plain_base.parent / "merged"
-    with umask(0o027):
-        assert main(["export", "--lora-path", str(run), "--output", str(out)]) == 0
-    return run, out
+    return run, _export(run, plain_base.parent / "merged", 0o027)
+
+
+@pytest.fixture(scope="module")
+def bf16_run(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """tiny-llama stored in bf16, a random adapter for it (B not zero, as after training) and its export."""
+    from peft import LoraConfig, get_peft_model
+
+    from robolora.models import load_model, resolve_model
+    from tests.integration.conftest import TINY
+
+    root = tmp_path_factory.mktemp("bf16")
+    base = root / "tiny-llama-bf16"
+    shutil.copytree(resolve_model("tiny-llama"), base)
+    model = load_model("tiny-llama").to(torch.bfloat16)
+    model.save_pretrained(base)
+    targets = TINY["lora_target_modules"].split(",")
+    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in peft.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn_like(param) * 0.02)
+    run = root / "run"
+    peft.save_pretrained(run)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model_name": str(base), "lora_r": 8, "lora_alpha": 16}))
+    return base, run, _export(run, root / "merged", 0o022)
 
 
 def _user_prompt(tokenizer, words: str) -> str:
@@ -188,3 +220,38 @@ def test_the_model_card_describes_the_run_and_its_usage_runs(run, exported):
     with contextlib.redirect_stdout(printed):
         exec(snippet, {})  # the card's usage, as a user would paste it
     assert printed.getvalue().endswith("\n")
+
+
+def _assert_peft_merge(base: str, run: Path, exported: Path, dtype: torch.dtype) -> None:
+    """The export's weights are PEFT's ``merge_and_unload`` of ``run`` on ``base`` loaded in ``dtype`` (the same
+    float32 arithmetic; bf16: at most one rounding step apart), every adapted weight changed."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from robolora.models import adapter_dir, load_model, resolve_model
+
+    reference = PeftModel.from_pretrained(load_model(base, dtype=dtype), str(adapter_dir(run)))
+    expected = reference.merge_and_unload().state_dict()
+    ours = load_file(exported / "model.safetensors")
+    original = load_file(Path(resolve_model(base)) / "model.safetensors")
+    assert ours.keys() == original.keys() and ours.keys() <= expected.keys()
+    tolerance = {"rtol": 1e-6, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 2**-7, "atol": 1e-6}
+    for name, tensor in ours.items():
+        assert tensor.dtype == dtype, name
+        torch.testing.assert_close(tensor.float(), expected[name].float(), **tolerance, msg=name)
+    changed = [n for n in ours if not torch.equal(ours[n], original[n])]
+    assert len(changed) == 2 * 7, changed  # 7 target modules in each of tiny-llama's 2 layers
+
+
+def test_the_exported_weights_are_peft_merge_and_unload(run, exported):
+    _assert_peft_merge("tiny-llama", run, exported, torch.float32)
+    line = PRINTED[exported].strip().splitlines()[-1]
+    assert re.search(r"\(14 weights in 1 shard, peak host memory of the merge \+\d+ MiB\)", line), line
+
+
+def test_a_bf16_base_is_merged_and_checked_in_bf16(bf16_run):
+    """The export checked the bf16 merged model against base + adapter in bf16, token for token."""
+    base, run, exported = bf16_run
+    _assert_peft_merge(str(base), run, exported, torch.bfloat16)
+    assert json.loads((exported / "config.json").read_text()) == json.loads((base / "config.json").read_text())
+    assert "generates the same tokens on 3 probe commands" in PRINTED[exported]
