@@ -372,6 +372,12 @@ def _add_plan_hardware_arguments(plan: argparse.ArgumentParser) -> None:
         "as it stands (default: this machine's)",
     )
     plan.add_argument("--nodes", type=int, default=1, help=f"nodes with those GPUs each, 1-{MAX_NODES:,} (default: 1)")
+    plan.add_argument(
+        "--host-memory",
+        default=None,
+        help="host memory of each node for what offload moves there, e.g. 256GiB: layouts that need more are "
+        "left out (default: this machine's available memory when planning its own GPUs, else unchecked)",
+    )
 
 
 def _add_job_server_arguments(p: argparse.ArgumentParser) -> None:

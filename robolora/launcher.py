@@ -152,9 +152,10 @@ def plan_on_cluster(cfg: TrainConfig, model_config: Any) -> Plan:
     gpu_nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU")]
     gpu_memory = available_memory(True)[0] if gpus else None
     cpus_per_gpu = min((int(r.get("CPU", 0) // r["GPU"]) for r in gpu_nodes), default=1)
-    return plan_run(
-        cfg, int(resources.get("CPU", 1)), gpus, model_config, gpu_memory, max(1, len(gpu_nodes)), cpus_per_gpu
-    )
+    # What Ray lets tasks and actors use of each GPU node's memory: where offloaded states and weights live.
+    host_memory = min((int(r["memory"]) for r in gpu_nodes if r.get("memory")), default=None)
+    nodes = max(1, len(gpu_nodes))
+    return plan_run(cfg, int(resources.get("CPU", 1)), gpus, model_config, gpu_memory, nodes, cpus_per_gpu, host_memory)
 
 
 def print_checklist(checks: list[Check], plan: Plan) -> None:

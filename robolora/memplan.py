@@ -48,6 +48,8 @@ class GpuInventory:
     memory: int
     nodes: int = 1
     source: str = ""
+    #: Host memory each node can give offloaded states and weights (None: not known, not checked).
+    host_memory: int | None = None
 
     @property
     def per_node(self) -> int:
@@ -55,7 +57,8 @@ class GpuInventory:
 
     def describe(self) -> str:
         where = f"{self.nodes} nodes x {self.per_node}" if self.nodes > 1 else f"{self.count}"
-        return f"{where} GPU{'s' if self.count > 1 else ''} of {self.memory / GIB:.1f} GiB"
+        host = f", {self.host_memory / GIB:.1f} GiB of host memory per node" if self.host_memory is not None else ""
+        return f"{where} GPU{'s' if self.count > 1 else ''} of {self.memory / GIB:.1f} GiB{host}"
 
 
 #: What CUDA sees of a card sold as N GB, in GiB, with the smallest common card of that size: the
@@ -222,10 +225,23 @@ class Option:
     gradient_checkpointing: bool
     estimate: MemoryEstimate
     budget: int
+    #: Workers per node, whose offloaded states and weights share its host memory.
+    per_node: int = 1
+    #: The host memory of a node (None: not known, not checked).
+    host_budget: int | None = None
+
+    @property
+    def host_needed(self) -> int:
+        """Host memory a node gives its workers' offloaded states and weights."""
+        return self.estimate.host * self.per_node
+
+    @property
+    def fits_host(self) -> bool:
+        return self.host_budget is None or self.host_needed <= self.host_budget
 
     @property
     def fits(self) -> bool:
-        return self.estimate.total <= self.budget
+        return self.estimate.total <= self.budget and self.fits_host
 
     @property
     def label(self) -> str:
@@ -300,12 +316,14 @@ class MemoryPlan:
 
     def refusal(self) -> str:
         """One line saying that nothing fits, what it would take, and which flags to change."""
-        e = self.choice.estimate
+        c, e = self.choice, self.choice.estimate
         parts = sorted(((getattr(e, k), label) for k, label in COMPONENTS), reverse=True)[:2]
         biggest = ", ".join(f"{label} {b / GIB:.1f}" for b, label in parts)
-        return (
-            f"memory: nothing fits {self.gpus.describe()}: even {self.choice.describe()} needs "
-            f"{e.total / GIB:.1f} GiB per GPU ({biggest}); try " + ", or ".join(self.fixes)
+        needs = f"{e.total / GIB:.1f} GiB per GPU ({biggest})"
+        if e.total <= c.budget and not c.fits_host:
+            needs = f"{c.host_needed / GIB:.1f} GiB of host memory per node for what it offloads"
+        return f"memory: nothing fits {self.gpus.describe()}: even {c.describe()} needs {needs}; try " + ", or ".join(
+            self.fixes
         )
 
     def report(self, model: str) -> str:
@@ -354,8 +372,10 @@ class MemoryPlan:
             rows.append((label, [f"{getattr(o.estimate, key) / GIB:.2f}" for _, o in cols]))
         rows.append(("total", [f"{o.estimate.total / GIB:.2f}" for _, o in cols]))
         rows.append((f"fits {self.gpus.memory / GIB:.1f}", ["yes" if o.fits else "no" for _, o in cols]))
-        per_node = self.gpus.per_node
-        rows.append(("host per node (offload)", [f"{o.estimate.host * per_node / GIB:.2f}" for _, o in cols]))
+        rows.append(("host per node (offload)", [f"{o.host_needed / GIB:.2f}" for _, o in cols]))
+        if self.gpus.host_memory is not None:
+            host = f"host fits {self.gpus.host_memory / GIB:.1f}"
+            rows.append((host, ["yes" if o.fits_host else "no" for _, o in cols]))
         return "\n".join(f"{label:<24}" + "".join(f"{v:>{width}}" for v in values) for label, values in rows)
 
 
@@ -376,7 +396,7 @@ def _quantization_lines(work: Workload) -> list[str]:
 def _option(work: Workload, gpus: GpuInventory, stage: int, offload: str, micro: int, ckpt: bool) -> Option:
     accum = work.batch_size * work.gradient_accumulation_steps // micro
     estimate = work.estimate(gpus.count, stage, offload, micro, ckpt)
-    return Option(stage, offload, micro, accum, ckpt, estimate, gpus.memory)
+    return Option(stage, offload, micro, accum, ckpt, estimate, gpus.memory, gpus.per_node, gpus.host_memory)
 
 
 def _candidates(work: Workload, gpus: GpuInventory, stage: int, offload: str) -> Iterator[Option]:
@@ -425,7 +445,7 @@ def _reason(work: Workload, choice: Option, best: list[Option]) -> str:
     )
     before = best[: best.index(choice)]
     if before:
-        text += "; " + ", ".join(f"{o.label} needs {o.estimate.total / GIB:.1f} GiB at best" for o in before)
+        text += "; " + ", ".join(_short_of(o) for o in before)
     if choice.micro_batch < work.batch_size:
         text += (
             f"; micro-batch lowered from {work.batch_size} to {choice.micro_batch} with accumulation "
@@ -434,6 +454,16 @@ def _reason(work: Workload, choice: Option, best: list[Option]) -> str:
     if choice.gradient_checkpointing and not work.gradient_checkpointing:
         text += "; gradient checkpointing turned on to keep only each layer's input"
     return text
+
+
+def _short_of(o: Option) -> str:
+    """What keeps a layout out: the GPU memory it needs at best, or the host memory its offload needs."""
+    if o.estimate.total <= o.budget and not o.fits_host:
+        return (
+            f"{o.label} needs {o.host_needed / GIB:.1f} GiB of host memory per node for what it offloads, "
+            f"{o.host_budget / GIB:.1f} GiB there"
+        )
+    return f"{o.label} needs {o.estimate.total / GIB:.1f} GiB at best"
 
 
 def _fixes(work: Workload, gpus: GpuInventory, zero_stage: int | None, offload: str | None) -> list[str]:
@@ -464,6 +494,10 @@ def _fixes(work: Workload, gpus: GpuInventory, zero_stage: int | None, offload: 
             mid = (low + count) // 2
             low, count = (low, mid) if fits(work, replace(gpus, count=mid)) else (mid, count)
         fixes.append(f"{count} GPUs of {gpus.memory / GIB:.1f} GiB")
+    if not work.quantization and fits(replace(work, quantization="4bit"), gpus, None, None):
+        fixes.append("--quantization 4bit (QLoRA)")
+    if gpus.host_memory is not None and fits(work, replace(gpus, host_memory=None)):
+        fixes.append("nodes with more host memory")
     fixes.append("a smaller --model-name")
     return fixes
 

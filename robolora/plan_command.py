@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 #: Seconds a hub reachability probe waits for a connection (name lookup included).
@@ -93,7 +94,7 @@ def _check_plan_model(name: str) -> str | None:
 def cmd_plan(args: argparse.Namespace) -> int:
     from robolora.errors import ConfigError
     from robolora.flags import config_from_namespace
-    from robolora.gpu import local_gpus
+    from robolora.gpu import available_memory, local_gpus
     from robolora.memplan import (
         GpuInventory,
         card_memory,
@@ -103,7 +104,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         parse_gpus,
         plan_memory,
     )
-    from robolora.placement import inference_needs
+    from robolora.placement import inference_needs, parse_size
     from robolora.preflight import model_dims, workload
 
     check_nodes(args.nodes)
@@ -142,6 +143,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
             source=f"no GPU visible here, so the training guide's recommended {row.recommended_gb} GB for {row.size}: "
             f"{note}; pass --gpus NxSIZE for yours",
         )
+    host = parse_size(args.host_memory, "--host-memory") if args.host_memory else None
+    if host is None and given_gpus is None and gpus.source.startswith("this machine"):
+        host = available_memory(False)[0]  # planning this machine's own GPUs: its own host memory
+    gpus = replace(gpus, host_memory=host)
     plan = plan_memory(work, gpus, zero_stage=cfg.zero_stage, offload=cfg.offload)
     print(plan.report(label))
     print(inference_needs(dims, gpus.memory))

@@ -250,10 +250,12 @@ def plan_run(
     gpu_memory: int | None = None,
     nodes: int = 1,
     cpus_per_gpu: int = 1,
+    host_memory: int | None = None,
 ) -> Plan:
     """Fill in the distributed settings the user left out.
 
-    On GPUs whose memory is known (``gpu_memory`` bytes each, over ``nodes``) the memory planner picks
+    On GPUs whose memory is known (``gpu_memory`` bytes each, over ``nodes`` with ``host_memory`` bytes each
+    for what offload moves to the host, unchecked where None) the memory planner picks
     the ZeRO stage and offload that were left out, lowers the micro-batch (raising accumulation, so
     the global batch stays) and turns on gradient checkpointing only where the run would not fit
     otherwise, and refuses a run that cannot fit at all. Otherwise ZeRO-2 without offload is the
@@ -276,7 +278,7 @@ def plan_run(
     dims = _dims_of(model_config)
     if not use_gpu or gpu_memory is None or dims is None:
         return Plan(resolved, reason)
-    gpus = GpuInventory(workers, gpu_memory, max(1, min(nodes, workers)))
+    gpus = GpuInventory(workers, gpu_memory, max(1, min(nodes, workers)), host_memory=host_memory)
     # The stage and offload the user left out (None in ``cfg``) are the planner's to choose.
     memory = plan_memory(workload(resolved, dims), gpus, zero_stage=cfg.zero_stage, offload=cfg.offload)
     if not memory.fits:
