@@ -8,6 +8,11 @@ import os
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from robolora.memplan import GpuInventory
+    from robolora.sizing import ModelDims
 
 #: Seconds a hub reachability probe waits for a connection (name lookup included).
 HUB_PROBE_TIMEOUT_S = 2.0
@@ -94,21 +99,18 @@ def _check_plan_model(name: str) -> str | None:
 def cmd_plan(args: argparse.Namespace) -> int:
     from robolora.errors import ConfigError
     from robolora.flags import config_from_namespace
-    from robolora.gpu import available_memory, local_gpus
     from robolora.memplan import (
-        GpuInventory,
-        card_memory,
         check_nodes,
-        closest_guide_row,
         guide_table,
         parse_gpus,
         plan_memory,
     )
-    from robolora.placement import inference_needs, parse_size
+    from robolora.placement import inference_needs
     from robolora.preflight import model_dims, workload
 
     check_nodes(args.nodes)
-    given_gpus = parse_gpus(args.gpus, args.nodes) if args.gpus is not None else None
+    if args.gpus is not None:
+        parse_gpus(args.gpus, args.nodes)  # a malformed --gpus is refused before the model is looked up
     keys = (
         "model_name",
         "max_length",
@@ -132,7 +134,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
             f"--lora-target-modules: none of {','.join(unknown)!r} is a linear module of a {style} layer; "
             f"use names from {','.join(dims.linear_names())}"
         )
-    gpus = given_gpus or local_gpus(args.nodes)
+    gpus = _gpus_to_plan(args, dims)
+    plan = plan_memory(work, gpus, zero_stage=cfg.zero_stage, offload=cfg.offload)
+    print(plan.report(label))
+    print(inference_needs(dims, gpus.memory))
+    print()
+    print(guide_table(work))
+    return 0 if plan.fits else 1
+
+
+def _gpus_to_plan(args: argparse.Namespace, dims: ModelDims) -> GpuInventory:
+    """--gpus as given, else this machine's GPUs, else the training guide's recommended card for the model's
+    size; with the host memory of each node (--host-memory, else this machine's when planning its own GPUs)."""
+    from robolora.gpu import available_memory, local_gpus
+    from robolora.memplan import GpuInventory, card_memory, closest_guide_row, parse_gpus
+    from robolora.placement import parse_size
+
+    gpus = parse_gpus(args.gpus, args.nodes) if args.gpus is not None else local_gpus(args.nodes)
     if gpus is None:
         row = closest_guide_row(dims)
         memory, note = card_memory(row.recommended_gb)
@@ -144,12 +162,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
             f"{note}; pass --gpus NxSIZE for yours",
         )
     host = parse_size(args.host_memory, "--host-memory") if args.host_memory else None
-    if host is None and given_gpus is None and gpus.source.startswith("this machine"):
+    if host is None and args.gpus is None and gpus.source.startswith("this machine"):
         host = available_memory(False)[0]  # planning this machine's own GPUs: its own host memory
-    gpus = replace(gpus, host_memory=host)
-    plan = plan_memory(work, gpus, zero_stage=cfg.zero_stage, offload=cfg.offload)
-    print(plan.report(label))
-    print(inference_needs(dims, gpus.memory))
-    print()
-    print(guide_table(work))
-    return 0 if plan.fits else 1
+    return replace(gpus, host_memory=host)
