@@ -73,6 +73,9 @@ def load_base_model(cfg: TrainConfig, ds_config: dict[str, Any], dtype: torch.dt
         if not quantization:
             zero3_loading = HfDeepSpeedConfig(ds_config)
     device = torch.device("cuda", torch.cuda.current_device()) if cfg.use_gpu else torch.device("cpu")
+    # A GPU worker under ZeRO-2 holds the whole model on its GPU: load it there weight by weight, rather than
+    # into host memory first (eight workers of a node would each hold a full copy there while loading).
+    straight_to_gpu = cfg.use_gpu and zero3_loading is None and not quantization
     model = load_model(
         cfg.model_name,
         dtype=dtype,
@@ -80,6 +83,7 @@ def load_base_model(cfg: TrainConfig, ds_config: dict[str, Any], dtype: torch.dt
         attention=training_attention(cfg.use_gpu),
         quantization=quantization,
         device=device if quantization else None,
+        placement={"device_map": {"": device}} if straight_to_gpu else None,
     )
     model.config.use_cache = False
     if quantization and cfg.zero_stage == 3:

@@ -393,6 +393,44 @@ PLAIN_CONFIG_KEYS = (
 )
 
 
+#: The files a model's weights and tokenizer come in on the hub (``*.bin`` only where no safetensors exist).
+HUB_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "*.py", "tokenizer*")
+
+
+def fetch_weights(name: str) -> str | None:
+    """Download a hub model's weights into the local hub cache before any worker starts, with a progress bar
+    (tens of GB for 34B); returns a line for the checklist, or None for an alias or a local folder.
+
+    The workers then read the cache: on one machine, or on every node where ``HF_HOME`` is storage the
+    nodes share (the cluster manifests set it); a node with its own cache downloads on its own.
+    """
+    if name in ALIASES or is_local_model(name):
+        return None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import enable_progress_bars
+
+    try:  # already cached: no request at all
+        folder = Path(snapshot_download(name, allow_patterns=list(HUB_PATTERNS), local_files_only=True))
+        if any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")):
+            return f"{name}: weights in the hub cache ({_size(folder)})"
+    except Exception:  # not (wholly) cached
+        pass
+    enable_progress_bars()
+    print(f"downloading {name} into the hub cache (once; later runs read it from there)", flush=True)
+    try:
+        folder = Path(snapshot_download(name, allow_patterns=list(HUB_PATTERNS)))
+        if not any(folder.glob("*.safetensors")):
+            folder = Path(snapshot_download(name, allow_patterns=[*HUB_PATTERNS, "*.bin"]))
+    except Exception as e:  # no network, a gated model without a token, a full disk
+        raise _not_found(name, f"its weights could not be downloaded ({' '.join(str(e).split())[:200]})") from None
+    return f"{name}: weights downloaded into the hub cache ({_size(folder)})"
+
+
+def _size(folder: Path) -> str:
+    total = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    return f"{total / 2**30:.1f} GiB"
+
+
 def load_config(name: str, trust_remote_code: bool = False) -> Any:
     """The model's config, for planning and checks.
 

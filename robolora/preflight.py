@@ -400,6 +400,14 @@ def preflight(cfg: TrainConfig) -> tuple[list[Check], dict[str, Any]]:
     resume = check_resume_from(cfg, targets)
     if resume:
         checks.append(resume)
+    if not (cfg.ray_address or os.environ.get("RAY_ADDRESS")):
+        from robolora.models import fetch_weights
+
+        # On this machine's own Ray cluster the workers read this machine's hub cache: download the weights
+        # here, with a progress bar, after every other check (a refused run downloads nothing).
+        fetched = fetch_weights(cfg.model_name)
+        if fetched:
+            checks.append(Check("model weights", True, fetched))
     return checks, {
         "train": train,
         "val": val,
