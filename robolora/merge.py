@@ -26,8 +26,6 @@ INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 #: Files beside the weights that make the merged folder a model (the tokenizer is saved by the export).
 MODEL_FILES = ("config.json", "generation_config.json")
-#: What to fetch of a hub model: weights and configs, no PyTorch pickles or other formats.
-HUB_PATTERNS = ["*.safetensors", "*.json"]
 #: safetensors' names of the float dtypes a LoRA merge writes, as torch names them.
 FLOAT_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)")
@@ -170,7 +168,7 @@ def merged_weight(weight: Any, a: Any, b: Any, delta: Delta) -> Any:
 def base_folder(name: str) -> Path:
     """A local folder with the base model's safetensors: an alias's or local path's, else a hub snapshot
     (weights and configs only)."""
-    from robolora.models import resolve_model
+    from robolora.models import HUB_PATTERNS, resolve_model
 
     source = Path(resolve_model(name))
     if source.is_dir():
@@ -178,7 +176,7 @@ def base_folder(name: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(str(source), allow_patterns=HUB_PATTERNS))
+        return Path(snapshot_download(str(source), allow_patterns=list(HUB_PATTERNS)))
     except Exception as e:  # offline, gated, missing: all one line for the user
         raise UserError(f"--lora-path: the base model {name} could not be fetched ({str(e).splitlines()[0]})") from None
 
