@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+
 import pytest
 import torch
 
@@ -12,7 +14,9 @@ def test_cpu_worker_reports_its_process_memory():
     monitor = DeviceMonitor(gpu_index=None)
     assert monitor.note and "no GPU" in monitor.note
     before = monitor.sample()["rss_mb"]
-    block = bytearray(64 * 2**20)  # touch 64 MiB: the figure is current, not a peak fixed at start
+    # Touch 64 MiB of fresh pages: the figure is current, not a peak fixed at start. A new mapping, not the
+    # heap, whose freed but resident pages (after the integration tests in this process) it could reuse.
+    block = mmap.mmap(-1, 64 * 2**20)
     block[::4096] = b"x" * len(block[::4096])
     assert monitor.sample()["rss_mb"] >= before + 60
     assert abs(process_rss_mb() - monitor.sample()["rss_mb"]) < 16
