@@ -57,9 +57,7 @@ def shown(uri: str) -> str:
     >>> shown("s3://KEY:SECRET@runs/a?endpoint_override=127.0.0.1:9000")
     's3://runs/a'
     """
-    base = uri.partition("?")[0]
-    scheme, sep, rest = base.partition("://")
-    return scheme + sep + rest.rpartition("@")[2] if "@" in rest.split("/", 1)[0] else base
+    return _CREDENTIALS.sub(r"\1", uri.partition("?")[0])
 
 
 def filesystem(uri: str) -> tuple[Any, str]:

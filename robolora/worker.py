@@ -263,7 +263,8 @@ class Trainer:
 
         if dist.is_main():
             remove_partials(self.out)
-        checkpoint = self._published_checkpoint(ray.train.get_checkpoint()) or ray.train.get_checkpoint()
+        registered = ray.train.get_checkpoint()
+        checkpoint = self._published_checkpoint(registered) or registered
         if checkpoint is None:
             if dist.is_main():
                 self.metrics.clear()
