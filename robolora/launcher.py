@@ -117,6 +117,7 @@ def run_training(
     init_ray(cfg)
     marks["ray"] = time.time()
     plan = plan_on_cluster(cfg, ctx["model_config"])
+    checks += fetch_on_remote_nodes(cfg)
     # The resolved config: the plan's choices written in. config.yaml saves it (it reproduces the run) and
     # the workers train with it.
     cfg = plan.config
@@ -156,6 +157,19 @@ def plan_on_cluster(cfg: TrainConfig, model_config: Any) -> Plan:
     host_memory = min((int(r["memory"]) for r in gpu_nodes if r.get("memory")), default=None)
     nodes = max(1, len(gpu_nodes))
     return plan_run(cfg, int(resources.get("CPU", 1)), gpus, model_config, gpu_memory, nodes, cpus_per_gpu, host_memory)
+
+
+def fetch_on_remote_nodes(cfg: TrainConfig) -> list[Check]:
+    """On a remote cluster, a hub model's weights downloaded on every node that hosts workers first, with
+    progress lines (:mod:`robolora.download`); on this machine's own cluster the preflight downloaded them."""
+    from robolora.models import ALIASES, is_local_model
+
+    remote = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    if not remote or cfg.model_name in ALIASES or is_local_model(cfg.model_name):
+        return []
+    from robolora.download import fetch_on_nodes
+
+    return [Check("model weights", True, line) for line in fetch_on_nodes(cfg.model_name)]
 
 
 def print_checklist(checks: list[Check], plan: Plan) -> None:

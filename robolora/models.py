@@ -397,17 +397,19 @@ PLAIN_CONFIG_KEYS = (
 HUB_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "*.py", "tokenizer*")
 
 
-def fetch_weights(name: str) -> str | None:
+def fetch_weights(name: str, bars: bool = True) -> str | None:
     """Download a hub model's weights into the local hub cache before any worker starts, with a progress bar
     (tens of GB for 34B); returns a line for the checklist, or None for an alias or a local folder.
 
     The workers then read the cache: on one machine, or on every node where ``HF_HOME`` is storage the
-    nodes share (the cluster manifests set it); a node with its own cache downloads on its own.
+    nodes share (the cluster manifests set it); a node with its own cache downloads on its own (see
+    :mod:`robolora.download`, which passes ``bars=False`` and prints progress lines instead: Ray forwards
+    a task's output line by line, where a bar redraws one line).
     """
     if name in ALIASES or is_local_model(name):
         return None
     from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import enable_progress_bars
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
     try:  # already cached: no request at all
         folder = Path(snapshot_download(name, allow_patterns=list(HUB_PATTERNS), local_files_only=True))
@@ -415,7 +417,10 @@ def fetch_weights(name: str) -> str | None:
             return f"{name}: weights in the hub cache ({_size(folder)})"
     except Exception:  # not (wholly) cached
         pass
-    enable_progress_bars()
+    if bars:
+        enable_progress_bars()
+    else:
+        disable_progress_bars()
     print(f"downloading {name} into the hub cache (once; later runs read it from there)", flush=True)
     try:
         folder = Path(snapshot_download(name, allow_patterns=list(HUB_PATTERNS)))

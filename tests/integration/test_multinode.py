@@ -190,3 +190,39 @@ def test_submit_trains_as_a_ray_job_with_token_auth(job_cluster, small_dataset, 
     assert code == 2 and "job raysubmit_nosuchjob: no such job" in err
     code, out_text, _ = run_cli("jobs", "logs", "robolora-test", "--address", url)
     assert code == 0 and "Done in" in out_text and token not in out_text
+
+
+# ----------------------------------------------------------------------------- hub weights on every node
+
+
+@pytest.fixture
+def node_hub_cache(monkeypatch, tmp_path):
+    """A hub cache holding ``org/tiny`` (the tiny model's files under the hub client's layout), offline: set
+    before the cluster starts, so its nodes' processes read it."""
+    from robolora.models import resolve_model
+
+    tiny = Path(resolve_model("tiny-llama"))
+    repo = tmp_path / "hub" / "models--org--tiny"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    shutil.copytree(tiny, snapshot)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return snapshot
+
+
+def test_hub_weights_are_fetched_on_every_worker_node_before_training(node_hub_cache, three_node_cluster):
+    """One task per node that can host workers (not the head, which has no CPUs for them): each finds the
+    weights in its node's cache; a model no node can fetch fails with the preflight's message."""
+    from robolora.download import fetch_on_nodes
+    from robolora.errors import ModelNotFoundError
+
+    cluster, workers = three_node_cluster
+    ray.init(address=cluster.address)
+    lines = fetch_on_nodes("org/tiny", every_s=0.5)
+    assert len(lines) == len(workers) == 2
+    assert all(line.startswith("org/tiny: weights in the hub cache (") for line in lines)
+    with pytest.raises(ModelNotFoundError, match=r"--model-name: model 'org/missing' not found: its weights could"):
+        fetch_on_nodes("org/missing", every_s=0.5)
