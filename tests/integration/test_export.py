@@ -254,4 +254,23 @@ def test_a_bf16_base_is_merged_and_checked_in_bf16(bf16_run):
     base, run, exported = bf16_run
     _assert_peft_merge(str(base), run, exported, torch.bfloat16)
     assert json.loads((exported / "config.json").read_text()) == json.loads((base / "config.json").read_text())
-    assert "generates the same tokens on 3 probe commands" in PRINTED[exported]
+    assert re.search(r"predicts base \+ adapter's next token at all \d+ positions", PRINTED[exported])
+
+
+def test_a_merge_that_changes_the_model_is_refused(run):
+    """The check the export runs: base + adapter agrees with itself, and a model whose weights changed (as a
+    wrong merge would change them) is refused with one clear error."""
+    from robolora.export import PROBES, ExportCheckFailed, _agreement, _reference, near_tie
+    from robolora.infer import Generator
+    from robolora.models import adapter_dir
+
+    generator = Generator.load(adapter_dir(run), merge=False, dtype=torch.float32)
+    references = _reference(generator, [generator.prompt_ids(p) for p in PROBES])
+    assert all(len(r.predicted) == len(r.tokens) - r.start > 0 for r in references)
+    assert _agreement(generator.model, references, near_tie(torch.float32)).startswith("at all ")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for weight in generator.model.parameters():
+            weight.add_(torch.randn_like(weight))
+    with pytest.raises(ExportCheckFailed, match=r"the merge changed the model, so nothing was written to --output"):
+        _agreement(generator.model, references, near_tie(torch.float32))
