@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import math
 import os
@@ -27,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from robolora.aliases import resolve_aliases
+from robolora.ds_config import file_settings, read_user_config
 from robolora.errors import ConfigError
 from robolora.fileio import read_mapping
 from robolora.models import QUANTIZATIONS
@@ -186,8 +187,26 @@ class TrainConfig:
         "dist",
         PLACEMENTS,
     )
+    deepspeed: str | None = _f(
+        None,
+        'a DeepSpeed JSON config of your own, merged over robolora\'s for the ZeRO stage: its "auto" values are '
+        "filled from these flags, a value that contradicts one is refused, and its ZeRO stage, offload and bf16 "
+        "are taken where those flags are left out (a multi-node run reads it on every node: a shared path)",
+        "dist",
+    )
+    # Monitoring, continued (last, so that the keys of earlier runs' config.yaml keep their order)
+    report_to: str = _f(
+        "tensorboard",
+        "experiment trackers that get the metrics, comma-separated: tensorboard, wandb, mlflow, or none "
+        "(metrics.jsonl only); wandb reads WANDB_PROJECT and WANDB_MODE, mlflow MLFLOW_TRACKING_URI (default: "
+        "a file store in <output-dir>/mlruns) and MLFLOW_EXPERIMENT_NAME",
+        "monitor",
+    )
 
     def __post_init__(self) -> None:
+        from robolora.trackers import parse_report_to  # the trackers' names live with the trackers
+
+        parse_report_to(self.report_to)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if value is not None and f.metadata["choices"] and value not in f.metadata["choices"]:
@@ -215,7 +234,7 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed, validated again."""
-        return from_dict({**self.to_dict(), **changes}, source="overrides")
+        return from_dict({**self.to_dict(), **changes}, source="overrides", deepspeed=False)
 
 
 def flag(name: str) -> str:
@@ -462,11 +481,12 @@ def field_type(f: dataclasses.Field) -> tuple[type, bool]:
     return hint, False
 
 
-def _coerce(name: str, value: Any, source: str) -> Any:
-    """Check a config-file value against the field's type; ints are accepted for floats."""
+def _coerce(name: str, value: Any, source: str, key: str | None = None) -> Any:
+    """Check a config-file value against the field's type (``key``: the name written, an alias of it);
+    ints are accepted for floats."""
     f = FIELDS[name]
     base, optional = field_type(f)
-    where = f"{source}: {name}"
+    where = f"{source}: {key or name}"
     if value is None:
         if optional:
             return None
@@ -487,35 +507,41 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return ",".join(value)
     if isinstance(value, str):
         return value
+    if name == "deepspeed":  # Hugging Face and axolotl also take the settings inline
+        raise ConfigError(f"{where}: give the path of a DeepSpeed JSON file (settings inline are not read)")
     raise ConfigError(f"{where}: expected a string, got {value!r}")
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
-def _unknown_key(key: str, source: str) -> ConfigError:
-    close = difflib.get_close_matches(str(key), FIELDS, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else "; `robolora train --help` lists the keys"
-    return ConfigError(f"{source}: {key}: unknown key{hint}")
+def _resolved(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Field values from settings written with our names or their aliases (:mod:`robolora.aliases`), typed."""
+    return resolve_aliases(values, source, FIELDS, lambda name, value, key: _coerce(name, value, source, key))
 
 
-def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
-    """Build a validated config from a flat dict of field values (unknown keys are refused)."""
-    checked = {}
-    for key, value in values.items():
-        if key not in FIELDS:
-            raise _unknown_key(key, source)
-        checked[key] = _coerce(key, value, source)
-    return TrainConfig(**checked)
+def from_dict(values: dict[str, Any], source: str = "config", deepspeed: bool = True) -> TrainConfig:
+    """Build a validated config from a flat dict of settings (unknown keys are refused; aliases are read as
+    their fields). With ``deepspeed``, a ``--deepspeed`` file is checked against it (:func:`with_deepspeed_file`)."""
+    cfg = TrainConfig(**_resolved(values, source))
+    return with_deepspeed_file(cfg) if deepspeed and cfg.deepspeed else cfg
+
+
+def with_deepspeed_file(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` checked against its ``--deepspeed`` file, with the settings the file gives where the plan would
+    choose them (ZeRO stage, offload, bf16, workers); read before Ray starts, and by each worker."""
+    fills = file_settings(read_user_config(cfg.deepspeed), cfg.deepspeed, cfg)
+    try:
+        return cfg.replace(**fills) if fills else cfg
+    except ConfigError as e:
+        given = ", ".join(f"{flag(k)} {v}" for k, v in fills.items())
+        raise ConfigError(f"--deepspeed {cfg.deepspeed} gives {given}: {e}") from None
 
 
 def load_config_file(path: str | os.PathLike, flag: str = "--config") -> dict[str, Any]:
-    """Read a YAML or JSON config file into a flat dict of field values (not yet validated)."""
-    data = read_mapping(path, flag)
-    for key in data:
-        if not isinstance(key, str) or key not in FIELDS:
-            raise _unknown_key(key, str(path))
-    return data
+    """Read a YAML or JSON config file into a flat dict of field values (aliases read as their fields, typed,
+    not yet validated together)."""
+    return _resolved(read_mapping(path, flag), str(path))
 
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
@@ -526,7 +552,7 @@ def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
 
 
 #: The fields that name local files or directories (``model_name`` too, where it is a local path).
-LOCAL_PATH_FIELDS = ("data_json", "train_json", "val_json", "resume_from", "storage_path", "output_dir")
+LOCAL_PATH_FIELDS = ("data_json", "train_json", "val_json", "resume_from", "storage_path", "output_dir", "deepspeed")
 
 
 def absolute_paths(cfg: TrainConfig, base: str | os.PathLike | None = None) -> TrainConfig:

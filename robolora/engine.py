@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from robolora.ds_config import load_template, resolve
+from robolora.ds_config import load_template, merge_user_config, read_user_config, resolve
 from robolora.kernels import training_attention, use_fast_dropout, use_fused_lora, use_fused_norms
 from robolora.loss import TargetLogitsLM
 from robolora.optim import build_optimizer, lr_schedule, param_groups
@@ -22,11 +22,16 @@ if TYPE_CHECKING:
 
 
 def deepspeed_config(cfg: TrainConfig, world: int, hidden_size: int | None) -> dict[str, Any]:
-    """The DeepSpeed config of a resolved run from its ZeRO stage's template."""
+    """The DeepSpeed config of a resolved run from its ZeRO stage's template, with the user's
+    ``--deepspeed`` file merged over it (checked against the run's settings when the config was built:
+    :func:`robolora.config.with_deepspeed_file`)."""
+    template = load_template(cfg.zero_stage, cfg.offload)
+    if cfg.deepspeed:
+        template = merge_user_config(template, read_user_config(cfg.deepspeed))
     # In bf16 mode DeepSpeed casts the module to bf16 and keeps fp32 master copies of the LoRA
     # weights in the (sharded) optimizer, so updates do not lose precision.
     ds_config = resolve(
-        load_template(cfg.zero_stage, cfg.offload),
+        template,
         micro_batch=cfg.batch_size,
         grad_accum=cfg.gradient_accumulation_steps,
         world_size=world,

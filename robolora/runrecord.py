@@ -38,12 +38,13 @@ RESUMABLE_CHANGES = {
     "placement_strategy",
     "dashboard_host",
     "cpus_per_worker",
+    "report_to",
 }
 #: Fields holding local paths: compared as absolute paths, so a relative path given again from the same
 #: folder is the same setting.
-PATH_FIELDS = ("data_json", "train_json", "val_json", "resume_from", "output_dir")
-#: The inputs whose content is digested: the dataset files and the starting adapter.
-INPUT_FIELDS = ("data_json", "train_json", "val_json", "resume_from")
+PATH_FIELDS = ("data_json", "train_json", "val_json", "resume_from", "output_dir", "deepspeed")
+#: The inputs whose content is digested: the dataset files, the starting adapter and a --deepspeed file.
+INPUT_FIELDS = ("data_json", "train_json", "val_json", "resume_from", "deepspeed")
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 

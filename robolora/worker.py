@@ -228,6 +228,8 @@ class Trainer:
             resolve_model(self.cfg.model_name), trust_remote_code=self.cfg.trust_remote_code
         )
         ds_config = deepspeed_config(self.cfg, self.world, getattr(model_config, "hidden_size", None))
+        if self.rank == 0:  # what DeepSpeed runs with: the template (or --deepspeed file) resolved
+            atomic_write_text(self.out / "ds_config.json", json.dumps(ds_config, indent=2))
         model, self._zero3_loading = load_base_model(self.cfg, ds_config, dtype)
         model = apply_lora(model, self.cfg)
         self.marks["model"] = time.time()
