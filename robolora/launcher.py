@@ -29,6 +29,7 @@ from robolora.preflight import Check, Plan, check_batches, check_memory, plan_ru
 from robolora.progress import PROGRESS, ProgressWatcher
 from robolora.runrecord import write_marker
 from robolora.storage import is_uri, join
+from robolora.trackers import save_settings
 
 
 def _sigterm_as_interrupt(signum: int, frame: object) -> None:
@@ -185,6 +186,7 @@ def start_output(out: Path, given: TrainConfig, cfg: TrainConfig, ctx: dict[str,
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     atomic_write_text(out / "val.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ctx["val"]))
+    save_settings(out, cfg.report_to)  # where W&B and MLflow log, from this command's environment
     write_marker(out, given, cfg, finished=False, inputs=ctx["inputs"])
 
 

@@ -130,6 +130,37 @@ def check_quantization(cfg: TrainConfig) -> Check | None:
     return Check("quantization", True, detail)
 
 
+def check_trackers(cfg: TrainConfig) -> Check:
+    """``--report-to``: every tracker's package importable here and its settings sound, before Ray starts
+    workers that would fail one by one (the workers log from the driver's settings: robolora.trackers)."""
+    from robolora.trackers import TRACKERS, TrackerSettings, missing_package, parse_report_to
+
+    names = parse_report_to(cfg.report_to)
+    settings = TrackerSettings.from_env(os.environ, cfg.output_dir)
+    for name in names:
+        if install := missing_package(name):
+            raise UserError(f"--report-to {name}: the {name} package is not installed; {install}, or leave it out")
+    if "wandb" in names and (problem := settings.problem()):
+        raise UserError(f"--report-to {cfg.report_to}: {problem}")
+    shown = []
+    for name in names:
+        label, where = " ".join(filter(None, [name, _installed_version(*TRACKERS[name])])), settings.where(name)
+        shown.append(f"{label} ({where})" if where else label)
+    return Check("trackers", True, ", ".join(shown) or "none (metrics.jsonl only)")
+
+
+def _installed_version(*distributions: str) -> str:
+    """The version of the first of ``distributions`` installed ("" for none: importable without metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in distributions:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return ""
+
+
 def check_targets(cfg: TrainConfig, model_config: Any) -> tuple[Check, list[str]]:
     """The LoRA target modules, checked against the model's modules (built without weights) and with
     ``auto`` and ``all-linear`` resolved for it; returns the check and the resolved names."""
@@ -388,6 +419,7 @@ def preflight(cfg: TrainConfig) -> tuple[list[Check], dict[str, Any]]:
     inputs = input_digests(cfg)
     out_check, resuming = check_output_dir(cfg, inputs)
     checks.append(out_check)
+    checks.append(check_trackers(cfg))
     if is_uri(cfg.storage_path):
         checks.append(Check("checkpoint storage", True, check_storage(cfg.storage_path)))
     model_check, model_config = check_model(cfg)
