@@ -26,6 +26,10 @@ def _lora_paths(args: argparse.Namespace) -> list[str]:
 def _generators(args: argparse.Namespace) -> list:
     """The models to run: each --lora-path, and the base model with --base-only or --compare-base."""
     loras = _lora_paths(args)
+    if args.constrained:  # a missing engine package is one error before any model loads
+        from robolora.robot.engines import check_engine
+
+        check_engine(args.grammar_engine)
     from robolora.infer import Generator
 
     placed = {"quantization": args.quantization, "max_memory": args.max_memory}
@@ -88,6 +92,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens,
             constrained=args.constrained,
+            grammar_engine=args.grammar_engine,
         )
         if gen.adapter:
             members.append(generations)
@@ -111,7 +116,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         gens = gens[-1:]
 
     def answer(command: str) -> None:
-        outs = [g.generate([command], constrained=args.constrained, max_new_tokens=args.max_new_tokens) for g in gens]
+        outs = [
+            g.generate(
+                [command],
+                constrained=args.constrained,
+                max_new_tokens=args.max_new_tokens,
+                grammar_engine=args.grammar_engine,
+            )
+            for g in gens
+        ]
         (g,) = ensemble(outs) if len(outs) > 1 else outs[0]
         if len(outs) > 1:
             agree = sum(o[0].code.strip() == g.code.strip() for o in outs)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from robolora.data import UNCATEGORIZED
+from robolora.errors import ConfigError, UserError
 from robolora.fileio import atomic_write_text
 from robolora.robot.checker import check
 from robolora.robot.simulator import exact_match, semantic_equal
@@ -64,6 +65,11 @@ class EvalSettings:
     quantization: str | None = None
     #: Caps that spread the weights over the visible GPUs (robolora.placement), e.g. "0:20GiB,1:20GiB".
     max_memory: str | None = None
+    #: What constrains decoding (robolora.robot.engines.ENGINES): "llguidance", "xgrammar" or "recognizer". All
+    #: three give the same greedy programs; llguidance masked fastest in benchmarks/grammar.py (2 CPU cores,
+    #: bundled model, batch 32: 0.21 ms of masking per generated token, xgrammar 0.26, the recognizer 0.31;
+    #: 25.4-25.9 ms per token in all, the model's share the same for each) and installs no other package.
+    grammar_engine: str = "llguidance"
 
 
 #: The defaults, as one value.
@@ -373,3 +379,48 @@ def extract_code(generated: str) -> str:
             break
         kept.append(line)
     return "\n".join(kept).strip()
+
+
+# ----------------------------------------------------------------------------- settings from a file
+
+
+def settings_from(value: Any, where: str) -> EvalSettings | None:
+    """A sweep's ``evaluate:`` as :class:`EvalSettings`: false for none, true or absent for the defaults, or a
+    mapping of some of its fields, each checked (``where`` starts each error line)."""
+    if value is False:
+        return None
+    if value is None or value is True:
+        return EVAL_DEFAULTS
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected false or a mapping of constrained, limit, batch_size, ...")
+    known = EvalSettings.__dataclass_fields__
+    for key, v in value.items():
+        if key not in known:
+            raise ConfigError(f"{where}: {key}: unknown; use {', '.join(known)}")
+        problem = _eval_setting_problem(key, v)
+        if problem:
+            raise ConfigError(f"{where}: {key}: {v!r} is not {problem}")
+    return EvalSettings(**value)
+
+
+def _eval_setting_problem(key: str, value: Any) -> str | None:
+    """What is wrong with one ``evaluate:`` setting (None: nothing), as the end of "... is not ..."."""
+    from robolora.models import QUANTIZATIONS
+    from robolora.placement import MAX_GPUS_PER_EVAL, parse_max_memory
+    from robolora.robot.engines import ENGINES
+
+    if key == "constrained":
+        return None if isinstance(value, bool) else "a valid bool"
+    if key in ("limit", "batch_size", "max_new_tokens"):
+        low = 0 if key == "limit" else 1
+        return None if isinstance(value, int) and not isinstance(value, bool) and value >= low else "a valid int"
+    choices = {"quantization": QUANTIZATIONS, "grammar_engine": ENGINES}.get(key)
+    if choices is not None:
+        allowed = (None, *choices) if key == "quantization" else choices
+        return None if value in allowed else f"one of {', '.join(choices)}"
+    if key == "max_memory" and value is not None:
+        try:
+            parse_max_memory(str(value), MAX_GPUS_PER_EVAL)
+        except UserError as e:
+            return f"a valid cap ({str(e).removeprefix('--max-memory').lstrip(': ')})"
+    return None

@@ -190,22 +190,26 @@ class Generator:
         constrained: bool = EVAL_DEFAULTS.constrained,
         temperature: float = 0.0,
         seed: int = 0,
+        grammar_engine: str = EVAL_DEFAULTS.grammar_engine,
     ) -> list[Generation]:
-        """Generate code for each command; greedy when ``temperature`` is 0, else sampled."""
+        """Generate code for each command; greedy when ``temperature`` is 0, else sampled. ``constrained``
+        keeps the code inside the robot grammar, on ``grammar_engine`` (:data:`robolora.robot.engines.ENGINES`)."""
         torch.manual_seed(seed)
         # Longest prompts together: less padding per batch.
         order = sorted(range(len(commands)), key=lambda i: -len(commands[i]))
         out: dict[int, Generation] = {}
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            batch = self._generate_batch([commands[i] for i in idx], max_new_tokens, constrained, temperature)
+            engine = grammar_engine if constrained else None
+            batch = self._generate_batch([commands[i] for i in idx], max_new_tokens, engine, temperature)
             out.update(zip(idx, batch, strict=True))
         return [out[i] for i in range(len(commands))]
 
     def _generate_batch(
-        self, commands: list[str], max_new_tokens: int, constrained: bool, temperature: float
+        self, commands: list[str], max_new_tokens: int, grammar_engine: str | None, temperature: float
     ) -> list[Generation]:
-        """One batch of commands, left-padded to the longest prompt, generated together."""
+        """One batch of commands, left-padded to the longest prompt, generated together; constrained to the robot
+        grammar on ``grammar_engine`` (None: unconstrained)."""
         from transformers import LogitsProcessorList
 
         tok = self.tokenizer
@@ -217,10 +221,12 @@ class Generator:
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         processors = LogitsProcessorList()
+        constrained = grammar_engine is not None
         if constrained:
-            from robolora.robot.constrained import RobotLogitsProcessor
+            from robolora.robot.engines import logits_processor
 
-            processors.append(RobotLogitsProcessor(tok, prompt_lengths=width))
+            vocab = self.model.config.vocab_size  # the logits' width, which may differ from len(tokenizer)
+            processors.append(logits_processor(grammar_engine, tok, vocab, prompt_lengths=width))
         generated = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention,

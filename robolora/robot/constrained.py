@@ -7,7 +7,8 @@ trying them one by one. The processor tracks each batch row's grammar state by i
 it is right whatever the rows do between steps, and keeps, per row, the allowed tokens among the
 ``top_k`` best; when none of those is allowed it keeps the best ``top_k`` of all allowed tokens. EOS
 is allowed exactly when the text so far is a whole program. Torch is imported only when a processor
-runs.
+runs. This is the ``recognizer`` engine of ``--grammar-engine``; :mod:`robolora.robot.engines` holds the
+processors on xgrammar and llguidance, which this recognizer's tests hold to the same tokens.
 
 Example:
     >>> index = TokenTrieIndex(["robot", ".stop", "()", "(", ")", ".fly", "\\n", "<eos>"], eos_token_ids=[7])
