@@ -49,6 +49,7 @@ from robolora.flags import Parser
 from robolora.models import QUANTIZATIONS
 from robolora.plan_command import cmd_plan
 from robolora.prompts import FEW_SHOT_EXAMPLES
+from robolora.robot.engines import ENGINES
 
 
 def int_in(low: int, high: int, note: str = "") -> Callable[[str], int]:
@@ -118,9 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
         _add_train_command,
         _add_eval_command,
         _add_demo_command,
+        _add_serve_command,
         _add_pipeline_command,
         _add_sweep_command,
         _add_export_command,
+        _add_push_command,
         _add_config_command,
         _add_plan_command,
         _add_submit_command,
@@ -218,6 +221,13 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
         help=f"only let the model emit code the robot API accepts (default: {_on_off(EVAL_DEFAULTS.constrained)})",
     )
     p.add_argument(
+        "--grammar-engine",
+        choices=ENGINES,
+        default=EVAL_DEFAULTS.grammar_engine,
+        help="what constrains decoding: xgrammar or llguidance (each needs its package) or recognizer (built in) "
+        f"(default: {EVAL_DEFAULTS.grammar_engine})",
+    )
+    p.add_argument(
         "--max-new-tokens",
         type=int_in(1, MAX_NEW_TOKENS),
         default=EVAL_DEFAULTS.max_new_tokens,
@@ -277,6 +287,18 @@ def _add_demo_command(sub: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=cmd_demo, compare_base=False)
 
 
+def _add_serve_command(sub: argparse._SubParsersAction) -> None:
+    from robolora.serve import SERVE_DESCRIPTION, add_serve_arguments, cmd_serve
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve adapters behind an OpenAI-compatible HTTP API (completions, chat, models; batched, constrained)",
+        description=SERVE_DESCRIPTION,
+    )
+    add_serve_arguments(serve, int_in, max_batch=MAX_GENERATION_BATCH, max_tokens=MAX_NEW_TOKENS)
+    serve.set_defaults(func=cmd_serve)
+
+
 def _add_pipeline_command(sub: argparse._SubParsersAction) -> None:
     pipe = sub.add_parser(
         "pipeline",
@@ -311,6 +333,31 @@ def _add_export_command(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--lora-path", required=True, help="a run's output directory or a checkpoint-<step> folder")
     exp.add_argument("--output", required=True, help="a new directory for the merged model")
     exp.set_defaults(func=cmd_export)
+
+
+def _add_push_command(sub: argparse._SubParsersAction) -> None:
+    from robolora.push import cmd_push
+
+    push = sub.add_parser(
+        "push",
+        help="upload an adapter (weights, tokenizer, model card, eval.json) to the Hugging Face Hub",
+        description="Upload a trained adapter to a Hugging Face Hub model repository in one commit: the adapter, "
+        "its tokenizer, the model card (README.md, made ready for the Hub) and eval.json where present; never "
+        "checkpoints, optimizer states, metrics or the run's config. The repository is created where it is missing.",
+    )
+    push.add_argument("--lora-path", required=True, help="a run's output directory or a checkpoint-<step> folder")
+    push.add_argument("--repo-id", required=True, help="the model repository, ORG/NAME (a user or organization)")
+    push.add_argument("--private", action="store_true", help="create the repository private (an existing one is kept)")
+    push.add_argument(
+        "--revision", default=None, help="the branch to commit to, made from main if missing (default: main)"
+    )
+    push.add_argument(
+        "--token",
+        default=None,
+        help="a Hugging Face token with write access (default: $HF_TOKEN, else the one `hf auth login` saved; "
+        "prefer those: a flag shows in the process list)",
+    )
+    push.set_defaults(func=cmd_push)
 
 
 def _add_config_command(sub: argparse._SubParsersAction) -> None:
