@@ -50,7 +50,7 @@ from typing import Any
 
 from robolora.config import TrainConfig, absolute_paths, from_dict, load_config_file
 from robolora.errors import ConfigError, UserError
-from robolora.evaluate import EVAL_DEFAULTS, EvalSettings
+from robolora.evaluate import EVAL_DEFAULTS, EvalSettings, settings_from
 from robolora.fileio import atomic_write_text, read_mapping
 from robolora.placement import gpus_to_reserve
 from robolora.runrecord import run_finished
@@ -159,23 +159,6 @@ def _listed_variants(variants: Any, source: str) -> list[tuple[str | None, dict[
     return out
 
 
-def _evaluate_settings(value: Any, source: str) -> EvalSettings | None:
-    if value is False:
-        return None
-    if value is None or value is True:
-        return EVAL_DEFAULTS
-    if not isinstance(value, dict):
-        raise ConfigError(f"{source}: evaluate: expected false or a mapping of constrained, limit, batch_size, ...")
-    known = EvalSettings.__dataclass_fields__
-    for key, v in value.items():
-        if key not in known:
-            raise ConfigError(f"{source}: evaluate: {key}: unknown; use {', '.join(known)}")
-        want = bool if key == "constrained" else int
-        if not isinstance(v, want) or (want is int and (isinstance(v, bool) or v < (0 if key == "limit" else 1))):
-            raise ConfigError(f"{source}: evaluate: {key}: {v!r} is not a valid {want.__name__}")
-    return EvalSettings(**value)
-
-
 def _combinations(
     listed: list[tuple[str | None, dict[str, Any]]], grid: list[tuple[str, dict[str, Any]]], source: str
 ) -> list[tuple[str, dict[str, Any], str]]:
@@ -201,7 +184,7 @@ def _combinations(
 
 def _ranking(data: dict[str, Any], source: str) -> tuple[EvalSettings | None, str, int | None]:
     """The sweep's ``evaluate``, ``metric`` and ``max_concurrent``, checked against each other."""
-    evaluate = _evaluate_settings(data.get("evaluate"), source)
+    evaluate = settings_from(data.get("evaluate"), f"{source}: evaluate")
     metric = data.get("metric") or ("semantic" if evaluate else "eval_loss")
     if metric not in METRICS:
         raise ConfigError(f"{source}: metric: {metric!r} is not one of {', '.join(METRICS)}")

@@ -11,7 +11,7 @@ import pytest
 
 from robolora.config import TrainConfig
 from robolora.errors import ConfigError
-from robolora.evaluate import compare_dict, score
+from robolora.evaluate import EVAL_DEFAULTS, compare_dict, score
 from robolora.sweep import build_sweep, load_sweep, share_cluster
 from robolora.sweep_report import (
     VariantResult,
@@ -95,11 +95,22 @@ def test_a_base_file_is_read_like_a_training_config(tmp_path):
         ({"variants": [{"name": "a"}], "evaluate": {"temperature": 1}}, r"evaluate: temperature: unknown"),
         ({"variants": [{"name": "a"}], "evaluate": {"limit": -1}}, r"evaluate: limit: -1 is not a valid int"),
         ({"variants": [{"name": "a"}], "max_concurrent": 0}, r"max_concurrent: expected a whole number"),
+        ({"variants": [{"name": "a"}], "evaluate": {"quantization": "3bit"}}, r"quantization: '3bit' is not one of 4b"),
+        ({"variants": [{"name": "a"}], "evaluate": {"max_memory": "lots"}}, r"max_memory: 'lots' is not a valid cap"),
+        ({"variants": [{"name": "a"}], "evaluate": {"grammar_engine": "regex"}}, r"grammar_engine: 'regex' is not one"),
+        ({"variants": [{"name": "a"}], "evaluate": {"constrained": "yes"}}, r"constrained: 'yes' is not a valid bool"),
     ],
 )
 def test_mistakes_name_the_file_and_field(data, message):
     with pytest.raises(ConfigError, match=message):
         sweep(**data)
+
+
+def test_a_big_models_evaluation_takes_the_eval_commands_text_settings():
+    """The settings `robolora eval` has for big models (4-bit, caps over GPUs, the grammar engine) in a sweep."""
+    evaluate = {"quantization": "4bit", "max_memory": "0:20GiB,1:20GiB,cpu:64GiB", "grammar_engine": "recognizer"}
+    s = sweep(variants=[{"name": "a"}], evaluate={**evaluate, "limit": 50})
+    assert s.evaluate.__dict__ == {**EVAL_DEFAULTS.__dict__, **evaluate, "limit": 50}
 
 
 def test_output_dir_cannot_be_shared():
