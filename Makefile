@@ -5,10 +5,11 @@ DATA ?= data/robot_dataset.json
 
 .PHONY: setup quickstart test test-unit lint format data bench clean
 
-setup:  ## create .venv with the CPU or CUDA build of torch and the whole stack
+setup:  ## create .venv with the CPU or CUDA build of torch, the whole stack and the tests' packages
 	@bash scripts/setup.sh
 
-quickstart: setup  ## the main job on the bundled model and data
+quickstart:  ## the main job on the bundled model and data (.venv without the tests' packages if new)
+	@EXTRAS= bash scripts/setup.sh
 	@bash scripts/quickstart.sh
 
 test: setup  ## lint, then every test tier (unit, integration on CPU; GPU tests skip without CUDA)

