@@ -264,7 +264,7 @@ def flag_cases() -> list[Case]:
         flags_case("flag-lr-negative", "--learning-rate", "-1"),
         flags_case("flag-batch-zero", "--batch-size", "0"),
         flags_case("flag-unknown", "--no-such-flag", "1"),
-        flags_case("flag-typo", "--lora_r", "8"),
+        flags_case("flag-typo", "--lora-rnak", "8"),
         flags_case("flag-zero-stage-4", "--zero-stage", "4"),
         flags_case("flag-offload-gpu", "--offload", "gpu"),
         flags_case("flag-layers-top-99", "--lora-layers", "top:99"),
