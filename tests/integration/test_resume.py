@@ -76,6 +76,12 @@ STOPS = [
 ]
 
 
+def as_from_a_terminal() -> None:
+    """The run gets Ctrl-C as a command typed in a terminal does, even where the tests were started as a
+    background job (whose shell has them ignore SIGINT, and Python then leaves KeyboardInterrupt off)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def stopped_after_checkpoint(out: Path, deadline: float) -> None:
     """Wait until the step-3 checkpoint is complete and training has gone on past it."""
     while time.time() < deadline and not (out / "checkpoint-3" / "trainer_state.json").is_file():
@@ -90,7 +96,14 @@ def test_a_stopped_run_resumes_on_the_unbroken_curve(unbroken, epoch_data, tmp_p
     reference = unbroken(**settings)
     out = tmp_path / "stopped"
     cmd = [sys.executable, "-m", "robolora.cli", "train", *cli_flags(run_values(epoch_data, out, settings))]
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    first = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+        preexec_fn=as_from_a_terminal,
+    )
     stopped_after_checkpoint(out, time.time() + 240)
     first.send_signal(getattr(signal, how))
     _, err = first.communicate(timeout=120)
