@@ -269,11 +269,41 @@ def _fit_interruptibly(trainer: Any) -> Any:
 
     thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
     thread.start()
-    while thread.is_alive():
-        thread.join(0.5)
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        # The thread still waits on Ray Train's controller; were Ray shut down under it, Ray would end this
+        # process with exit code 1 from that thread. Ending the controller first lets the thread return.
+        _end_train_controllers()
+        thread.join(30)
+        raise
     if "error" in box:
         raise box["error"]
     return box["result"]
+
+
+def _end_train_controllers() -> None:
+    """Kill this job's Ray Train controllers on this node (their workers go with them; checkpoints already
+    persisted stay complete). Best effort: whatever is left, ``ray.shutdown`` stops."""
+    import ray
+
+    try:
+        from ray._private import state
+
+        context = ray.get_runtime_context()
+        job, node = context.get_job_id(), context.get_node_id()
+        for actor in state.actors().values():
+            if (
+                actor.get("ActorClassName") == "TrainController"
+                and actor.get("State") == "ALIVE"
+                and actor.get("JobID") == job
+                and actor.get("Address", {}).get("NodeID") == node
+                and actor.get("Pid")
+            ):
+                os.kill(int(actor["Pid"]), signal.SIGKILL)
+    except Exception:  # a Ray without this table, or a controller already gone
+        pass
 
 
 class TrainingFailed(UserError):
