@@ -49,17 +49,20 @@ from robolora.robot.spec import CALLS, COLORS, SIZES
 
 #: Share of each category in a generated dataset (sums to 1).
 CATEGORY_MIX: dict[str, float] = {
-    "movement": 0.18,
+    "movement": 0.15,
     "navigation": 0.10,
-    "manipulation": 0.18,
-    "perception": 0.12,
+    "manipulation": 0.15,
+    "perception": 0.10,
     "communication": 0.10,
-    "sequence": 0.20,
-    "control_flow": 0.12,
+    "sequence": 0.22,
+    "control_flow": 0.18,
 }
 
 #: Fraction of records that get one realistic single-character typo in a non-number word.
 TYPO_RATE = 0.04
+
+#: Fraction of records typed without punctuation ("is there a cup if yes grab it"), where that stays unambiguous.
+PLAIN_RATE = 0.08
 
 #: Draws per record before a category counts as exhausted (no unseen input found).
 MAX_TRIES = 300
@@ -85,6 +88,9 @@ class Phrase:
     mood: str = "imperative"
     #: The repetition count comes last ("a and b, 3 times"): a step said before it would read as repeated too.
     count_last: bool = False
+    #: The words close the block ("turn left 3 times", "take 4 photos"): a step joined after it with "then"
+    #: reads as coming after the loop, not inside it.
+    closed: bool = False
 
 
 class _Weighted(Generic[T]):
@@ -334,9 +340,17 @@ def _location_text(rng: Rng, location: str) -> str:
 _GRASPABLE = (
     "ball", "cup", "bottle", "box", "block", "cube", "book", "can", "mug", "apple", "toy", "remote", "pen",
     "bowl", "plate", "sock", "shoe", "bag", "towel", "spoon", "marker", "package", "phone", "key", "card",
+    "banana", "wallet", "hammer", "wrench", "screwdriver", "glass", "jar", "tray", "pillow", "hat", "umbrella",
+    "backpack", "notebook", "tablet", "battery", "brush", "basket", "flashlight", "fork", "knife", "doll",
 )  # fmt: skip
 _ANIMATE = ("person", "dog", "cat")
-_VISIBLE = _GRASPABLE + _ANIMATE + ("chair", "plant", "door", "robot")
+# Things to look at, photograph or detect, though not to pick up: an open list teaches the model to copy the noun.
+_FIXTURES = (
+    "chair", "plant", "door", "robot", "window", "lamp", "sofa", "couch", "television", "clock", "painting",
+    "fridge", "sink", "printer", "laptop", "monitor", "vase", "bin", "bicycle", "car", "tree", "sign", "poster",
+    "desk", "bench", "cabinet", "drawer", "mirror", "fence",
+)  # fmt: skip
+_VISIBLE = _GRASPABLE + _ANIMATE + _FIXTURES
 _NAMED_COLORS = tuple(c for c in COLORS if c != "any")
 # Colours that sound plausible for some nouns ("a purple dog" would teach nothing useful).
 _NOUN_COLORS: dict[str, tuple[str, ...]] = {
@@ -409,6 +423,12 @@ _SAY_TEXTS = (
     "Please close the door", "Cleaning complete", "Hello world", "Testing, one two three",
 )  # fmt: skip
 _SAY_TEMPLATES = (
+    "Hello, {name}!",
+    "Good job, {name}!",
+    "Welcome back, {name}!",
+    "See you soon, {name}!",
+    "{name}, are you there?",
+    "Is anyone in the {room}?",
     "Hello, {name}",
     "Hi {name}",
     "Good morning, {name}",
@@ -509,7 +529,12 @@ _TURN_DEFAULT = (
 _TURN_FIXED: tuple[tuple[str, str | None, float], ...] = (
     ("turn around", "left", 180),
     ("turn around", "left", 180),
+    ("turn around", "left", 180),
+    ("turn around", "left", 180),
     ("turn yourself around", "left", 180),
+    ("turn all the way around", "left", 180),
+    ("turn back around", "left", 180),
+    ("face the other way", "left", 180),
     ("do a u-turn", "left", 180),
     ("make a U-turn", "left", 180),
     ("do a 180", "left", 180),
@@ -539,11 +564,11 @@ def turn(rng: Rng) -> Phrase:
     r = rng.random()
     side = rng.choice(_SIDES)
     clock = rng.choice(_CLOCK[side])
-    if r < 0.15:
+    if r < 0.17:
         words, fixed_side, angle = rng.choice(_TURN_FIXED)
         side = fixed_side or side
         return Phrase(words.format(side=side, clock=clock), (_turn_call(side, float(angle)),))
-    if r < 0.35:
+    if r < 0.4:
         return Phrase(rng.choice(_TURN_DEFAULT).format(side=side, clock=clock), (_turn_call(side, 90.0),))
     spoken, angle = measure(rng, ANGLE, bare=0.12)
     compact = digits(angle) + rng.choice(("-degree", " degree", "°"))
@@ -828,7 +853,7 @@ def detect(rng: Rng) -> Phrase:
     """Detect on its own: "look for a red ball", "is there a cup?"."""
     ref = _object_ref(rng, _VISIBLE, sized=False, definite=0.1)
     program = (_detect_call(ref),)
-    if rng.random() < 0.35:
+    if rng.random() < 0.5:  # a question alone asks, and nothing more (compare "is there a cup? If so, ...")
         return Phrase(rng.choice(_DETECT_QUESTION).format(o=ref.text), program, mood="question")
     return Phrase(rng.choice(_DETECT).format(o=ref.text), program)
 
@@ -854,6 +879,8 @@ def say(rng: Rng, quoted: bool = False) -> Phrase:
             text = text[0].lower() + text[1:]
         words = rng.choice(_SAY_UNQUOTED).format(t=_protect(text))
     else:
+        if text[-1].isalpha() and rng.random() < 0.12:
+            text += rng.choice(("!", "!", "?")) if text.startswith(("Are", "Is", "Can", "Where")) else "!"
         left, right = rng.choice(_QUOTES)
         if "'" in text:
             left, right = '"', '"'
@@ -884,7 +911,7 @@ CALL_BUILDERS: dict[str, _Weighted[Callable[[Rng], Phrase]]] = {
     "manipulation": _Weighted(
         ((pick_up, 5), (place, 3), (gripper_open, 1), (gripper_close, 1), (arm_move, 3), (arm_home, 1))
     ),
-    "perception": _Weighted(((take_photo, 2), (look_at, 3), (scan, 3), (detect, 2))),
+    "perception": _Weighted(((take_photo, 2), (look_at, 3), (scan, 3), (detect, 3))),
     "communication": _Weighted(((say, 6), (set_light, 3))),
 }
 
@@ -973,6 +1000,10 @@ def _join(rng: Rng, texts: Sequence[str], *, in_block: bool = False) -> str:
     """
     n = len(texts)
     style = rng.random()
+    if n == 2 and not in_block and style > 0.93:  # "after you pick up the cup, put it on the shelf"
+        return _capitalize_after_stop(
+            rng.choice(("after you {a}, {b}", "once you {a}, {b}")).format(a=texts[0], b=texts[1])
+        )
     if style < 0.15:
         out = "first " + texts[0]
         for i, text in enumerate(texts[1:], start=1):
@@ -994,9 +1025,41 @@ def _sequence_of(rng: Rng, phrases: Sequence[Phrase]) -> Phrase:
 _BRING = ("bring it to {l}", "carry it to {l}", "take it to {l}", "bring it over to {l}")
 
 
+_FIND_FIRST = (
+    "look at {o}", "find {o} with your camera", "point your camera at {o}", "focus on {o}", "look over at {o}",
+    "aim your camera at {o}",
+)  # fmt: skip
+_GRAB_IT = ("pick it up", "grab it", "pick that up", "take it", "lift it", "grab that", "pick it up with your gripper")
+
+
+def _handle_it(rng: Rng) -> list[Phrase]:
+    """An object named once, then handled by pronoun: "look at the green bottle, then grab it and put it in the box"
+    (the pronoun keeps the colour and size said the first time)."""
+    ref = _object_ref(rng, _GRASPABLE, sized=True, definite=0.8)
+    steps = [
+        Phrase(rng.choice(_FIND_FIRST).format(o=ref.text), (_look_at_call(ref),)),
+        Phrase(rng.choice(_GRAB_IT), (_pick_up_call(ref),)),
+    ]
+    if rng.random() < 0.6:
+        steps.append(place(rng))
+    return steps
+
+
+def _gripper_round(rng: Rng) -> list[Phrase]:
+    """The gripper opened before a pick-up and closed after it, each said as its own step."""
+    steps = [gripper_open(rng), pick_up(rng)]
+    if rng.random() < 0.7:
+        steps.append(gripper_close(rng))
+    return steps
+
+
 def _scenario(rng: Rng) -> list[Phrase]:
     """A task people actually ask for in several steps: fetch and place, go and report, and the like."""
-    kind = rng.randrange(5)
+    kind = rng.randrange(7)
+    if kind == 5:
+        return _handle_it(rng)
+    if kind == 6:
+        return _gripper_round(rng)
     if kind == 0:  # fetch: go, pick up, (bring), place
         steps = [navigate(rng), pick_up(rng)]
         if rng.random() < 0.5:
@@ -1015,9 +1078,11 @@ def _scenario(rng: Rng) -> list[Phrase]:
 
 def sequence(rng: Rng) -> Phrase:
     """2-4 steps in spoken order, mixing calls of every category (category ``sequence``)."""
-    if rng.random() < 0.3:
+    if rng.random() < 0.35:
         return _sequence_of(rng, _scenario(rng))
-    n = rng.choices((2, 3, 4), (0.5, 0.35, 0.15))[0]
+    if rng.random() < 0.06:  # "take a photo of the blue cup": two calls said as one
+        return photo_of(rng)
+    n = rng.choices((2, 3, 4), (0.42, 0.35, 0.23))[0]
     steps: list[Phrase] = []
     holding = False
     while len(steps) < n:
@@ -1066,7 +1131,7 @@ def _shape(rng: Rng) -> Phrase:
         text += rng.choice(_SHAPE_TURN[direction])
     text, speed = _with_speed(rng, text)
     body = (_call("robot.move_forward", distance=side, speed=speed), _turn_call(direction, round(360 / sides, 2)))
-    return Phrase(text, (Loop(sides, body),))
+    return Phrase(text, (Loop(sides, body),), closed=True)
 
 
 # Bodies worth repeating on their own ("turn left three times", "take 3 photos").
@@ -1077,6 +1142,7 @@ _REPEAT_ONE = ("{s} {n}", "{s} {n}", "{s} {n}", "{s}, {n}", "repeat {n}: {s}", "
 _REPEAT_MANY = (
     "repeat {n}: {s}", "repeat {n}: {s}", "do the following {n}: {s}", "{s}, {n}", "{s}. Do this {n}",
     "{s}. Do that {n} in total", "{n} in a row: {s}", "{s}, and do that {n}", "{n}: {s}", "repeat this {n}: {s}",
+    "{n}, {s}", "{n} in a row, {s}",
 )  # fmt: skip
 _PATROL = (
     "patrol between {a} and {b} {n}", "go back and forth between {a} and {b} {n}",
@@ -1087,6 +1153,14 @@ _ALTERNATE_LIGHT = (
     "flash {a} and {b} {n}", "set the light to {a} then {b}, {n}", "blink {a} and {b} {n}",
 )  # fmt: skip
 _N_PHOTOS = ("take {k} photos", "take {k} pictures", "snap {k} pictures", "take {k} photos in a row", "take {k} pics")
+_OUT_AND_BACK = (
+    "go forward {d} and back {d}", "move forward {d} and then back {d}", "drive {d} forward and {d} back",
+    "go {d} forward and come back {d}", "move ahead {d}, then back {d}",
+)  # fmt: skip
+# Errands a loop may repeat as a whole: "repeat twice: go to the kitchen, take a picture, come back home".
+_ERRAND: _Weighted[Callable[[Rng], Phrase]] = _Weighted(
+    ((navigate, 3), (go_home, 1.5), (take_photo, 2), (scan, 1), (_say_quoted, 1), (forward, 1), (turn, 1), (wait, 1))
+)
 
 
 def _count(rng: Rng) -> int:
@@ -1104,9 +1178,18 @@ def _loop_of(rng: Rng) -> Phrase:
         form = rng.choice(_REPEAT_ONE)
         mood = "statement" if form.startswith("{n}") else "imperative"  # "three times, turn left": no "please"
         text = form.format(s=step.text, n=_times(rng, n))
-        return Phrase(text, (Loop(n, step.program),), mood, count_last=form.startswith("{s}"))
+        last = form.startswith("{s}")
+        return Phrase(text, (Loop(n, step.program),), mood, count_last=last, closed=last and form.endswith("{n}"))
+    if kind < 0.55:  # "go forward 2 m and back 2 m, 3 times"
+        spoken, d = measure(rng, DISTANCE)
+        text = rng.choice(_OUT_AND_BACK).format(d=spoken)
+        body = (_call("robot.move_forward", distance=d, speed=1.0), _call("robot.move_backward", distance=d, speed=1.0))
+        form = rng.choice(("{s}, {n}", "{s} {n}", "repeat {n}: {s}", "{n}, {s}"))
+        closed = form.endswith("{n}")
+        return Phrase(form.format(s=text, n=_times(rng, n)), (Loop(n, body),), count_last=closed, closed=closed)
     if kind < 0.75:
-        steps = [_REPEATABLE(rng)(rng) for _ in range(rng.choice((2, 2, 3)))]
+        pool = _REPEATABLE if rng.random() < 0.7 else _ERRAND
+        steps = [pool(rng)(rng) for _ in range(rng.choice((2, 2, 3)))]
         body = tuple(s for p in steps for s in p.program)
         form = rng.choice(_REPEAT_MANY)
         mood = "statement" if form.startswith("{n}") else "imperative"
@@ -1117,14 +1200,14 @@ def _loop_of(rng: Rng) -> Phrase:
         form = rng.choice(_PATROL)
         text = form.format(a=_location_text(rng, a), b=_location_text(rng, b), n=_times(rng, n))
         body = (_call("robot.navigate_to", location=a, speed=1.0), _call("robot.navigate_to", location=b, speed=1.0))
-        return Phrase(text, (Loop(n, body),), count_last=True)
+        return Phrase(text, (Loop(n, body),), count_last=True, closed=True)
     if kind < 0.94:
         a, b = rng.sample(_NAMED_COLORS, 2)
         text = rng.choice(_ALTERNATE_LIGHT).format(a=a, b=b, n=_times(rng, n))
         body = (_call("robot.set_light", color=a), _call("robot.set_light", color=b))
-        return Phrase(text, (Loop(n, body),), count_last=True)
+        return Phrase(text, (Loop(n, body),), count_last=True, closed=True)
     k = str(n) if rng.random() < 0.6 else int_words(n, rng)
-    return Phrase(rng.choice(_N_PHOTOS).format(k=k), (Loop(n, (_call("robot.camera.take_photo"),)),))
+    return Phrase(rng.choice(_N_PHOTOS).format(k=k), (Loop(n, (_call("robot.camera.take_photo"),)),), closed=True)
 
 
 _CONDITION = (
@@ -1132,15 +1215,47 @@ _CONDITION = (
     "you spot {o}", "you can see {o}", "you find {o}", "{o} is visible", "you notice {o}",
     "there is {o} in front of you", "there's {o} nearby", "your sensors detect {o}",
 )  # fmt: skip
+_CONDITION += ("you come across {o}", "you happen to see {o}", "you run into {o}", "there happens to be {o}")
+_CONDITION += ("there is {o} there", "you see {o} there", "you find {o} there")
 _IF = ("if {c}, {t}", "if {c}, {t}", "if {c}, {t}", "if {c} then {t}", "if {c}, then {t}", "if {c}, {t}")
+# Other ways people open a condition: the same `if` in the program.
+_IF += (
+    "when {c}, {t}", "when {c}, {t}", "when {c} {t}", "in case {c}, {t}", "provided {c}, {t}",
+    "provided that {c}, {t}", "assuming {c}, {t}", "in the event that {c}, {t}", "if it turns out {c}, {t}",
+    "if {c} {t}", "if {c} go ahead and {t}", "only if {c}, {t}",
+)  # fmt: skip
+_SHOULD = (
+    "should you see {o}, {t}", "should you spot {o}, {t}", "should you find {o}, {t}", "should you detect {o}, {t}",
+    "should there be {o}, {t}", "should you come across {o}, {t}", "should you notice {o}, {t}",
+)  # fmt: skip
+# A question, then what to do for yes (and for no: _ELSE_ANSWER).
+_ASK = (
+    "is there {o}? If so, {t}", "is there {o}? If yes, {t}", "is there {o}? if yes {t}",
+    "do you see {o}? If you do, {t}", "can you see {o}? If so, {t}", "is there {o} around? If there is, {t}",
+    "do you see {o}? if yes, {t}", "any {n} around? If so, {t}", "check whether there's {o}; if yes, {t}",
+    "see if there is {o}. If yes, {t}",
+)  # fmt: skip
+_ELSE_ANSWER = ("; if no, {e}", " if no {e}", ". If not, {e}", ", if not, {e}", ". If no, {e}", ". Otherwise, {e}")
 _ELSE = (", otherwise {e}", ", otherwise {e}", ", otherwise, {e}", "; otherwise {e}", ". Otherwise, {e}", ", else {e}")
 _ELSE += (", if not, {e}", ". If not, {e}", ", or else {e}", "; if not, {e}")
+_ELSE += (
+    ", if you don't, {e}", ". If you don't see it, {e}", ", and if not, {e}", "; if no, {e}",
+    ", if there isn't one, {e}", ". If it's not there, {e}", ", and if you can't find it, {e}", "; else {e}",
+)  # fmt: skip
+# After a condition: the next step happens whatever the condition found.
+_AFTER_IF = (
+    ". Then, regardless, ", ". Either way, ", ". In any case, ", ". No matter what, ",
+    ". After that, whatever happens, ", ". Regardless, ", ". Then, either way, ", ". Whatever you find, ",
+)  # fmt: skip
 _CHECK_FIRST = (
     "check for {o}. If you find it, {t}",
     "look for {o}. If it's there, {t}",
     "see if there's {o}; if so, {t}",
     "check if there is {o} and if there is, {t}",
     "look for {o}, and if you see it, {t}",
+    "check if there's {o} and, if so, {t}",
+    "check whether {o} is there and if it is, {t}",
+    "see whether you can find {o}, and if you can, {t}",
 )
 # "pick up the red ball if you see one": the action names the object, the condition follows.
 _ACTION_FIRST = ("{t} if you see one", "{t} if there is one", "{t} if you can see it", "{t} if it's there")
@@ -1163,6 +1278,14 @@ def _reaction_to(rng: Rng, ref: ObjectRef) -> Phrase:
         if ref.noun == "person":
             greeting = rng.choice(("Hello", "Hi there", "Hello!", "Good morning", "Welcome"))
             options.append((f'say "{_protect(greeting)}"', (_call("robot.say", text=greeting),)))
+    elif ref.noun not in _GRASPABLE:  # a sofa is looked at, not picked up
+        options = [
+            (rng.choice(("look at it", "point your camera at it", "look at that")), (_look_at_call(ref),)),
+            (
+                rng.choice(("take a photo of it", "take a picture of it", "photograph it", "snap a pic of it")),
+                (_look_at_call(ref), _call("robot.camera.take_photo")),
+            ),
+        ]
     else:
         surface = _PLACE_LOCATIONS(rng)
         put = rng.choice(("put it", "place it", "drop it"))
@@ -1179,6 +1302,12 @@ def _reaction_to(rng: Rng, ref: ObjectRef) -> Phrase:
                 (_look_at_call(ref), _call("robot.camera.take_photo")),
             ),
         ]
+        if rng.random() < 0.25:  # "pick it up, carry it to the garage and put it on the floor"
+            room = rng.choice(_ROOMS)
+            carry = rng.choice(_BRING).format(l=_location_text(rng, room))
+            text = f"{rng.choice(('pick it up', 'grab it'))}, {carry} and {put} {where}"
+            program = (_pick_up_call(ref), _call("robot.navigate_to", location=room, speed=1.0))
+            return Phrase(text, (*program, _call("robot.gripper.place", location=surface)))
     text, program = rng.choice(options)
     return Phrase(text, program)
 
@@ -1187,7 +1316,7 @@ def _action_naming(rng: Rng, ref: ObjectRef) -> Phrase:
     """An action that names its object in full, for "pick up the red ball if you see one"."""
     if ref.noun in _ANIMATE:
         return Phrase(f"follow {ref.the()}", (_call("robot.follow", target=ref.noun, distance=1.0),))
-    if rng.random() < 0.7:
+    if ref.noun in _GRASPABLE and rng.random() < 0.7:
         return Phrase(f"{rng.choice(('pick up', 'grab'))} {ref.the()}", (_pick_up_call(ref),))
     if rng.choice((True, False)):
         return Phrase(f"look at {ref.the()}", (_look_at_call(ref),))
@@ -1232,28 +1361,113 @@ def _conditional(rng: Rng) -> Phrase:
         extra = _REACTION(rng)(rng)
         joined = then.text + rng.choice((" and ", " and then ", ", then ")) + extra.text
         then = Phrase(joined, then.program + extra.program)
+    elif r >= 0.65 and rng.random() < 0.3:  # "drive forward 2 m and pick it up": the pronoun after another step
+        handled = _reaction_to(rng, ref)
+        joined = then.text + rng.choice((" and ", " and then ", ", then ")) + handled.text
+        then = Phrase(joined, then.program + handled.program)
     orelse: Phrase | None = None
     if rng.random() < 0.5:
         orelse = _not_found(rng, ref) if rng.random() < 0.4 else _REACTION(rng)(rng)
         while orelse.program == then.program:  # "if ..., go home, otherwise go home" says nothing
             orelse = _REACTION(rng)(rng)
-    if rng.random() < 0.15:
+    opener = rng.random()
+    if opener < 0.12:
         text = rng.choice(_CHECK_FIRST).format(o=ref.text, t=then.text)
+    elif opener < 0.24:
+        text = rng.choice(_SHOULD).format(o=ref.text, t=then.text)
+    elif opener < 0.36:
+        text = rng.choice(_ASK).format(o=ref.text, n=ref.text.split(" ", 1)[1], t=then.text)
     else:
         text = rng.choice(_IF).format(c=rng.choice(_CONDITION).format(o=ref.text), t=then.text)
     if orelse is not None:
-        text += rng.choice(_ELSE).format(e=orelse.text)
+        answers = _ELSE_ANSWER if opener < 0.36 and opener >= 0.24 else _ELSE
+        text += rng.choice(answers).format(e=orelse.text)
     program = (If(test, then.program, orelse.program if orelse else ()),)
     return Phrase(_capitalize_after_stop(text), program, mood="statement")
+
+
+_BOTH = (
+    "if you see {a} and you also see {b}, {t}", "if you see {a} and {b}, {t}", "if there's {a} and also {b}, {t}",
+    "if {a} and {b} are both there, {t}", "when you see both {a} and {b}, {t}", "if you detect {a} as well as {b}, {t}",
+    "if there is {a}, and there is also {b}, {t}",
+)  # fmt: skip
+
+
+def _nested_conditional(rng: Rng) -> Phrase:
+    """Two things must be seen: "if you see a dog and also a ball, say ..." -> an `if` inside an `if`."""
+    a, b = (_object_ref(rng, _VISIBLE, sized=False, definite=0.0) for _ in range(2))
+    while b.noun == a.noun:
+        b = _object_ref(rng, _VISIBLE, sized=False, definite=0.0)
+    then = _found(rng, a) if rng.random() < 0.2 else _REACTION(rng)(rng)
+    text = rng.choice(_BOTH).format(a=a.text, b=b.text, t=then.text)
+    inner = If(_detect_call(b), then.program)
+    return Phrase(text, (If(_detect_call(a), (inner,)),), mood="statement")
+
+
+def _simple_if(rng: Rng) -> Phrase:
+    """ "if you see a cup, pick it up": one condition, no else."""
+    ref = _object_ref(rng, _VISIBLE, sized=False, definite=0.0)
+    then = _reaction_to(rng, ref) if rng.random() < 0.6 else _REACTION(rng)(rng)
+    opener = rng.choice(("if {c}, {t}", "if {c}, {t}", "when {c}, {t}", "if {c} {t}"))
+    text = opener.format(c=rng.choice(_CONDITION).format(o=ref.text), t=then.text)
+    return Phrase(text, (If(_detect_call(ref), then.program),), mood="statement")
+
+
+def _two_conditionals(rng: Rng) -> Phrase:
+    """Two conditions one after the other: "if you see a cup, pick it up; if you see a ball, look at it"."""
+    first, second = _simple_if(rng), _simple_if(rng)
+    while second.program[0].test == first.program[0].test:
+        second = _simple_if(rng)
+    joiner = rng.choice(("; ", ". ", ". And ", "; and ", ". Also, "))
+    text = _capitalize_after_stop(first.text + joiner + second.text)
+    return Phrase(text, first.program + second.program, mood="statement")
+
+
+_EACH_TIME = (
+    "{d} {n}, and each time you find one, {t}", "{d} {n} and every time it's there, {t}",
+    "{d} {n}; each time you see it, {t}", "{d} {n}, and whenever you find one, {t}",
+    "{n}, {d} and if it's there, {t}", "{n}: {d}, and if you find one, {t}",
+)  # fmt: skip
+_STEP_THEN_CHECK = (
+    "{n}: {s}, and if {c}, {t}", "repeat {n}: {s}, then if {c}, {t}", "do this {n}: {s} and if {c}, {t}",
+    "{n}, {s}, and if {c}, {t}",
+)  # fmt: skip
+
+
+def _loop_with_check(rng: Rng) -> Phrase:
+    """A condition checked on every round: "look for a cup 3 times, and each time you find one, pick it up",
+    "3 times: scan, and if you see a cat, take a picture"."""
+    n = _count(rng)
+    ref = _object_ref(rng, _VISIBLE, sized=False, definite=0.0)
+    then = _reaction_to(rng, ref) if rng.random() < 0.7 else _found(rng, ref)
+    test = If(_detect_call(ref), then.program)
+    if rng.random() < 0.5:
+        check = rng.choice(("look for {o}", "check for {o}", "search for {o}", "scan for {o}", "look around for {o}"))
+        text = rng.choice(_EACH_TIME).format(d=check.format(o=ref.text), n=_times(rng, n), t=then.text)
+        return Phrase(_capitalize_after_stop(text), (Loop(n, (test,)),), mood="statement")
+    step = rng.choice((scan, turn, forward, take_photo, wait))(rng)
+    cond = rng.choice(_CONDITION).format(o=ref.text)
+    text = rng.choice(_STEP_THEN_CHECK).format(n=_times(rng, n), s=step.text, c=cond, t=then.text)
+    return Phrase(text, (Loop(n, (*step.program, test)),), mood="statement")
+
+
+# A step joined after a closed loop ("turn left 3 times, then take a photo") comes after the loop.
+_THEN_AFTER_LOOP = (", then ", " then ", " and then ", ", and then ", ", after that ", " and after that ")
 
 
 def control_flow(rng: Rng) -> Phrase:
     """A loop or a conditional, sometimes inside a loop or with a step before or after it."""
     r = rng.random()
-    if r < 0.5:
+    if r < 0.42:
         block = _loop_of(rng)
-    elif r < 0.9:
+    elif r < 0.74:
         block = _conditional(rng)
+    elif r < 0.8:
+        block = _nested_conditional(rng)
+    elif r < 0.86:
+        block = _two_conditionals(rng)
+    elif r < 0.94:
+        block = _loop_with_check(rng)
     else:  # a conditional repeated: "repeat 3 times: if you see a cup, pick it up, otherwise move forward"
         inner = _conditional(rng)
         n = _count(rng)
@@ -1261,12 +1475,19 @@ def control_flow(rng: Rng) -> Phrase:
         block = Phrase(head.format(n=_times(rng, n)) + inner.text, (Loop(n, inner.program),), mood="statement")
     if rng.random() < 0.2 and not block.count_last:
         before = _STEP(rng)(rng)
-        text = before.text + rng.choice((", then ", " and ", ". Then ", ", and then ")) + block.text
-        block = Phrase(_capitalize_after_stop(text), before.program + block.program)
+        first = "first " if rng.random() < 0.2 else ""
+        text = first + before.text + rng.choice((", then ", " and ", ". Then ", ", and then ", ". ")) + block.text
+        block = Phrase(_capitalize_after_stop(text), before.program + block.program, closed=block.closed)
     # After "repeat 3 times: a. b" a further sentence could be read as inside the loop, so no step follows.
-    if ":" not in block.text and rng.random() < 0.15:
+    if ":" not in block.text and rng.random() < (0.5 if block.closed else 0.15):
         after = _STEP(rng)(rng)
-        text = block.text + rng.choice(_AFTER_BLOCK) + after.text
+        if block.closed and rng.random() < 0.8:
+            joiner = rng.choice(_THEN_AFTER_LOOP)
+        elif isinstance(block.program[-1], If) and rng.random() < 0.5:
+            joiner = rng.choice(_AFTER_IF)
+        else:
+            joiner = rng.choice(_AFTER_BLOCK)
+        text = block.text + joiner + after.text
         block = Phrase(_capitalize_after_stop(text), block.program + after.program, block.mood)
     return block
 
@@ -1308,6 +1529,7 @@ _SUFFIX: _Weighted[str] = _Weighted(
     ((" ", 76), (" please", 6), (", please", 6), (" for me", 3), (" now", 3), (", thanks", 2), (", thank you", 2))
 )
 _STATEMENT_SUFFIX: _Weighted[str] = _Weighted(((" ", 90), (", please", 5), (", thanks", 5)))
+_PUNCTUATION_MARKS = re.compile(r"[,;:!?]|\.(?!\d)")
 _PUNCTUATION: _Weighted[str] = _Weighted((("", 50), (".", 38), ("!", 10), ("...", 1), ("!!", 1)))
 
 
@@ -1365,6 +1587,11 @@ def decorate(rng: Rng, phrase: Phrase) -> str:
     text = prefix + text + suffix.rstrip()
     if rng.random() < TYPO_RATE:
         text = add_typo(rng, text)
+    # One statement, or steps only: without punctuation the words still say where each step belongs.
+    if rng.random() < PLAIN_RATE and (len(phrase.program) == 1 or all(isinstance(s, Call) for s in phrase.program)):
+        text = _map_free(text, lambda t: _PUNCTUATION_MARKS.sub(" ", t))
+        text = _map_free(text, str.lower) if rng.random() < 0.7 else text
+        return re.sub(r"\s+", " ", text.replace(_OPEN, "").replace(_CLOSE, "")).strip()
     casing = rng.random()
     if casing < 0.5:
         text = text[0].upper() + text[1:]

@@ -191,6 +191,74 @@ def test_spoken_colours_reach_the_output(records: list[dict[str, str]]) -> None:
                     assert color in record["input"].lower(), record
 
 
+def test_a_step_joined_by_then_after_a_count_comes_after_the_loop(records: list[dict[str, str]]) -> None:
+    """ "turn right 30 degrees 3 times, then take a photo": the count closes the loop, the photo follows it."""
+    closed_then = re.compile(r"\b(\d+ times|twice)( in a row)?,? (and )?(then|after that) ", re.IGNORECASE)
+    hits = 0
+    for record in records:
+        program = parse_program(record["output"])
+        said = record["category"] == "control_flow" and closed_then.search(normalize_command(record["input"]))
+        if said and isinstance(program[0], Loop) and len(program) == 2:
+            hits += 1
+            assert isinstance(program[1], Call), record
+    assert hits >= 10
+
+
+def test_two_things_seen_nest_one_condition_in_the_other() -> None:
+    rng = random.Random(7)
+    for _ in range(50):
+        phrase = gen._nested_conditional(rng)
+        (outer,) = phrase.program
+        assert isinstance(outer, If) and not outer.orelse
+        (inner,) = outer.body
+        assert isinstance(inner, If) and inner.test != outer.test
+        for test in (outer.test, inner.test):
+            assert test.kwargs["object_type"] in phrase.text
+
+
+def test_conditions_one_after_the_other_stay_apart() -> None:
+    rng = random.Random(8)
+    for _ in range(50):
+        first, second = gen._two_conditionals(rng).program
+        assert isinstance(first, If) and isinstance(second, If) and first.test != second.test
+
+
+def test_a_check_repeated_puts_the_condition_inside_the_loop() -> None:
+    rng = random.Random(9)
+    for _ in range(50):
+        phrase = gen._loop_with_check(rng)
+        (loop,) = phrase.program
+        assert isinstance(loop, Loop) and isinstance(loop.body[-1], If)
+        assert len(loop.body) <= 2
+
+
+def test_an_object_handled_by_pronoun_keeps_its_colour_and_size() -> None:
+    """ "look at the big green bottle, then grab it": the pick-up is of the big green bottle."""
+    rng = random.Random(10)
+    for _ in range(50):
+        look, grab, *rest = [s for p in gen._handle_it(rng) for s in p.program]
+        assert look.name == "robot.camera.look_at" and grab.name == "robot.gripper.pick_up"
+        assert (grab.kwargs["object_type"], grab.kwargs["color"]) == (look.kwargs["object_type"], look.kwargs["color"])
+        assert [s.name for s in rest] in ([], ["robot.gripper.place"])
+
+
+def test_things_that_cannot_be_carried_are_never_picked_up(records: list[dict[str, str]]) -> None:
+    fixtures = set(gen._FIXTURES) | set(gen._ANIMATE)
+    for record in records:
+        for call in _calls(parse_program(record["output"])):
+            if call.name == "robot.gripper.pick_up":
+                assert call.kwargs["object_type"] not in fixtures, record
+
+
+def test_commands_typed_without_punctuation_stay_unambiguous(records: list[dict[str, str]]) -> None:
+    """Without punctuation nothing says where a condition's branch ends, so no step follows a condition."""
+    plain = [r for r in records if not re.search(r"[,;:!?]|\.(?!\d)", re.sub(r'"[^"]*"|“[^”]*”', "", r["input"]))]
+    assert len(plain) >= 100
+    for record in plain:
+        program = parse_program(record["output"])
+        assert not any(isinstance(s, If) for s in program[:-1]), record
+
+
 # ------------------------------------------------------------------------------------------------
 # Phrasing conventions
 # ------------------------------------------------------------------------------------------------
