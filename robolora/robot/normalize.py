@@ -12,11 +12,19 @@ shows the command with its quantities already in metres, metres per second and s
 
 Only the numbers and units change; quoted text is left as it is, and so is a lone "one" that counts
 nothing ("pick that one up"). Degrees, metres and seconds keep their values.
+
+A slip of the finger in a word the robot knows is read as that word first (:func:`correct_spelling`):
+the generator never misspells a colour, size or number, so a model never learns to read "yelow" or
+"fiev", and the few slips it sees teach it little.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Iterable
+
+from robolora.robot.vocabulary import NEVER_CORRECTED, VOCABULARY
 
 #: Number words by value (0-19), and the tens by their digit (2-9); the dataset generator speaks with them.
 ONES_WORDS = (
@@ -236,8 +244,157 @@ def _rewrite(text: str) -> str:
     return "".join(out)
 
 
-def normalize_command(text: str) -> str:
-    """``text`` with its quantities in the API's units and in digits, its quoted text untouched.
+# ---------------------------------------------------------------------------------------------------
+# Slips of the finger in the words the robot knows
+# ---------------------------------------------------------------------------------------------------
+
+
+def target_index(words: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """The words of 3+ letters a slip may be read as, by first letter, in a fixed order."""
+    index: dict[str, list[str]] = {}
+    for word in sorted(words):
+        if len(word) >= 3:
+            index.setdefault(word[0], []).append(word)
+    return {letter: tuple(group) for letter, group in index.items()}
+
+
+#: Known words by first letter: a slip is read only as a word that starts like it.
+_TARGETS = target_index(VOCABULARY)
+
+#: The verbs whose unquoted words, to the end of the command, are what the robot says ("say helo"),
+#: and the words that may come between them ("say out loud hello", "say the words hello").
+_SAY_VERBS = frozenset(("say", "announce", "speak"))
+_SAY_FILLERS = frozenset(("out", "loud", "the", "words", "phrase"))
+
+#: A run of word characters and apostrophes; only letters alone, or with "'s", are read as a word: none
+#: joined to a digit ("10cm": a unit, read with its number), no other contraction ("wouldn't").
+_WORD = re.compile(r"[\w'’]+")
+_READABLE = re.compile(r"([A-Za-z]+)((?:['’]s)?)")
+
+
+def slip_targets(word: str, index: dict[str, tuple[str, ...]] | None = None) -> list[str]:
+    """Words of ``index`` (by default the known words) that lower-case ``word`` may be one slip of, under
+    the length rule of :func:`correct_spelling`: 4+ letters typed, any slip; 3 letters typed, only a
+    letter dropped from a 4-letter word ("lok" -> look) or the last two letters swapped ("teh" -> the).
+
+    >>> slip_targets("ofice"), slip_targets("lok"), slip_targets("lko"), slip_targets("fro")
+    (['office'], ['look'], [], ['for', 'from'])
+    """
+    if len(word) < 3 or not word.isalpha():
+        return []
+    found = [w for w in (_TARGETS if index is None else index).get(word[0], ()) if _one_slip(word, w)]
+    if len(word) == 3:
+        found = [w for w in found if len(w) == 4 or w == word[0] + word[2] + word[1]]
+    return found
+
+
+def _slip_rank(typed: str, word: str) -> int:
+    """How usual the slip that makes ``word`` into ``typed`` is (lower is more usual): 0 two neighbours
+    swapped, 1 a letter doubled or a double letter typed once, 2 a letter dropped, 3 added, 4 replaced.
+
+    >>> _slip_rank("pikc", "pick"), _slip_rank("baack", "back"), _slip_rank("pikc", "pic")
+    (0, 1, 3)
+    """
+    if len(typed) == len(word):
+        return 0 if sorted(typed) == sorted(word) else 4
+    longer, shorter = (typed, word) if len(typed) > len(word) else (word, typed)
+    i = next((k for k, (a, b) in enumerate(zip(longer, shorter, strict=False)) if a != b), len(shorter))
+    if longer[i] in (longer[i - 1 : i] if i else "") + longer[i + 1 : i + 2]:
+        return 1
+    return 3 if len(typed) > len(word) else 2
+
+
+def _spelling(word: str) -> str:
+    """One spelling for words that differ only in it ("metres" and "meters")."""
+    return re.sub(r"tre(s?)$", r"ter\1", word).replace("colour", "color")
+
+
+@functools.lru_cache(maxsize=8192)
+def _corrected(word: str) -> str:
+    """``word`` (lower case) read as the known word it is a slip of; itself when that is unsure.
+
+    Of several, the likeliest counts only where the slip is clear: neighbours swapped, a letter doubled
+    or dropped, against a letter added or replaced ("pikc" -> pick, not pic); "tere" stays, as it is
+    "tree" swapped as much as "there" with a letter dropped.
+    """
+    if word in VOCABULARY or word in NEVER_CORRECTED:
+        return word
+    ranks = sorted((_slip_rank(word, w), w) for w in slip_targets(word))
+    if not ranks:
+        return word
+    if len({_spelling(w) for _, w in ranks}) == 1:  # "metrs": metres or meters, the same
+        return ranks[0][1]
+    return ranks[0][1] if ranks[0][0] <= 2 and ranks[1][0] >= 3 else word
+
+
+def _same_case(typed: str, word: str) -> str:
+    """``word`` written in ``typed``'s case: all capitals, Capitalised, or lower case."""
+    if len(typed) > 1 and typed.isupper():
+        return word.upper()
+    return word.capitalize() if typed[0].isupper() else word
+
+
+def _correct_free(text: str, speech_follows: bool = True) -> str:
+    """Slips corrected in ``text``, which holds no quoted text; when no quote follows (``speech_follows``),
+    only up to "say", whose unquoted words are what the robot says ("say helo": kept)."""
+    out, end, said = [], 0, False
+    for match in _WORD.finditer(text):
+        readable = _READABLE.fullmatch(match.group())
+        if readable is None:
+            continue
+        typed = readable.group(1)
+        word = _corrected(typed.lower())
+        if said and word not in _SAY_FILLERS:
+            break
+        if word != typed.lower():
+            out.append(text[end : match.start()] + _same_case(typed, word) + readable.group(2))
+            end = match.end()
+        said = said or (speech_follows and word in _SAY_VERBS)
+    out.append(text[end:])
+    return "".join(out)
+
+
+def correct_spelling(text: str) -> str:
+    """``text`` with its slips of the finger in the words the robot knows corrected.
+
+    A small model reads a slip badly ("go to the ofice" -> front_door) and cannot learn every one, so
+    every prompt, in training and in inference, shows the word meant. A word is corrected when
+
+    * it is in free text: never inside quotes, nor after an unquoted "say" (past "out loud", "the
+      words"), as what the robot says is kept as typed;
+    * it is letters alone, or letters and "'s" ("therre's"): none joined to a digit, no other apostrophe;
+    * it is neither a known word (:data:`~robolora.robot.vocabulary.VOCABULARY`, the words of the dataset
+      generator, so "book" is never read as "look") nor a real or chat word the vocabulary lacks
+      (:data:`~robolora.robot.vocabulary.NEVER_CORRECTED`: "books", "form", "dont", "foto");
+    * it is one slip (:func:`_one_slip`) from a known word of 3+ letters with the same first letter (the
+      generator's typos never touch it, and a name such as "Kate" is no slip of "take"), and from only
+      one, or one by a clearly likelier slip (:func:`_corrected`);
+    * it has 4+ letters, or 3 for the two slips that seldom make another word: a letter dropped from a
+      4-letter word ("lok" -> look) or the last two swapped ("teh" -> the). Shorter words never change.
+
+    The word keeps its case: OFICE -> OFFICE, Ofice -> Office.
+
+    >>> correct_spelling("pls navigate to the ofice")
+    'pls navigate to the office'
+    >>> correct_spelling('go ahead and clsoe your gripper, then say "clsoe"')
+    'go ahead and close your gripper, then say "clsoe"'
+    >>> correct_spelling("Pikc up the larg red cup and put it in teh BXO")
+    'Pick up the large red cup and put it in the BOX'
+    >>> correct_spelling("grab the book, then say helo wrld")
+    'grab the book, then say helo wrld'
+    """
+    return "".join(_corrected_pieces(_QUOTED_SPLIT.split(text)))
+
+
+def _corrected_pieces(pieces: list[str]) -> list[str]:
+    """Free text, quoted, free text, ..., free text: the free texts corrected, the quoted kept."""
+    last = len(pieces) - 1
+    return [p if i % 2 else _correct_free(p, speech_follows=i == last) for i, p in enumerate(pieces)]
+
+
+def normalize_command(text: str, *, spelling: bool = True) -> str:
+    """``text`` with its quantities in the API's units and in digits, its slips of the finger in known
+    words corrected (:func:`correct_spelling`; not with ``spelling=False``), its quoted text untouched.
 
     A command typed all in capitals is read in lower case (its quoted text still untouched): capitals
     say nothing to the robot, and a model reads lower-case words far better.
@@ -252,10 +409,14 @@ def normalize_command(text: str) -> str:
     'turn right a 180 degree turn, then a 90 degree turn left'
     >>> normalize_command('GO FORWARD TEN FEET AND SAY "Hi"')
     'go forward 3.05 m and say "Hi"'
+    >>> normalize_command("wait fiev secnods, then go to the kichen")
+    'wait 5 seconds, then go to the kitchen'
     """
     pieces = _QUOTED_SPLIT.split(text)  # free text, quoted, free text, ..., free text
     free = pieces[::2]
     if any(c.isupper() for s in free for c in s) and not any(c.islower() for s in free for c in s):
         pieces[::2] = [s.lower() for s in free]
+    if spelling:
+        pieces = _corrected_pieces(pieces)
     pieces[::2] = [_rewrite(s) for s in pieces[::2]]
     return "".join(pieces)
