@@ -448,9 +448,20 @@ _SAY_TEMPLATES = (
 )
 
 
+# Words people add to a short phrase ("good morning everyone"): the model learns to copy a quoted text whole
+# instead of stopping at the familiar phrase it knows. Phrases of at most three words take one.
+_SAY_TAILS = (
+    " everyone", " everybody", " please", " so much", " very much", " again", " all", " friends", " team",
+    " now", " today", " to you", " guys", " for now", " my friend",
+)  # fmt: skip
+
+
 def _say_text(rng: Rng) -> str:
     if rng.random() < 0.6:
-        return rng.choice(_SAY_TEXTS)
+        text = rng.choice(_SAY_TEXTS)
+        if rng.random() < 0.3 and text[-1].isalpha() and len(text.split()) <= 3:
+            text += rng.choice(_SAY_TAILS)
+        return text
     return rng.choice(_SAY_TEMPLATES).format(
         name=rng.choice(_NAMES),
         room=rng.choice(_ROOMS).replace("_", " "),
@@ -867,13 +878,17 @@ _SAY_UNQUOTED = ("say {t}", "say {t}", "say {t}", "say: {t}", "announce: {t}", "
 _QUOTES = (('"', '"'), ('"', '"'), ('"', '"'), ("'", "'"), ("“", "”"))
 
 
+_NUMBER_IN_TEXT = re.compile(r"\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten)\b", re.IGNORECASE)
+
+
 def say(rng: Rng, quoted: bool = False) -> Phrase:
     """Speak: 'say "Task complete"' -> text "Task complete"; "say hello" -> text "hello".
 
     Unquoted text runs to the end of the command, so ``quoted=True`` forces quotes where more words follow.
     """
     text = _say_text(rng)
-    if not quoted and "," not in text and rng.random() < 0.4:
+    # A number said without quotes would be read as a quantity ("say meeting starts in five minutes").
+    if not quoted and "," not in text and not _NUMBER_IN_TEXT.search(text) and rng.random() < 0.4:
         text = text.rstrip(".!?")
         if rng.random() < 0.4 and not text.startswith(("I ", "I'")):
             text = text[0].lower() + text[1:]
@@ -1237,10 +1252,12 @@ _ASK = (
 )  # fmt: skip
 _ELSE_ANSWER = ("; if no, {e}", " if no {e}", ". If not, {e}", ", if not, {e}", ". If no, {e}", ". Otherwise, {e}")
 _ELSE = (", otherwise {e}", ", otherwise {e}", ", otherwise, {e}", "; otherwise {e}", ". Otherwise, {e}", ", else {e}")
-_ELSE += (", if not, {e}", ". If not, {e}", ", or else {e}", "; if not, {e}")
-_ELSE += (
+_ELSE += (", if not, {e}", ". If not, {e}", ", or else {e}", "; if not, {e}", ", else {e}", "; else {e}", " else {e}")
+_ELSE += (", otherwise {e}", ", if not, {e}")
+# Rarer ways to say "else", each drawn less often than the common ones above.
+_ELSE_RARE = (
     ", if you don't, {e}", ". If you don't see it, {e}", ", and if not, {e}", "; if no, {e}",
-    ", if there isn't one, {e}", ". If it's not there, {e}", ", and if you can't find it, {e}", "; else {e}",
+    ", if there isn't one, {e}", ". If it's not there, {e}", ", and if you can't find it, {e}",
 )  # fmt: skip
 # After a condition: the next step happens whatever the condition found.
 _AFTER_IF = (
@@ -1380,7 +1397,7 @@ def _conditional(rng: Rng) -> Phrase:
     else:
         text = rng.choice(_IF).format(c=rng.choice(_CONDITION).format(o=ref.text), t=then.text)
     if orelse is not None:
-        answers = _ELSE_ANSWER if opener < 0.36 and opener >= 0.24 else _ELSE
+        answers = _ELSE_ANSWER if 0.24 <= opener < 0.36 else _ELSE_RARE if rng.random() < 0.2 else _ELSE
         text += rng.choice(answers).format(e=orelse.text)
     program = (If(test, then.program, orelse.program if orelse else ()),)
     return Phrase(_capitalize_after_stop(text), program, mood="statement")

@@ -182,6 +182,30 @@ def test_say_text_appears_verbatim(records: list[dict[str, str]]) -> None:
                 assert call.kwargs["text"] in record["input"], record
 
 
+def test_a_said_text_with_a_number_is_quoted() -> None:
+    """Unquoted, "five minutes" in a text would be read as a quantity: such texts are always quoted."""
+    rng = random.Random(0)
+    said = [gen.say(rng) for _ in range(4000)]
+    numbered = [p for p in said if gen._NUMBER_IN_TEXT.search(p.program[0].kwargs["text"])]
+    assert len(numbered) >= 20
+    for phrase in numbered:
+        quoted = r"[\"'“‘]" + re.escape(gen._OPEN + phrase.program[0].kwargs["text"])
+        assert re.search(quoted, phrase.text), phrase
+
+
+def test_short_phrases_are_said_with_added_words_too(records: list[dict[str, str]]) -> None:
+    """ "good morning everyone": the familiar phrase is not where the text always stops."""
+    texts = {
+        call.kwargs["text"]
+        for record in records
+        for call in _calls(parse_program(record["output"]))
+        if call.name == "robot.say"
+    }
+    extended = {t for t in texts if any(t.endswith(tail) for tail in gen._SAY_TAILS)}
+    assert len(extended) >= 20
+    assert any(t.lower().startswith("good morning ") for t in extended)
+
+
 def test_spoken_colours_reach_the_output(records: list[dict[str, str]]) -> None:
     for record in records:
         if record["category"] in ("manipulation", "perception"):
