@@ -4,8 +4,9 @@ Requests wait in a :class:`Batcher` (a queue and the one thread that empties it)
 request waiting at that moment to the engine in one go, so concurrent clients are answered from shared
 batches. Two engines:
 
-* :class:`TransformersBackend` (CPU, or a GPU without vLLM): each adapter through
-  :meth:`robolora.infer.Generator.load`, as ``robolora eval`` loads it, with one batcher per adapter;
+* :class:`TransformersBackend` (CPU, or a GPU without vLLM): the base model once, through
+  :meth:`robolora.infer.Generator.load` as ``robolora eval`` loads it, every adapter beside it (one
+  adapter alone is merged), with one batcher per adapter;
   the prompts are rendered and normalized as in training, decoding is constrained by the robot grammar.
 * :class:`VllmBackend` (a CUDA GPU with vLLM installed): vLLM's multi-LoRA engine holds the base model
   once and every adapter beside it; the grammar goes through vLLM's structured outputs. It is written
@@ -22,6 +23,7 @@ import re
 import secrets
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -234,9 +236,11 @@ def _fail(p: Pending, error: BaseException) -> None:
 
 
 class TransformersBackend:
-    """Every adapter merged into its own copy of the base model (:meth:`Generator.load`, as ``eval`` loads
-    it), each with a :class:`Batcher`. One model computes at a time: they share the same cores (or GPU),
-    and a model whose turn it is not gathers a bigger batch meanwhile."""
+    """The base model loaded once through transformers (:meth:`Generator.load`, as ``eval`` loads it), each
+    adapter with a :class:`Batcher`. One adapter is merged into the base, as ``eval`` runs it; several stay
+    beside the one base as PEFT adapters, the one a batch is for switched on before it runs, so N adapters
+    of a 34B base hold one copy of its weights, not N. One batch computes at a time: they share the same
+    model and cores (or GPU), and an adapter whose turn it is not gathers a bigger batch meanwhile."""
 
     def __init__(
         self,
@@ -252,18 +256,32 @@ class TransformersBackend:
 
         self.max_batch = max_batch
         self._compute = threading.Lock()
-        self._generators = {}
-        for spec in adapters:
-            log(f"loading {spec.name}: {spec.path} on {spec.base_model}")
-            self._generators[spec.name] = Generator.load(spec.path, quantization=quantization, max_memory=max_memory)
-        first = next(iter(self._generators.values()))
-        self.max_model_len = resolve_max_model_len(model_max_len(first.model.config, first.tokenizer), max_model_len)
-        for gen in self._generators.values():  # the first request should not pay for the grammar's token index
+        first, *others = adapters
+        log(f"loading {first.name}: {first.path} on {first.base_model}")
+        base = Generator.load(first.path, merge=not others, quantization=quantization, max_memory=max_memory)
+        self._generators = {first.name: base}
+        #: The PEFT adapter name of each served model (None: the one adapter, merged).
+        self._peft_names: dict[str, str | None] = {first.name: "default" if others else None}
+        for i, spec in enumerate(others, start=1):
+            log(f"loading {spec.name}: {spec.path} beside it")
+            peft_name = f"adapter_{i}"
+            with warnings.catch_warnings():  # PEFT reads a property transformers 5 deprecates, on every load
+                warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+                base.model.load_adapter(str(spec.path), adapter_name=peft_name)
+            self._generators[spec.name] = Generator(base.model, base.tokenizer, name=spec.name, adapter=str(spec.path))
+            self._peft_names[spec.name] = peft_name
+        self.max_model_len = resolve_max_model_len(model_max_len(base.model.config, base.tokenizer), max_model_len)
+        for name, gen in self._generators.items():  # the first request should not pay for the grammar's index
+            self._activate(name)
             gen.generate(["stop"], max_new_tokens=2, constrained=True)
         self._batchers = {
-            name: Batcher(lambda items, g=gen: self._run(g, items), max_batch, name)
-            for name, gen in self._generators.items()
+            name: Batcher(lambda items, n=name: self._run(n, items), max_batch, name) for name in self._generators
         }
+
+    def _activate(self, name: str) -> None:
+        """Switch the shared model to this adapter (while holding the compute lock, or before serving)."""
+        if (peft_name := self._peft_names[name]) is not None:
+            self._generators[name].model.set_adapter(peft_name)
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -276,8 +294,9 @@ class TransformersBackend:
         for batcher in self._batchers.values():
             batcher.close()
 
-    def _run(self, gen: Any, items: list[Pending]) -> None:
+    def _run(self, name: str, items: list[Pending]) -> None:
         """Refuse the jobs whose prompts do not fit, then generate the rest, one call per group of settings."""
+        gen = self._generators[name]
         ready: list[tuple[Pending, int]] = []
         for p in items:
             lengths = [len(gen.prompt_ids(c)) for c in p.job.commands]
@@ -290,16 +309,18 @@ class TransformersBackend:
         for group in batch_groups([p.job.settings for p, _ in ready]):
             members = [ready[i] for i in group]
             try:
-                self._generate(gen, members)
+                self._generate(name, members)
             except Exception as e:
                 for p, _ in members:
                     _fail(p, e)
 
-    def _generate(self, gen: Any, members: list[tuple[Pending, int]]) -> None:
+    def _generate(self, name: str, members: list[tuple[Pending, int]]) -> None:
+        gen = self._generators[name]
         settings = members[0][0].job.settings
         rows = [c for p, _ in members for c in p.job.rows]
         seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
         with self._compute:
+            self._activate(name)
             generations = gen.generate(
                 rows,
                 batch_size=self.max_batch,

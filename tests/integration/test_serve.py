@@ -86,10 +86,11 @@ def client(server) -> openai.OpenAI:
 
 @pytest.fixture(scope="module")
 def local(adapters):
-    """The adapters loaded here as `robolora eval` loads them: what the server must answer."""
+    """Each adapter on its own copy of the base, unmerged, as the server runs several adapters beside one
+    base: what the server must answer."""
     from robolora.infer import Generator
 
-    return [Generator.load(path) for path in adapters]
+    return [Generator.load(path, merge=False) for path in adapters]
 
 
 def _raw(url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
@@ -149,6 +150,32 @@ def test_two_adapters_by_name_answer_as_each_adapter(client, adapters, local):
     for name, gen in zip(names, local, strict=True):
         assert served[name] == [g.code for g in gen.generate(COMMANDS, max_new_tokens=TOKENS, constrained=True)]
     assert served[names[0]] != served[names[1]]  # two different adapters, two different models
+
+
+def test_adapters_share_one_base_and_answer_as_each_adapter_in_any_order(adapters, local):
+    """Several adapters hold one copy of the base weights (a 34B base served with 3 adapters is one 34B
+    model, not three); each batch switches to its adapter, whichever ran before. One adapter alone is
+    merged, as `robolora eval` runs it."""
+    from robolora.serve_api import Settings
+    from robolora.serve_backend import AdapterSpec, Job, TransformersBackend
+
+    specs = [AdapterSpec(name, path, "tiny-llama") for name, path in zip("ab", adapters, strict=True)]
+    backend = TransformersBackend(specs, max_batch=8, log=lambda line: None)
+    try:
+        models = {id(g.model) for g in backend._generators.values()}
+        assert len(models) == 1
+        expected = [[g.code for g in gen.generate(COMMANDS, max_new_tokens=TOKENS, constrained=True)] for gen in local]
+        for name in "abba":
+            job = Job(tuple(COMMANDS), 1, Settings(max_tokens=TOKENS))
+            result = backend.submit(name, job).result(timeout=300)
+            assert [a.text for a in result.answers] == expected["ab".index(name)], name
+    finally:
+        backend.close()
+    alone = TransformersBackend(specs[:1], max_batch=8, log=lambda line: None)
+    try:
+        assert not hasattr(alone._generators["a"].model, "peft_config")  # merged into the base
+    finally:
+        alone.close()
 
 
 def test_ensemble_answers_with_the_vote_of_the_adapters(client, local):
