@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from robolora.config import from_dict
+from robolora.models import load_tokenizer
+from robolora.robot.constrained import TokenTrieIndex
 from robolora.robot.generator import generate_records, write_dataset
 
 
@@ -191,3 +193,28 @@ def adapter(out: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(out / "adapter_model.safetensors"))
+
+
+# ------------------------------------------------------------------------------------------- grammar
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The tensors of the grammar tests are small: on a busy machine torch's thread pool only adds
+    contention. Used by a module with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The bundled model's real tokenizer, one per test module (a module may change its padding side)."""
+    return load_tokenizer("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def index(tokenizer):
+    """The robot grammar's token index for that tokenizer."""
+    return TokenTrieIndex.from_tokenizer(tokenizer)

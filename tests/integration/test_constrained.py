@@ -5,32 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robolora.models import load_model, load_tokenizer
+from robolora.models import load_model
 from robolora.robot.checker import check
-from robolora.robot.constrained import RobotLogitsProcessor, TokenTrieIndex, allowed_tokens
+from robolora.robot.constrained import RobotLogitsProcessor, allowed_tokens
 from robolora.robot.generator import generate_records
 from robolora.robot.grammar import accepts, advance, is_valid_prefix, start
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPT = 5  # every row's (fake) prompt length
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tensors here are small: on a busy machine torch's thread pool only adds contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer("smollm2-135m")
-
-
-@pytest.fixture(scope="module")
-def index(tokenizer):
-    return TokenTrieIndex.from_tokenizer(tokenizer)
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ from robolora.infer import Generator
 from robolora.models import load_config, load_model, load_tokenizer
 from robolora.robot import grammar
 from robolora.robot.checker import check
-from robolora.robot.constrained import TokenTrieIndex
 from robolora.robot.engines import ENGINES, GrammarLogitsProcessor, check_engine, compiled, logits_processor
 from robolora.robot.generator import generate_records
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 GRAMMAR_ENGINES = [e for e in ENGINES if e != "recognizer"]
 COMMANDS = [
     "move forward two meters",
@@ -27,28 +27,9 @@ COMMANDS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tensors here are small: on a busy machine torch's thread pool only adds contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer("smollm2-135m")
-
-
 @pytest.fixture(scope="module")
 def vocab_size() -> int:
     return load_config("smollm2-135m").vocab_size
-
-
-@pytest.fixture(scope="module")
-def index(tokenizer):
-    return TokenTrieIndex.from_tokenizer(tokenizer)
 
 
 def _allowed(engine, matcher) -> set[int]:

@@ -8,7 +8,6 @@ import json
 import pytest
 
 from robolora.data import IGNORE_INDEX, collate, tokenize_records
-from robolora.models import load_tokenizer
 from robolora.prompts import SYSTEM_PROMPT
 
 RECORDS = [
@@ -23,11 +22,6 @@ RECORDS = [
     },
     {"input": "Répète: tourne à gauche 😀", "output": "robot.turn_left(angle=90.0)", "category": "movement"},
 ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer("smollm2-135m")
 
 
 def _independent_labels(tokenizer, record):
