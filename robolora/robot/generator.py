@@ -878,7 +878,7 @@ _SAY_UNQUOTED = ("say {t}", "say {t}", "say {t}", "say: {t}", "announce: {t}", "
 _QUOTES = (('"', '"'), ('"', '"'), ('"', '"'), ("'", "'"), ("“", "”"))
 
 
-_NUMBER_IN_TEXT = re.compile(r"\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten)\b", re.IGNORECASE)
+_NUMBER_IN_TEXT = re.compile(rf"\d|\b(?:{'|'.join(w for w in ONES_WORDS + TENS_WORDS if w)})\b", re.IGNORECASE)
 
 
 def say(rng: Rng, quoted: bool = False) -> Phrase:
@@ -1251,9 +1251,12 @@ _ASK = (
     "see if there is {o}. If yes, {t}",
 )  # fmt: skip
 _ELSE_ANSWER = ("; if no, {e}", " if no {e}", ". If not, {e}", ", if not, {e}", ". If no, {e}", ". Otherwise, {e}")
-_ELSE = (", otherwise {e}", ", otherwise {e}", ", otherwise, {e}", "; otherwise {e}", ". Otherwise, {e}", ", else {e}")
-_ELSE += (", if not, {e}", ". If not, {e}", ", or else {e}", "; if not, {e}", ", else {e}", "; else {e}", " else {e}")
-_ELSE += (", otherwise {e}", ", if not, {e}")
+# The common ways to say "else", a form repeated to be drawn more often.
+_ELSE = (
+    ", otherwise {e}", ", otherwise {e}", ", otherwise, {e}", "; otherwise {e}", ". Otherwise, {e}", ", else {e}",
+    ", if not, {e}", ". If not, {e}", ", or else {e}", "; if not, {e}", ", else {e}", "; else {e}", " else {e}",
+    ", otherwise {e}", ", if not, {e}",
+)  # fmt: skip
 # Rarer ways to say "else", each drawn less often than the common ones above.
 _ELSE_RARE = (
     ", if you don't, {e}", ". If you don't see it, {e}", ", and if not, {e}", "; if no, {e}",
