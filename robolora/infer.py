@@ -14,6 +14,8 @@ Example (CPU, the bundled model):
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +108,14 @@ def ensemble(member_generations: list[list[Generation]]) -> list[Generation]:
     return picks
 
 
+@contextmanager
+def _quiet_peft_load() -> Iterator[None]:
+    """Around a PEFT adapter load: PEFT reads a property transformers 5 deprecates, on every load."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        yield
+
+
 class Generator:
     """A model (with an optional adapter) that turns commands into robot code, in batches."""
 
@@ -157,8 +167,7 @@ class Generator:
         model = load_model(name, dtype=dtype, quantization=quantization, placement=where)
         tokenizer = load_tokenizer(name)
         if lora is not None:
-            with warnings.catch_warnings():  # PEFT reads a property transformers 5 deprecates, on every load
-                warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            with _quiet_peft_load():
                 model = PeftModel.from_pretrained(model, str(lora))
             if merge and not quantization:
                 model = model.merge_and_unload()
@@ -168,6 +177,14 @@ class Generator:
         short = f"{lora.parent.name}/{lora.name}" if lora and lora.name.startswith("checkpoint-") else None
         label = (short or lora.name) if lora else f"{name} (base{f', {few_shot}-shot' if few_shot else ''})"
         return cls(model, tokenizer, few_shot=few_shot, name=label, adapter=str(lora) if lora else None)
+
+    def beside(self, lora_path: str | Path, adapter_name: str, name: str) -> Generator:
+        """Another adapter loaded beside this unmerged one, on the same base weights (PEFT's
+        ``load_adapter``): a generator for it sharing this model; ``model.set_adapter(adapter_name)``
+        switches the shared model to it."""
+        with _quiet_peft_load():
+            self.model.load_adapter(str(lora_path), adapter_name=adapter_name)
+        return Generator(self.model, self.tokenizer, few_shot=self.few_shot, name=name, adapter=str(lora_path))
 
     def prompt_ids(self, command: str) -> list[int]:
         """Token ids of the prompt for one command, with few-shot turns first where asked."""

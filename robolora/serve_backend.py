@@ -23,7 +23,6 @@ import re
 import secrets
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -265,10 +264,7 @@ class TransformersBackend:
         for i, spec in enumerate(others, start=1):
             log(f"loading {spec.name}: {spec.path} beside it")
             peft_name = f"adapter_{i}"
-            with warnings.catch_warnings():  # PEFT reads a property transformers 5 deprecates, on every load
-                warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
-                base.model.load_adapter(str(spec.path), adapter_name=peft_name)
-            self._generators[spec.name] = Generator(base.model, base.tokenizer, name=spec.name, adapter=str(spec.path))
+            self._generators[spec.name] = base.beside(spec.path, peft_name, name=spec.name)
             self._peft_names[spec.name] = peft_name
         self.max_model_len = resolve_max_model_len(model_max_len(base.model.config, base.tokenizer), max_model_len)
         for name, gen in self._generators.items():  # the first request should not pay for the grammar's index
