@@ -85,6 +85,7 @@ MAX_LENGTH = NUMBER_BOUNDS["max_length"]
 MAX_EVAL_RECORDS = 10_000_000
 MAX_GENERATION_BATCH = 4096
 MAX_NEW_TOKENS = 8192
+MAX_REPAIR_BEAMS = 16
 MAX_JOBS_TIMEOUT_S = 3600
 
 
@@ -226,6 +227,14 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
         default=EVAL_DEFAULTS.grammar_engine,
         help="what constrains decoding: xgrammar or llguidance (each needs its package) or recognizer (built in) "
         f"(default: {EVAL_DEFAULTS.grammar_engine})",
+    )
+    p.add_argument(
+        "--repair-beams",
+        type=int_in(0, MAX_REPAIR_BEAMS),
+        default=EVAL_DEFAULTS.repair_beams,
+        help="decode again with this many beams a greedy program that leaves out a number or a quoted text its "
+        "command states, keeping the best beam that leaves nothing out; "
+        f"0..{MAX_REPAIR_BEAMS}, 0: off (default: {EVAL_DEFAULTS.repair_beams})",
     )
     p.add_argument(
         "--max-new-tokens",

@@ -93,6 +93,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             max_new_tokens=args.max_new_tokens,
             constrained=args.constrained,
             grammar_engine=args.grammar_engine,
+            repair_beams=args.repair_beams,
         )
         if gen.adapter:
             members.append(generations)
@@ -122,6 +123,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 constrained=args.constrained,
                 max_new_tokens=args.max_new_tokens,
                 grammar_engine=args.grammar_engine,
+                repair_beams=args.repair_beams,
             )
             for g in gens
         ]

@@ -70,6 +70,9 @@ class EvalSettings:
     #: bundled model, batch 32: 0.21 ms of masking per generated token, xgrammar 0.26, the recognizer 0.31;
     #: 25.4-25.9 ms per token in all, the model's share the same for each) and installs no other package.
     grammar_engine: str = "llguidance"
+    #: Beams that decode again a greedy program leaving out a number or a quoted text its command states
+    #: (robolora.robot.coverage); the best beam that leaves nothing out replaces it (0: off).
+    repair_beams: int = 4
 
 
 #: The defaults, as one value.
@@ -411,8 +414,8 @@ def _eval_setting_problem(key: str, value: Any) -> str | None:
 
     if key == "constrained":
         return None if isinstance(value, bool) else "a valid bool"
-    if key in ("limit", "batch_size", "max_new_tokens"):
-        low = 0 if key == "limit" else 1
+    if key in ("limit", "batch_size", "max_new_tokens", "repair_beams"):
+        low = 0 if key in ("limit", "repair_beams") else 1
         return None if isinstance(value, int) and not isinstance(value, bool) and value >= low else "a valid int"
     choices = {"quantization": QUANTIZATIONS, "grammar_engine": ENGINES}.get(key)
     if choices is not None:

@@ -208,25 +208,68 @@ class Generator:
         temperature: float = 0.0,
         seed: int = 0,
         grammar_engine: str = EVAL_DEFAULTS.grammar_engine,
+        repair_beams: int = EVAL_DEFAULTS.repair_beams,
     ) -> list[Generation]:
         """Generate code for each command; greedy when ``temperature`` is 0, else sampled. ``constrained``
-        keeps the code inside the robot grammar, on ``grammar_engine`` (:data:`robolora.robot.engines.ENGINES`)."""
+        keeps the code inside the robot grammar, on ``grammar_engine`` (:data:`robolora.robot.engines.ENGINES`).
+
+        ``repair_beams`` (greedy only; 0: off): a program that leaves out a number or a quoted text its command
+        states (:func:`robolora.robot.coverage.left_out`) is decoded again with that many beams, and the
+        best-scored beam that leaves nothing out replaces it; when none does, the greedy program stays."""
         torch.manual_seed(seed)
-        # Longest prompts together: less padding per batch.
+        engine = grammar_engine if constrained else None
+        out = self._in_batches(
+            commands, batch_size, lambda batch: self._generate_batch(batch, max_new_tokens, engine, temperature)
+        )
+        if repair_beams > 1 and temperature == 0:
+            self._repair(commands, out, batch_size, max_new_tokens, engine, repair_beams)
+        return out
+
+    @staticmethod
+    def _in_batches(commands: list[str], batch_size: int, run: Any) -> list[Any]:
+        """``run`` over batches of ``commands``, longest prompts together (less padding), results in order."""
         order = sorted(range(len(commands)), key=lambda i: -len(commands[i]))
-        out: dict[int, Generation] = {}
+        out: dict[int, Any] = {}
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            engine = grammar_engine if constrained else None
-            batch = self._generate_batch([commands[i] for i in idx], max_new_tokens, engine, temperature)
-            out.update(zip(idx, batch, strict=True))
+            out.update(zip(idx, run([commands[i] for i in idx]), strict=True))
         return [out[i] for i in range(len(commands))]
 
+    def _repair(
+        self,
+        commands: list[str],
+        out: list[Generation],
+        batch_size: int,
+        max_new_tokens: int,
+        engine: str | None,
+        beams: int,
+    ) -> None:
+        """Replace, in ``out``, each program that leaves out what its command states by the best beam that does not."""
+        from robolora.robot.coverage import left_out
+
+        lacking = [i for i, (command, gen) in enumerate(zip(commands, out, strict=True)) if left_out(command, gen.code)]
+        if not lacking:
+            return
+        per_batch = max(1, batch_size // beams)
+        candidates = self._in_batches(
+            [commands[i] for i in lacking],
+            per_batch,
+            lambda batch: self._generate_batch(batch, max_new_tokens, engine, 0.0, beams=beams),
+        )
+        for i, beam in zip(lacking, candidates, strict=True):
+            out[i] = next((g for g in beam if g.finished and not left_out(commands[i], g.code)), out[i])
+
     def _generate_batch(
-        self, commands: list[str], max_new_tokens: int, grammar_engine: str | None, temperature: float
-    ) -> list[Generation]:
+        self,
+        commands: list[str],
+        max_new_tokens: int,
+        grammar_engine: str | None,
+        temperature: float,
+        beams: int = 1,
+    ) -> list[Any]:
         """One batch of commands, left-padded to the longest prompt, generated together; constrained to the robot
-        grammar on ``grammar_engine`` (None: unconstrained)."""
+        grammar on ``grammar_engine`` (None: unconstrained). With ``beams`` > 1 (beam search), each command's
+        result is its list of ``beams`` generations, best first."""
         from transformers import LogitsProcessorList
 
         tok = self.tokenizer
@@ -252,6 +295,8 @@ class Generator:
             temperature=temperature if temperature > 0 else None,
             top_p=None,
             top_k=None,
+            num_beams=beams,
+            num_return_sequences=beams,
             logits_processor=processors,
             pad_token_id=pad,
             eos_token_id=tok.eos_token_id,
@@ -259,6 +304,11 @@ class Generator:
             return_dict_in_generate=True,
         )
         new = generated.sequences[:, width:]
+        if beams > 1:
+            # Beam search keeps the processed log-probabilities: each beam's score is its mean per token.
+            scores = generated.sequences_scores.tolist()
+            rows = [self._generation(new[r].tolist(), torch.tensor([scores[r]]), constrained) for r in range(len(new))]
+            return [rows[c * beams : (c + 1) * beams] for c in range(len(commands))]
         logprobs = self.model.compute_transition_scores(generated.sequences, generated.scores, normalize_logits=True)
         return [self._generation(new[row].tolist(), logprobs[row], constrained) for row in range(len(commands))]
 

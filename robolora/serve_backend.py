@@ -324,6 +324,7 @@ class TransformersBackend:
                 constrained=settings.constrained,
                 temperature=settings.temperature,
                 seed=seed,
+                repair_beams=0,  # a request's answer is the model's own decoding, as vLLM's engine gives it
             )
         answers = [_answer(gen.tokenizer, g) for g in generations]
         start = 0

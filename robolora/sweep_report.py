@@ -296,6 +296,7 @@ def evaluate_adapter(out: str, settings: dict[str, Any], threads: int | None = N
         max_new_tokens=s.max_new_tokens,
         constrained=s.constrained,
         grammar_engine=s.grammar_engine,
+        repair_beams=s.repair_beams,
     )
     report = score_generations(records, generations, folder / "eval_predictions.jsonl")
     data = {**compare_dict({folder.name: report}), "settings": s.__dict__}

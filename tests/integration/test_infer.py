@@ -144,3 +144,23 @@ def test_eval_loads_a_big_model_quantized_and_within_memory_caps(adapter, tmp_pa
     assert err.startswith("robolora: error: --max-memory: the weights need about ") and "GiB in all;" in err
     assert main([*args, "--max-memory", "0:20GiB"]) == 2
     assert "--max-memory: GPU 0 is not visible (no GPU); name a visible GPU or cpu" in capsys.readouterr().err
+
+
+def test_beam_repair_keeps_what_leaves_nothing_out_and_replaces_only_with_a_beam_that_does(adapter):
+    from robolora.infer import Generator
+    from robolora.robot.checker import check
+    from robolora.robot.coverage import left_out
+
+    gen = Generator.load(adapter)
+    commands = ["take 3 photos", "stop", 'say "hello there"', "wait 7 seconds", "go home", "turn left 30 degrees"]
+    greedy = gen.generate(commands, max_new_tokens=24, repair_beams=0)
+    repaired = gen.generate(commands, max_new_tokens=24, repair_beams=3)
+    beams = gen._generate_batch(commands, 24, "llguidance", 0.0, beams=3)
+    assert [len(b) for b in beams] == [3] * len(commands)  # each command's own beams, in the commands' order
+    assert all(check(g.code).api_valid for b in beams for g in b if g.finished)
+    for command, before, after, candidates in zip(commands, greedy, repaired, beams, strict=True):
+        if not left_out(command, before.code) or after.code == before.code:
+            assert after.code == before.code
+        else:  # replaced: by one of this command's beams, which leaves nothing out
+            assert not left_out(command, after.code)
+            assert after.code in [g.code for g in candidates]

@@ -33,7 +33,14 @@ def test_demo_generates_with_the_same_defaults():
 
     args = vars(build_parser().parse_args(["demo", "--lora-path", "run"]))
     shared = [name for name in FIELDS if name in args]
-    assert set(shared) >= {"constrained", "max_new_tokens", "grammar_engine", "quantization", "max_memory"}
+    assert set(shared) >= {
+        "constrained",
+        "max_new_tokens",
+        "grammar_engine",
+        "quantization",
+        "max_memory",
+        "repair_beams",
+    }
     assert {name: args[name] for name in shared} == {name: getattr(EVAL_DEFAULTS, name) for name in shared}
 
 
@@ -55,5 +62,5 @@ def test_the_generator_defaults_are_the_eval_settings():
 
     params = inspect.signature(Generator.generate).parameters
     shared = [name for name in FIELDS if name in params]
-    assert set(shared) == {"batch_size", "max_new_tokens", "constrained", "grammar_engine"}
+    assert set(shared) == {"batch_size", "max_new_tokens", "constrained", "grammar_engine", "repair_beams"}
     assert {name: params[name].default for name in shared} == {name: getattr(EVAL_DEFAULTS, name) for name in shared}
