@@ -278,6 +278,9 @@ def _with_speed(rng: Rng, text: str) -> tuple[str, float]:
     adverb, speed, either = _speed(rng)
     if not adverb:
         return text, speed
+    if adverb in ("slowly", "quickly", "fast") and rng.random() < 0.25:  # "go to the office, slowly please"
+        tail = rng.choice(("", "", " please", " please", " now", " if you can"))
+        return f"{text}{rng.choice((', ', ', ', ' - ', '... '))}{adverb}{tail}", speed
     if either and rng.random() < 0.4:
         return f"{adverb} {text}", speed
     return f"{text} {adverb}", speed
@@ -448,6 +451,29 @@ _SAY_TEMPLATES = (
 )
 
 
+# Longer texts, with commas and apostrophes: the model must copy every word, not stop at the first comma.
+_SAY_LONG = (
+    "I'll be right back, don't go anywhere", "Don't worry, I'll take care of it", "Hi, I'm your robot helper",
+    "Sorry, I can't reach that shelf", "Hey, it's time to get ready for bed", "Excuse me, you're blocking the hall",
+    "Welcome, please make yourself at home", "Good morning, breakfast is on the table", "Hold on, I'm almost there",
+    "Don't touch that, it's hot", "I'm done here, what's next?", "Careful, the floor is wet",
+    "Okay, I'll wait for you here", "Thanks, I couldn't have done it without you", "Please don't leave the door open",
+    "It's getting late, you should rest", "I can't find it, sorry about that", "Hey there, how's it going?",
+    "Let's go, we're running late", "I'm on my way, don't start without me", "Come in, the door's open",
+    "Nice work, that's the last one", "Hello, I'll show you to the kitchen", "Wake up, it's a beautiful day",
+    "Sorry to bother you, dinner's ready", "I'm here to help, just ask", "Don't forget, the meeting is soon",
+    "Good night, sleep well and sweet dreams", "Oops, I dropped it, sorry", "Hey, someone's at the front door",
+)  # fmt: skip
+_SAY_LONG_TEMPLATES = (
+    "{name}, I'll be in the {room} if you need me", "Hi {name}, don't forget your {noun}",
+    "Sorry {name}, I couldn't find your {noun}", "Welcome back, {name}, I've missed you",
+    "{name}, your {noun} is on the {place}", "Hey {name}, it's time for dinner", "Hello {name}, how was your day?",
+    "{name}, I'm going to clean the {room} now", "Good morning {name}, I hope you slept well",
+    "Excuse me {name}, you left your {noun} here", "{name}, don't leave your {noun} on the {place}",
+    "Thanks {name}, I'll take it to the {room}",
+)  # fmt: skip
+
+
 # Words people add to a short phrase ("good morning everyone"): the model learns to copy a quoted text whole
 # instead of stopping at the familiar phrase it knows. Phrases of at most three words take one.
 _SAY_TAILS = (
@@ -457,7 +483,16 @@ _SAY_TAILS = (
 
 
 def _say_text(rng: Rng) -> str:
-    if rng.random() < 0.6:
+    r = rng.random()
+    if r < 0.25:
+        pool = _SAY_LONG if rng.random() < 0.55 else _SAY_LONG_TEMPLATES
+        return rng.choice(pool).format(
+            name=rng.choice(_NAMES),
+            room=rng.choice(_ROOMS).replace("_", " "),
+            noun=rng.choice(_GRASPABLE),
+            place=rng.choice(("table", "shelf", "floor")),
+        )
+    if r < 0.7:
         text = rng.choice(_SAY_TEXTS)
         if rng.random() < 0.3 and text[-1].isalpha() and len(text.split()) <= 3:
             text += rng.choice(_SAY_TAILS)
@@ -552,6 +587,11 @@ _TURN_FIXED: tuple[tuple[str, str | None, float], ...] = (
     ("turn around to the {side}", None, 180),
     ("turn around to your {side}", None, 180),
     ("turn around {clock}", None, 180),
+    ("turn around towards your {side}", None, 180),
+    ("turn around toward the {side}", None, 180),
+    ("spin around to the {side}", None, 180),
+    ("turn all the way around to your {side}", None, 180),
+    ("turn around on your {side}", None, 180),
     ("make a quarter turn to the {side}", None, 90),
     ("do a quarter turn {side}", None, 90),
     ("turn {side} a quarter turn", None, 90),
@@ -594,9 +634,42 @@ _STOP = (
 )  # fmt: skip
 
 
-def stop(rng: Rng) -> Phrase:
-    """Stop: "stop", "halt", "freeze"."""
+# Said alone, a stop often comes with why: "halt, there's a wall!" is still one stop, never a wait.
+_STOP_SHOUT = (
+    "halt", "halt", "freeze", "freeze", "hold it", "hold it", "stop", "stop", "whoa, stop", "stop stop",
+    "hold it right there", "stop right there", "halt right now", "freeze right there", "stop the wheels",
+)  # fmt: skip
+_STOP_REASON = (
+    "there's a wall", "there is a wall in front of you", "you're about to hit the table", "there's a cat in the way",
+    "someone is walking past", "you'll bump into the chair", "that's close enough", "the floor is wet",
+    "there are stairs ahead", "something is blocking the way", "you're going the wrong way", "the door is closed",
+    "there's a kid in front of you", "watch out for the dog", "you're too close", "careful, there's glass",
+    "the cable is stuck", "that's far enough", "there's a box on the floor", "you almost hit me",
+    "danger ahead", "you're going to fall", "obstacle", "I said stop", "you'll knock the vase over",
+)  # fmt: skip
+_STOP_MARK = (", ", ", ", "! ", "! ", " - ", "!! ", ". ", "... ")
+
+
+def _stop_alert(rng: Rng) -> str:
+    shout = rng.choice(_STOP_SHOUT)
+    if rng.random() < 0.3:
+        text = f"{rng.choice(_STOP_REASON)}{rng.choice((', ', '! ', '. ', ' so '))}{shout}"
+    else:
+        text = f"{shout}{rng.choice(_STOP_MARK)}{rng.choice(_STOP_REASON)}"
+    return text.upper() if rng.random() < 0.25 else text
+
+
+def stop(rng: Rng, reason: float = 0.0) -> Phrase:
+    """Stop: "stop", "halt", "freeze"; as a command of its own, sometimes with why ("halt, there's a wall")."""
+    if rng.random() < reason:
+        # A shout, not a request: only addressed ("robot, halt!"), never "please ..." or "I need you to ...".
+        return Phrase(_stop_alert(rng), (_call("robot.stop"),), mood="statement")
     return Phrase(rng.choice(_STOP), (_call("robot.stop"),))
+
+
+def stop_alone(rng: Rng) -> Phrase:
+    """A stop said on its own: the reason may follow it, as nothing else does."""
+    return stop(rng, reason=0.45)
 
 
 _WAIT = (
@@ -651,6 +724,12 @@ _GO_HOME = (
     "go back to your home position", "go to your home base", "return to base", "head back home", "drive home",
     "go back to home base", "return to your starting point", "go back to where you started", "come back home",
     "head back to base", "return to the home position",
+    "retreat to your home position", "retreat to home base", "head back to your home position",
+    "head back to the home position", "return to your starting spot", "go back to your starting spot",
+    "head back to the starting spot", "make your way back to home base", "return to your home base",
+    "drive back to your starting position", "go back to the spot you started from", "retreat back home",
+    "head back to where you started", "return to the starting position", "go back to base",
+    "retreat to the starting spot", "make your way back to your home position", "get back to home base",
 )  # fmt: skip
 
 
@@ -669,7 +748,20 @@ _FOLLOW_DISTANCE = (
     "follow {t} from {d} away", "follow {t}, staying {d} behind", "follow {t}, keeping a distance of {d}",
     "follow {t} but stay {d} back", "follow {t} at about {d}",
 )  # fmt: skip
+# The distance in a clause of its own, after the follow or before it ("{p}": the target again, by pronoun).
+_FOLLOW_DISTANCE_CLAUSE = (
+    "follow {t}, stay {d} away", "follow {t}, keep {d} away", "follow {t}; stay about {d} back",
+    "follow {t} and stay {d} behind {p}", "follow {t}, keep a gap of {d}", "follow {t}, staying {d} away from {p}",
+    "follow {t} - keep {d} between you", "follow {t}. Keep your distance at {d}", "follow {t}, but keep {d} back",
+    "follow {t}, remain {d} behind {p}", "follow {t} and don't get closer than {d}",
+    "stay {d} behind {t} and follow {p}", "keep {d} between you and {t} and follow {p}",
+    "keep {d} away from {t} and follow {p}", "keep a gap of {d} and follow {t}", "stay {d} back and follow {t}",
+    "staying {d} behind, follow {t}", "keeping {d} away, follow {t}", "at a distance of {d}, follow {t}",
+    "keep {d} of space from {t} while you follow {p}", "hang back {d} and follow {t}",
+    "stay about {d} from {t}, and follow {p}",
+)  # fmt: skip
 _FOLLOW_TARGETS = ("person", "person", "man", "woman", "child", "kid", "dog", "cat", "robot", "guy")
+_FOLLOW_PRONOUN = {"me": "me", "dog": "it", "cat": "it", "robot": "it", "man": "him", "guy": "him", "woman": "her"}
 
 
 def follow(rng: Rng) -> Phrase:
@@ -679,9 +771,11 @@ def follow(rng: Rng) -> Phrase:
     else:
         target = rng.choice(_FOLLOW_TARGETS)
         target_text = f"{rng.choice(('the', 'the', 'that', 'this'))} {target}"
-    if rng.random() < 0.35:
+    if rng.random() < 0.45:
         spoken, distance = measure(rng, SHORT_DISTANCE)
-        text = rng.choice(_FOLLOW_DISTANCE).format(t=target_text, d=spoken)
+        forms = _FOLLOW_DISTANCE_CLAUSE if rng.random() < 0.5 else _FOLLOW_DISTANCE
+        pronoun = _FOLLOW_PRONOUN.get(target, "them")
+        text = rng.choice(forms).format(t=target_text, d=spoken, p=pronoun)
     else:
         distance = 1.0
         text = rng.choice(_FOLLOW_ME) if target == "me" else rng.choice(_FOLLOW).format(t=target_text)
@@ -723,10 +817,17 @@ def place(rng: Rng) -> Phrase:
 _GRIPPER_OPEN = (
     "open the gripper", "open the gripper", "open your gripper", "open the claw", "open your hand", "open gripper",
     "release the gripper", "let go", "open up the gripper", "open your claw", "relax the gripper",
+    "unclench the gripper", "unclench your claw", "unclench your hand", "loosen the gripper", "loosen your grip",
+    "relax your grip", "relax your hand", "let go of your grip", "let go with the gripper", "open the gripper wide",
+    "open your claw wide", "open your hand all the way", "spread the gripper open", "release your grip",
+    "open the claw up wide", "loosen the claw",
 )  # fmt: skip
 _GRIPPER_CLOSE = (
     "close the gripper", "close the gripper", "close your gripper", "close the claw", "close your hand",
     "close gripper", "shut the gripper", "clamp the gripper shut", "close your claw", "tighten the gripper",
+    "clench the gripper", "clench your claw", "clench your hand", "squeeze the gripper", "squeeze your claw shut",
+    "squeeze the gripper closed", "clamp shut", "clamp your claw shut", "clamp the gripper closed",
+    "tighten your grip", "shut your claw", "close your hand tight", "make a fist", "pinch the gripper shut",
 )  # fmt: skip
 
 
@@ -740,11 +841,39 @@ def gripper_close(rng: Rng) -> Phrase:
     return Phrase(rng.choice(_GRIPPER_CLOSE), (_call("robot.gripper.close"),))
 
 
+# The gripper named once, then by "it": "open the claw wide, then close it again".
+_GRIPPER_NOUN = ("the gripper", "your gripper", "the claw", "your claw", "your hand")
+_OPEN_IT = ("open {g}", "open {g} wide", "unclench {g}", "open up {g}", "loosen {g}", "open {g} all the way")
+_CLOSE_IT = ("close {g}", "shut {g}", "clench {g}", "squeeze {g} shut", "clamp {g} shut", "close {g} tight")
+_AGAIN = ("close it again", "shut it again", "close it", "clench it again", "squeeze it shut again", "close it back up")
+_REOPEN = ("open it again", "open it back up", "open it wide again", "unclench it again", "let go again")
+
+
+def _gripper_cycle(rng: Rng) -> list[Phrase]:
+    """Open then close (or close then open) the gripper, the second step by pronoun, sometimes once more."""
+    noun = rng.choice(_GRIPPER_NOUN)
+    opened, closed = (_call("robot.gripper.open"),), (_call("robot.gripper.close"),)
+    if rng.random() < 0.75:
+        steps = [Phrase(rng.choice(_OPEN_IT).format(g=noun), opened), Phrase(rng.choice(_AGAIN), closed)]
+        if rng.random() < 0.2:
+            steps.append(Phrase(rng.choice(_REOPEN), opened))
+    else:
+        steps = [Phrase(rng.choice(_CLOSE_IT).format(g=noun), closed), Phrase(rng.choice(_REOPEN), opened)]
+    if rng.random() < 0.3:  # a pause between: "open the claw, wait 2 seconds, then close it again"
+        steps.insert(1, wait(rng))
+    return steps
+
+
 _ARM_MOVE = (
     "move the arm to {c}", "move the arm to {c}", "move your arm to {c}", "position the arm at {c}",
     "put the arm at {c}", "bring the arm to {c}", "set the arm to {c}", "reach to {c}", "extend the arm to {c}",
     "move the end effector to {c}", "send the arm to {c}", "move arm to {c}", "move the gripper to {c}",
     "position your arm at {c}", "reach out to {c}",
+    "move your hand to {c}", "move the hand to {c}", "put the claw at {c}", "move the claw to {c}",
+    "put your gripper at {c}", "bring your gripper to {c}", "bring the claw to {c}", "position the claw at {c}",
+    "position the gripper at {c}", "move your end effector to {c}", "put the end effector at {c}",
+    "send the gripper to {c}", "get your hand to {c}", "place your hand at {c}", "place the claw at {c}",
+    "move the tip of the arm to {c}", "reach your hand out to {c}", "put your hand at {c}",
 )  # fmt: skip
 _COORDS = (
     "x {x}, y {y}, z {z}", "x {x}, y {y}, z {z}", "x={x}, y={y}, z={z}", "x={x} y={y} z={z}", "x: {x}, y: {y}, z: {z}",
@@ -800,8 +929,25 @@ _TAKE_PHOTO = (
 )  # fmt: skip
 
 
+# A photo of the scene, not of an object: a photo alone, nothing looked at.
+_PHOTO_SCENE = (
+    "the room", "the room", "the scene", "the view", "what you see", "what you can see", "whatever's in front of you",
+    "whatever is in front of you", "everything around you", "your surroundings", "the whole room",
+    "what's in front of you", "the area", "the space around you", "everything you see", "the hallway",
+    "whatever you're looking at", "the place",
+)  # fmt: skip
+_PHOTO_SCENE_VERB = (
+    "take a photo of {s}", "take a picture of {s}", "snap a photo of {s}", "snap a picture of {s}",
+    "photograph {s}", "get a picture of {s}", "capture a photo of {s}", "take a pic of {s}", "grab a shot of {s}",
+    "capture {s}", "take a snapshot of {s}", "get a photo of {s}",
+)  # fmt: skip
+
+
 def take_photo(rng: Rng) -> Phrase:
-    """Take a photo: "snap a picture"."""
+    """Take a photo: "snap a picture"; of the scene ("a photo of the room") it is still a photo alone."""
+    if rng.random() < 0.3:
+        text = rng.choice(_PHOTO_SCENE_VERB).format(s=rng.choice(_PHOTO_SCENE))
+        return Phrase(text, (_call("robot.camera.take_photo"),))
     return Phrase(rng.choice(_TAKE_PHOTO), (_call("robot.camera.take_photo"),))
 
 
@@ -874,7 +1020,17 @@ _SAY_QUOTED = (
     "speak the words {q}", "say the phrase {q}", "say: {q}", "tell everyone {q}", "use your speaker to say {q}",
     "announce: {q}", "say the words {q}", "read out {q}", "speak {q}",
 )  # fmt: skip
+_SAY_QUOTED += (
+    "greet {name} with {q}", "greet them with {q}", "welcome them with {q}", "welcome {name} with {q}",
+    "greet the guests with {q}", "tell them {q}", "tell {name} {q}", "let them know {q}", "say to them {q}",
+    "welcome our guest with {q}", "greet everyone with {q}", "tell the visitor {q}",
+)  # fmt: skip
 _SAY_UNQUOTED = ("say {t}", "say {t}", "say {t}", "say: {t}", "announce: {t}", "say out loud {t}", "speak: {t}")
+# A slip in the verb itself, the text after it still copied whole ("sya good morning to you"). The slips are
+# spelled out by letters, so the vocabulary (read from this file's literals) never learns them as words.
+_S = "say"
+_SAY_SLIPS = (_S[0] + _S[2] + _S[1], _S + _S[2], _S[0] + _S[2], _S[:2] + _S[1:], _S[0] + _S, _S[0] + _S[2] + _S[1])
+_SAY_SLIPPED = tuple(slip + " {t}" for slip in _SAY_SLIPS)
 _QUOTES = (('"', '"'), ('"', '"'), ('"', '"'), ("'", "'"), ("“", "”"))
 
 
@@ -892,14 +1048,16 @@ def say(rng: Rng, quoted: bool = False) -> Phrase:
         text = text.rstrip(".!?")
         if rng.random() < 0.4 and not text.startswith(("I ", "I'")):
             text = text[0].lower() + text[1:]
-        words = rng.choice(_SAY_UNQUOTED).format(t=_protect(text))
+        slip = TYPO_RATE > 0 and 3 <= len(text.split()) <= 5 and rng.random() < 0.5  # a typo: off with typos
+        forms = _SAY_SLIPPED if slip else _SAY_UNQUOTED
+        words = rng.choice(forms).format(t=_protect(text))
     else:
         if text[-1].isalpha() and rng.random() < 0.12:
             text += rng.choice(("!", "!", "?")) if text.startswith(("Are", "Is", "Can", "Where")) else "!"
         left, right = rng.choice(_QUOTES)
         if "'" in text:
             left, right = '"', '"'
-        words = rng.choice(_SAY_QUOTED).format(q=left + _protect(text) + right)
+        words = rng.choice(_SAY_QUOTED).format(q=left + _protect(text) + right, name=rng.choice(_NAMES))
     return Phrase(words, (_call("robot.say", text=text),))
 
 
@@ -921,12 +1079,12 @@ def set_light(rng: Rng) -> Phrase:
 
 #: Single-call builders per call category, weighted roughly by how often people say such things.
 CALL_BUILDERS: dict[str, _Weighted[Callable[[Rng], Phrase]]] = {
-    "movement": _Weighted(((forward, 5), (backward, 3), (turn, 6), (stop, 1), (wait, 2))),
-    "navigation": _Weighted(((navigate, 6), (go_home, 1.5), (follow, 2.5))),
+    "movement": _Weighted(((forward, 5), (backward, 3), (turn, 6), (stop_alone, 1.5), (wait, 2))),
+    "navigation": _Weighted(((navigate, 6), (go_home, 2), (follow, 2.5))),
     "manipulation": _Weighted(
-        ((pick_up, 5), (place, 3), (gripper_open, 1), (gripper_close, 1), (arm_move, 3), (arm_home, 1))
+        ((pick_up, 5), (place, 3), (gripper_open, 1.3), (gripper_close, 1.3), (arm_move, 3), (arm_home, 1))
     ),
-    "perception": _Weighted(((take_photo, 2), (look_at, 3), (scan, 3), (detect, 3))),
+    "perception": _Weighted(((take_photo, 2.5), (look_at, 3), (scan, 3), (detect, 3))),
     "communication": _Weighted(((say, 6), (set_light, 3))),
 }
 
@@ -976,11 +1134,24 @@ _STEP: _Weighted[Callable[[Rng], Phrase]] = _Weighted(
         (set_light, 1.5),
     )
 )
+_TURN_AROUND = ("turn around", "turn around", "turn around", "turn yourself around", "turn back around")
+
+
+def _turn_around(rng: Rng) -> Phrase:
+    """ "turn around" (left 180); "turn around to the right" / "towards your right" (right 180)."""
+    if rng.random() < 0.65:
+        return Phrase(rng.choice(_TURN_AROUND), (_turn_call("left", 180.0),))
+    side = rng.choice(_SIDES)
+    form = rng.choice(("turn around to the {s}", "turn around towards your {s}", "turn around to your {s}"))
+    return Phrase(form.format(s=side), (_turn_call(side, 180.0),))
+
+
 # Steps that can stand after "if ..., " or "otherwise".
 _REACTION: _Weighted[Callable[[Rng], Phrase]] = _Weighted(
     (
         (stop, 3),
-        (turn, 2),
+        (turn, 1.5),
+        (_turn_around, 1),
         (backward, 1.5),
         (forward, 1),
         (navigate, 2),
@@ -1008,6 +1179,11 @@ def _capitalize_after_stop(text: str) -> str:
     return re.sub(r"(\. )([a-z])", lambda m: m.group(1) + m.group(2).upper(), text)
 
 
+# A step may end in ", slowly" ("go to the office, slowly please"), so one starting with the adverb is never
+# joined to it by a bare comma.
+_ADVERB_FIRST = ("slowly ", "quickly ")
+
+
 def _join(rng: Rng, texts: Sequence[str], *, in_block: bool = False) -> str:
     """Join step texts in spoken order: "a, then b", "first a, then b, and finally c", "a, b and c".
 
@@ -1019,6 +1195,18 @@ def _join(rng: Rng, texts: Sequence[str], *, in_block: bool = False) -> str:
         return _capitalize_after_stop(
             rng.choice(("after you {a}, {b}", "once you {a}, {b}")).format(a=texts[0], b=texts[1])
         )
+    if (
+        n == 2
+        and not in_block
+        and style > 0.87
+        and not texts[1].endswith(_CLOSE)
+        and not re.search(r"\b(it|that|them)\b", texts[1])
+    ):
+        # "before you go to the kitchen, take a photo": the step said second is done first
+        form = rng.choice(
+            ("before you {b}, {a}", "before you {b}, {a}", "{a} before you {b}", "before you {b}, first {a}")
+        )
+        return _capitalize_after_stop(form.format(a=texts[0], b=texts[1]))
     if style < 0.15:
         out = "first " + texts[0]
         for i, text in enumerate(texts[1:], start=1):
@@ -1026,10 +1214,15 @@ def _join(rng: Rng, texts: Sequence[str], *, in_block: bool = False) -> str:
             out += rng.choice(_FINALLY_IN_BLOCK if in_block else _FINALLY if last else _FIRST_THEN) + text
     elif style < 0.27 and n >= 3:
         out = ", ".join(texts[:-1]) + rng.choice((" and ", ", and ", ", then ", " and then ")) + texts[-1]
+        if any(t.startswith(_ADVERB_FIRST) for t in texts[1:-1]):  # "go home, slowly drive ...": whose adverb?
+            out = texts[0] + "".join(", then " + t for t in texts[1:])
     else:
         out = texts[0]
         for text in texts[1:]:
-            out += rng.choice(_THEN_IN_BLOCK if in_block else _THEN) + text
+            joiner = rng.choice(_THEN_IN_BLOCK if in_block else _THEN)
+            if joiner == ", " and text.startswith(_ADVERB_FIRST):  # ", slowly" may end the step before it
+                joiner = ", then "
+            out += joiner + text
     return _capitalize_after_stop(out)
 
 
@@ -1068,9 +1261,49 @@ def _gripper_round(rng: Rng) -> list[Phrase]:
     return steps
 
 
+_COME_BACK = ("come back {d}", "go back {d}", "back up {d}", "reverse {d}", "move back {d}", "drive back {d}")
+
+
+def _echo(rng: Rng) -> list[Phrase]:
+    """Three steps, the last of the same kind as the first: "say "hi", wait 2 seconds, then say "bye"",
+    "go forward 2 m, wait, then come back 2 m", "go to the office, take a photo, then go to the garage"."""
+    kind = rng.randrange(7)
+    if kind == 0:
+        first, last = _say_quoted(rng), say(rng)
+        while last.program == first.program:
+            last = say(rng)
+        return [first, rng.choice((wait, wait, turn, set_light))(rng), last]
+    if kind == 1:
+        spoken, d = measure(rng, DISTANCE)
+        out = Phrase(rng.choice(_FORWARD).format(d=spoken), (_call("robot.move_forward", distance=d, speed=1.0),))
+        back = Phrase(rng.choice(_COME_BACK).format(d=spoken), (_call("robot.move_backward", distance=d, speed=1.0),))
+        return [out, rng.choice((wait, wait, take_photo, scan, _say_quoted))(rng), back]
+    if kind == 2:
+        a, b = rng.sample(list(_NAV_LOCATIONS.items), 2)
+        go = [
+            Phrase(
+                rng.choice(_NAVIGATE).format(l=_location_text(rng, x)),
+                (_call("robot.navigate_to", location=x, speed=1.0),),
+            )
+            for x in (a, b)
+        ]
+        return [go[0], rng.choice((take_photo, scan, wait, _say_quoted, pick_up))(rng), go[1]]
+    if kind == 3:
+        return [take_photo(rng), rng.choice((turn, turn, forward))(rng), take_photo(rng)]
+    if kind == 4:
+        a, b = rng.sample(_NAMED_COLORS, 2)
+        lights = [Phrase(rng.choice(_SET_LIGHT).format(c=c), (_call("robot.set_light", color=c),)) for c in (a, b)]
+        return [lights[0], rng.choice((wait, _say_quoted))(rng), lights[1]]
+    if kind == 5:
+        return [turn(rng), rng.choice((forward, wait, take_photo))(rng), turn(rng)]
+    return _gripper_cycle(rng)
+
+
 def _scenario(rng: Rng) -> list[Phrase]:
     """A task people actually ask for in several steps: fetch and place, go and report, and the like."""
-    kind = rng.randrange(7)
+    kind = rng.randrange(9)
+    if kind >= 7:
+        return _echo(rng)
     if kind == 5:
         return _handle_it(rng)
     if kind == 6:
@@ -1093,7 +1326,7 @@ def _scenario(rng: Rng) -> list[Phrase]:
 
 def sequence(rng: Rng) -> Phrase:
     """2-4 steps in spoken order, mixing calls of every category (category ``sequence``)."""
-    if rng.random() < 0.35:
+    if rng.random() < 0.4:
         return _sequence_of(rng, _scenario(rng))
     if rng.random() < 0.06:  # "take a photo of the blue cup": two calls said as one
         return photo_of(rng)
@@ -1167,7 +1400,32 @@ _ALTERNATE_LIGHT = (
     "alternate the light between {a} and {b} {n}", "switch the light between {a} and {b} {n}",
     "flash {a} and {b} {n}", "set the light to {a} then {b}, {n}", "blink {a} and {b} {n}",
 )  # fmt: skip
-_N_PHOTOS = ("take {k} photos", "take {k} pictures", "snap {k} pictures", "take {k} photos in a row", "take {k} pics")
+_N_PHOTOS = (
+    "take {k} photos", "take {k} pictures", "snap {k} pictures", "take {k} photos in a row", "take {k} pics",
+    "fire off {k} photos", "snap {k} photos", "shoot {k} pictures", "take {k} snapshots", "capture {k} images",
+    "fire off {k} shots", "grab {k} pictures", "take {k} pictures in a row", "snap {k} pics of the room",
+    "take {k} photos of the scene",
+)  # fmt: skip
+# A photo, then a turn, both repeated: "take 4 photos, turning left 90 degrees after each one".
+_PHOTO_TURNS = (
+    "take {k} photos, turning {side} {a} after each one", "take {k} pictures, turning {a} to the {side} after each",
+    "snap {k} photos and turn {side} {a} after every one", "take {k} pictures and rotate {side} {a} after each shot",
+    "fire off {k} photos, turning {side} {a} after each", "take {k} pics, rotating {a} {side} after each one",
+    "take {k} photos; after each one, turn {side} {a}",
+)  # fmt: skip
+# Laps through places said bare: "do 2 laps: office, garage, then back home".
+_LAPS = (
+    "do {k} laps: {a}, {b}, then {c}", "run {k} laps: {a}, {b}, then {c}", "{k} laps: {a}, {b} and {c}",
+    "make {k} rounds: {a}, {b}, then {c}", "do {k} rounds through {a}, {b} and {c}", "do {k} loops: {a}, {b}, {c}",
+    "go on {k} laps: {a}, then {b}, then {c}", "run {k} rounds, {a}, {b}, then {c}",
+)  # fmt: skip
+_LAP_HOME = ("back home", "home", "back to base", "home base")
+# A shape driven several times: a loop of the shape's loop.
+_SHAPE_LAPS = (
+    "do {k} laps of a {s}{side}{turn}", "drive {k} laps around a {s}{side}{turn}", "run {k} laps of a {s}{side}{turn}",
+    "go around a {s}{side} {n}{turn}", "drive a {s}{side} {n}{turn}", "do {k} rounds of a {s}{side}{turn}",
+)  # fmt: skip
+_SIDES_OF = (" with {d} sides", " with sides of {d}", " with {d} on each side", " with {d} sides", "")
 _OUT_AND_BACK = (
     "go forward {d} and back {d}", "move forward {d} and then back {d}", "drive {d} forward and {d} back",
     "go {d} forward and come back {d}", "move ahead {d}, then back {d}",
@@ -1182,10 +1440,54 @@ def _count(rng: Rng) -> int:
     return rng.choices((2, 3, 4, 5, 6, 8, 10), (5, 5, 3, 2, 1, 0.5, 0.5))[0]
 
 
+def _number(rng: Rng, n: int) -> str:
+    return str(n) if rng.random() < 0.6 else int_words(n, rng)
+
+
+def _bare_place(rng: Rng, location: str) -> str:
+    return location.replace("_", " ") if rng.random() < 0.8 else _location_text(rng, location)
+
+
+def _more_loops(rng: Rng, n: int) -> Phrase:
+    """Laps through bare places, laps of a shape (a loop in a loop), photos with a turn after each."""
+    kind = rng.random()
+    if kind < 0.35:
+        a, b = rng.sample(list(_NAV_LOCATIONS.items), 2)
+        body = [_call("robot.navigate_to", location=a, speed=1.0), _call("robot.navigate_to", location=b, speed=1.0)]
+        if rng.random() < 0.5:
+            last, body = rng.choice(_LAP_HOME), [*body, _call("robot.go_home")]
+        else:
+            c = rng.choice([x for x in _NAV_LOCATIONS.items if x not in (a, b)])
+            last, body = _bare_place(rng, c), [*body, _call("robot.navigate_to", location=c, speed=1.0)]
+        text = rng.choice(_LAPS).format(k=_number(rng, n), a=_bare_place(rng, a), b=_bare_place(rng, b), c=last)
+        return Phrase(text, (Loop(n, tuple(body)),), closed=True)
+    if kind < 0.7:
+        shape = rng.choice(("square", "square", "triangle", "pentagon", "hexagon"))
+        sides = _SHAPES[shape]
+        form = rng.choice(_SIDES_OF)
+        side = 1.0
+        if "{d}" in form:
+            spoken, side = measure(rng, DISTANCE)
+            form = form.format(d=spoken)
+        direction = rng.choice(("right", "right", "left"))
+        turning = rng.choice(_SHAPE_TURN[direction]) if rng.random() < 0.6 or direction == "left" else ""
+        if turning.startswith(" turning") and rng.random() < 0.7:
+            turning = "," + turning
+        text = rng.choice(_SHAPE_LAPS).format(k=_number(rng, n), s=shape, side=form, n=_times(rng, n), turn=turning)
+        body = (_call("robot.move_forward", distance=side, speed=1.0), _turn_call(direction, round(360 / sides, 2)))
+        return Phrase(text, (Loop(n, (Loop(sides, body),)),), closed=True)
+    side = rng.choice(_SIDES)
+    spoken, angle = measure(rng, ANGLE, bare=0.1)
+    text = rng.choice(_PHOTO_TURNS).format(k=_number(rng, n), side=side, a=spoken)
+    return Phrase(text, (Loop(n, (_call("robot.camera.take_photo"), _turn_call(side, angle))),), closed=True)
+
+
 def _loop_of(rng: Rng) -> Phrase:
     """A ``for`` loop: repeated steps, a shape, a patrol, light alternation or "take 3 photos"."""
     n = _count(rng)
     kind = rng.random()
+    if rng.random() < 0.2:
+        return _more_loops(rng, n)
     if kind < 0.2:
         return _shape(rng)
     if kind < 0.5:
@@ -1204,7 +1506,7 @@ def _loop_of(rng: Rng) -> Phrase:
         return Phrase(form.format(s=text, n=_times(rng, n)), (Loop(n, body),), count_last=closed, closed=closed)
     if kind < 0.75:
         pool = _REPEATABLE if rng.random() < 0.7 else _ERRAND
-        steps = [pool(rng)(rng) for _ in range(rng.choice((2, 2, 3)))]
+        steps = [pool(rng)(rng) for _ in range(rng.choice((2, 3, 3)))]
         body = tuple(s for p in steps for s in p.program)
         form = rng.choice(_REPEAT_MANY)
         mood = "statement" if form.startswith("{n}") else "imperative"
@@ -1216,7 +1518,7 @@ def _loop_of(rng: Rng) -> Phrase:
         text = form.format(a=_location_text(rng, a), b=_location_text(rng, b), n=_times(rng, n))
         body = (_call("robot.navigate_to", location=a, speed=1.0), _call("robot.navigate_to", location=b, speed=1.0))
         return Phrase(text, (Loop(n, body),), count_last=True, closed=True)
-    if kind < 0.94:
+    if kind < 0.92:
         a, b = rng.sample(_NAMED_COLORS, 2)
         text = rng.choice(_ALTERNATE_LIGHT).format(a=a, b=b, n=_times(rng, n))
         body = (_call("robot.set_light", color=a), _call("robot.set_light", color=b))
@@ -1242,6 +1544,8 @@ _IF += (
 _SHOULD = (
     "should you see {o}, {t}", "should you spot {o}, {t}", "should you find {o}, {t}", "should you detect {o}, {t}",
     "should there be {o}, {t}", "should you come across {o}, {t}", "should you notice {o}, {t}",
+    "should there be {o} around, {t}", "should there be {o} nearby, {t}", "should there be {o} in the room, {t}",
+    "should there be {o} in front of you, {t}", "should you happen to see {o}, {t}",
 )  # fmt: skip
 # A question, then what to do for yes (and for no: _ELSE_ANSWER).
 _ASK = (
@@ -1276,6 +1580,11 @@ _CHECK_FIRST = (
     "check if there's {o} and, if so, {t}",
     "check whether {o} is there and if it is, {t}",
     "see whether you can find {o}, and if you can, {t}",
+    "check if there is {o} and, if so, {t}",
+    "see if there's {o} and, if there is, {t}",
+    "look around for {o} and, if you spot it, {t}",
+    "check for {o} and, if it's there, {t}",
+    "find out whether there's {o} and, if yes, {t}",
 )
 # "pick up the red ball if you see one": the action names the object, the condition follows.
 _ACTION_FIRST = ("{t} if you see one", "{t} if there is one", "{t} if you can see it", "{t} if it's there")
@@ -1377,19 +1686,54 @@ def _conditional(rng: Rng) -> Phrase:
 
     r = rng.random()
     then = _reaction_to(rng, ref) if r < 0.55 else _found(rng, ref) if r < 0.65 else _REACTION(rng)(rng)
-    if rng.random() < 0.2:
+    if rng.random() < 0.3:
         extra = _REACTION(rng)(rng)
-        joined = then.text + rng.choice((" and ", " and then ", ", then ")) + extra.text
+        joiner = rng.choice((" and ", " and ", " and then ", ", then ", " and also ", ", and "))
+        joined = then.text + joiner + extra.text
         then = Phrase(joined, then.program + extra.program)
     elif r >= 0.65 and rng.random() < 0.3:  # "drive forward 2 m and pick it up": the pronoun after another step
         handled = _reaction_to(rng, ref)
         joined = then.text + rng.choice((" and ", " and then ", ", then ")) + handled.text
         then = Phrase(joined, then.program + handled.program)
+    elif rng.random() < 0.12:  # "look at it and take 2 pictures": a loop inside the branch
+        k = rng.choice((2, 2, 3, 4, 5))
+        shots = rng.choice(("take {k} pictures", "take {k} photos", "snap {k} pics", "take {k} photos of it"))
+        pronoun = "them" if ref.noun == "person" else "it"
+        shots = shots.replace(" it", f" {pronoun}")
+        look = Phrase(
+            rng.choice(("look at {p}", "point your camera at {p}", "face {p}")).format(p=pronoun), (_look_at_call(ref),)
+        )
+        photos = Loop(k, (_call("robot.camera.take_photo"),))
+        first = look if rng.random() < 0.6 else rng.choice((stop, wait))(rng)
+        then = Phrase(f"{first.text} and {shots.format(k=_number(rng, k))}", (*first.program, photos))
     orelse: Phrase | None = None
     if rng.random() < 0.5:
         orelse = _not_found(rng, ref) if rng.random() < 0.4 else _REACTION(rng)(rng)
         while orelse.program == then.program:  # "if ..., go home, otherwise go home" says nothing
             orelse = _REACTION(rng)(rng)
+        if rng.random() < 0.15:  # "..., otherwise if you see a cat, follow it, otherwise go home"
+            other = _object_ref(rng, _VISIBLE, sized=False, definite=0.0)
+            while other.noun == ref.noun:
+                other = _object_ref(rng, _VISIBLE, sized=False, definite=0.0)
+            second = _reaction_to(rng, other) if rng.random() < 0.5 else _REACTION(rng)(rng)
+            cond = rng.choice(_CONDITION).format(o=other.text)
+            head = rng.choice(
+                (", otherwise if {c}, {t}", ", otherwise, if {c}, {t}", "; else if {c}, {t}", ", or else if {c}, {t}",
+                 ", otherwise if {c} {t}", ". Otherwise, if {c}, {t}", ", else if {c}, {t}")
+            )  # fmt: skip
+            tail = rng.choice(
+                (
+                    ", otherwise {e}",
+                    ", otherwise {e}",
+                    ", and otherwise {e}",
+                    ", else {e}",
+                    ". If neither, {e}",
+                    "; if you see neither, {e}",
+                    ", and if not, {e}",
+                )
+            )
+            text = head.format(c=cond, t=second.text) + tail.format(e=orelse.text)
+            orelse = Phrase(text, (If(_detect_call(other), second.program, orelse.program),), mood="chain")
     opener = rng.random()
     if opener < 0.12:
         text = rng.choice(_CHECK_FIRST).format(o=ref.text, t=then.text)
@@ -1399,7 +1743,9 @@ def _conditional(rng: Rng) -> Phrase:
         text = rng.choice(_ASK).format(o=ref.text, n=ref.text.split(" ", 1)[1], t=then.text)
     else:
         text = rng.choice(_IF).format(c=rng.choice(_CONDITION).format(o=ref.text), t=then.text)
-    if orelse is not None:
+    if orelse is not None and orelse.mood == "chain":
+        text += orelse.text
+    elif orelse is not None:
         answers = _ELSE_ANSWER if 0.24 <= opener < 0.36 else _ELSE_RARE if rng.random() < 0.2 else _ELSE
         text += rng.choice(answers).format(e=orelse.text)
     program = (If(test, then.program, orelse.program if orelse else ()),)
@@ -1542,11 +1888,47 @@ _POLITE: _Weighted[str] = _Weighted(
         ("kindly ", 0.5),
         ("robot: ", 0.5),
         ("alright robot, ", 0.5),
+        ("ok, ", 1.5),
+        ("ok ", 1),
+        ("alright, ", 1.5),
+        ("alright ", 0.5),
+        ("now, ", 1),
+        ("ok now ", 0.5),
+        ("alright now, ", 0.5),
+        ("when you're ready, ", 0.8),
+        ("whenever you can, ", 0.6),
+        ("when you get a chance, ", 0.6),
+        ("when you have a moment, ", 0.4),
     )
 )
-_ADDRESS: _Weighted[str] = _Weighted((("", 75), ("robot, ", 10), ("hey robot, ", 6), ("okay, ", 3), ("hey, ", 3)))
+_ADDRESS: _Weighted[str] = _Weighted(
+    (
+        ("", 75),
+        ("robot, ", 10),
+        ("hey robot, ", 6),
+        ("okay, ", 3),
+        ("hey, ", 3),
+        ("ok, ", 2),
+        ("alright, ", 2),
+        ("now, ", 1),
+    )
+)
 _SUFFIX: _Weighted[str] = _Weighted(
-    ((" ", 76), (" please", 6), (", please", 6), (" for me", 3), (" now", 3), (", thanks", 2), (", thank you", 2))
+    (
+        (" ", 76),
+        (" please", 6),
+        (", please", 6),
+        (" for me", 3),
+        (" now", 3),
+        (", thanks", 2),
+        (", thank you", 2),
+        (" when you get a chance", 1),
+        (", whenever you can", 1),
+        (" when you're ready", 1),
+        (", when you can", 0.7),
+        (" whenever you get a moment", 0.5),
+        (", if you don't mind", 0.5),
+    )
 )
 _STATEMENT_SUFFIX: _Weighted[str] = _Weighted(((" ", 90), (", please", 5), (", thanks", 5)))
 _PUNCTUATION_MARKS = re.compile(r"[,;:!?]|\.(?!\d)")
@@ -1597,6 +1979,7 @@ def decorate(rng: Rng, phrase: Phrase) -> str:
         prefix, suffix = _POLITE(rng), _SUFFIX(rng)
         word = suffix.strip(" ,")
         doubled = ("please" in prefix and word == "please") or (word and f" {word} " in f" {text} ")
+        doubled = doubled or ("when" in prefix and "when" in suffix)
         if doubled:  # "please ... please", "stop now now"
             suffix = " "
     else:

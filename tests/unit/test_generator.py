@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -281,6 +282,182 @@ def test_commands_typed_without_punctuation_stay_unambiguous(records: list[dict[
     for record in plain:
         program = parse_program(record["output"])
         assert not any(isinstance(s, If) for s in program[:-1]), record
+
+
+def _inputs_with(records: list[dict[str, str]], pattern: str) -> list[tuple[str, Program]]:
+    """(input, program) of the records whose input matches ``pattern`` (case-insensitive)."""
+    return [(r["input"], parse_program(r["output"])) for r in records if re.search(pattern, r["input"], re.I)]
+
+
+def test_a_photo_of_the_scene_is_a_photo_alone(records: list[dict[str, str]]) -> None:
+    """ "take a picture of the room" / "of what you see": nothing to look at, just the photo."""
+    scene = (
+        r"^(\w+\W+){0,3}(take|snap|get|capture|grab) an? (photo|picture|pic|snapshot|shot) of "
+        r"(the room|the scene|the view|what you (can )?see|whatever('s| is) in front of you|everything around you)\W*$"
+    )
+    hits = [(t, p) for t, p in _inputs_with(records, scene) if not re.search(r"\btimes\b|twice|\d", t)]
+    assert len(hits) >= 5
+    for text, program in hits:
+        assert program == (Call("robot.camera.take_photo", {}),), text
+
+
+def test_the_hand_or_claw_moved_to_a_point_is_the_arm(records: list[dict[str, str]]) -> None:
+    hits = _single(records, r"\b(your hand|the claw|the end effector|your end effector) (to|at) ", "manipulation")
+    assert len(hits) >= 10
+    for text, call in hits:
+        assert call.name == "robot.arm.move_to", text
+
+
+def test_rarer_gripper_verbs_open_and_close() -> None:
+    rng = random.Random(4)
+    for _ in range(300):
+        opened, closed = gen.gripper_open(rng), gen.gripper_close(rng)
+        assert opened.program == (Call("robot.gripper.open", {}),) and "clench" not in opened.text.replace(
+            "unclench", ""
+        )
+        assert closed.program == (Call("robot.gripper.close", {}),) and "unclench" not in closed.text
+    words = " ".join(gen._GRIPPER_OPEN + gen._GRIPPER_CLOSE)
+    assert all(
+        w in words for w in ("unclench", "loosen", "relax", "let go of your grip", "clench", "squeeze", "clamp shut")
+    )
+
+
+def test_open_then_close_it_again_keeps_every_step() -> None:
+    """ "open the claw wide, then close it again": both calls, the last one never dropped."""
+    rng = random.Random(5)
+    for _ in range(100):
+        steps = gen._gripper_cycle(rng)
+        names = [s.program[0].name for s in steps if s.program[0].name != "robot.wait"]
+        assert len(names) in (2, 3)
+        assert all(a != b for a, b in itertools.pairwise(names))
+        assert set(names) == {"robot.gripper.open", "robot.gripper.close"}
+
+
+def test_a_stop_with_a_reason_is_one_stop() -> None:
+    """ "halt, there's a wall!" / "FREEZE - you're too close" is a stop, never a wait or a condition."""
+    rng = random.Random(6)
+    phrases = [gen.stop_alone(rng) for _ in range(300)]
+    alerts = [p for p in phrases if p.text not in gen._STOP]
+    assert len(alerts) >= 80 and any(p.text.isupper() for p in alerts)
+    assert all(p.program == (Call("robot.stop", {}),) for p in phrases)
+
+
+def test_home_position_and_starting_spot_go_home(records: list[dict[str, str]]) -> None:
+    hits = _single(records, r"home position|home base|starting spot|where you started", "navigation")
+    assert len(hits) >= 10
+    assert all(call == Call("robot.go_home", {}) for _, call in hits)
+
+
+def test_greetings_and_long_texts_are_said_whole(records: list[dict[str, str]]) -> None:
+    greet = _inputs_with(records, r"\b(greet \w+|welcome them) with ")
+    assert len(greet) >= 5
+    for text, program in greet:
+        assert any(c.name == "robot.say" for c in _calls(program)), text
+    texts = [c.kwargs["text"] for r in records for c in _calls(parse_program(r["output"])) if c.name == "robot.say"]
+    long = [t for t in texts if 4 <= len(t.split()) <= 9 and "," in t and "'" in t]
+    assert len(long) >= 50
+
+
+def test_a_slip_in_say_keeps_the_whole_text(records: list[dict[str, str]]) -> None:
+    slips = [(t, c) for t, c in _single(records, r"\b(sya|sayy|sy|saay|ssay) ", "communication")]
+    assert len(slips) >= 5
+    for text, call in slips:
+        assert call.name == "robot.say" and 3 <= len(call.kwargs["text"].split()) <= 5, text
+        assert text.rstrip(".!?").endswith(call.kwargs["text"].lower()), text
+
+
+def test_a_following_distance_in_its_own_clause() -> None:
+    rng = random.Random(7)
+    seen = 0
+    for _ in range(1000):
+        phrase = gen.follow(rng)
+        (call,) = phrase.program
+        if re.match(r"(stay|keep|keeping|staying|hang|at a distance)\b(?! with| following)", phrase.text):
+            seen += 1
+            shown = [float(n) for n in re.findall(r"\d+(?:\.\d+)?", normalize_command(phrase.text))]
+            assert any(abs(n - call.kwargs["distance"]) < 0.011 for n in shown), phrase.text
+    assert seen >= 30
+
+
+def test_a_speed_word_after_a_comma_sets_the_speed(records: list[dict[str, str]]) -> None:
+    hits = [(t, c) for t, c in _single(records, r", (slowly|quickly)\b", "navigation")]
+    assert len(hits) >= 5
+    for text, call in hits:
+        assert call.kwargs["speed"] == (0.5 if "slowly" in text else 2.0), text
+
+
+def test_a_step_said_last_of_a_repeated_kind_is_kept() -> None:
+    """ "say 'hi', wait, then say 'bye'": three steps, the last of the first's kind."""
+    rng = random.Random(8)
+    for _ in range(200):
+        steps = gen._echo(rng)
+        program = [c for s in steps for c in s.program]
+        if len(steps) == 3 and program[1].name != "robot.gripper.pick_up":
+            assert len(program) == 3
+            kind = {"move_backward": "move_forward", "turn_right": "turn_left", "gripper.close": "gripper.open"}
+            first, last = (kind.get(c.name[6:], c.name[6:]) for c in (program[0], program[-1]))
+            assert first == last, [s.text for s in steps]
+
+
+def test_before_puts_the_later_words_first(records: list[dict[str, str]]) -> None:
+    hits = _inputs_with(records, r"^before you ")
+    assert len(hits) >= 5
+    for text, program in hits:
+        assert len(program) == 2 and all(isinstance(s, Call) for s in program), text
+
+
+def test_fillers_are_not_conditions(records: list[dict[str, str]]) -> None:
+    """ "when you get a chance" / "whenever you can" / "when you're ready" say when, not whether: no if."""
+    pattern = r"when you get a chance|whenever you can|when you're ready"
+    hits = [r for r in records if re.search(pattern, r["input"])]
+    assert len([r for r in hits if r["category"] != "control_flow"]) >= 50
+    said = r"\b(if|see|spot|find|detect|notice|should|is there|there.s|there is|(look|check|search|scan) for)\b"
+    for record in hits:
+        if not re.search(said, record["input"], re.I):
+            assert "if robot" not in record["output"], record
+
+
+def test_laps_photos_with_turns_and_shapes_repeated() -> None:
+    rng = random.Random(9)
+    kinds = Counter()
+    for _ in range(300):
+        phrase = gen._more_loops(rng, 3)
+        (loop,) = phrase.program
+        assert isinstance(loop, Loop) and loop.count == 3
+        if isinstance(loop.body[0], Loop):
+            kinds["shape"] += 1
+            assert len(loop.body) == 1 and len(loop.body[0].body) == 2
+        elif loop.body[0].name == "robot.camera.take_photo":
+            kinds["photos"] += 1
+            assert loop.body[1].name in ("robot.turn_left", "robot.turn_right")
+        else:
+            kinds["laps"] += 1
+            assert len(loop.body) == 3
+    assert min(kinds.values()) >= 50
+
+
+def test_a_branch_of_two_steps_a_loop_or_another_condition() -> None:
+    rng = random.Random(10)
+    shapes = Counter()
+    for _ in range(3000):
+        (cond,) = gen._conditional(rng).program
+        if len(cond.body) == 2 and all(isinstance(s, Call) for s in cond.body):
+            shapes["two steps"] += 1
+        if any(isinstance(s, Loop) for s in cond.body):
+            shapes["loop"] += 1
+        if len(cond.orelse) == 1 and isinstance(cond.orelse[0], If):
+            shapes["chain"] += 1
+            assert cond.orelse[0].orelse and cond.orelse[0].test != cond.test
+    assert min(shapes.values()) >= 40, shapes
+
+
+def test_turn_around_to_a_side_turns_that_way() -> None:
+    rng = random.Random(11)
+    for _ in range(300):
+        phrase = gen._turn_around(rng)
+        (call,) = phrase.program
+        side = "right" if "right" in phrase.text else "left"
+        assert call == Call(f"robot.turn_{side}", {"angle": 180.0}), phrase.text
 
 
 # ------------------------------------------------------------------------------------------------
