@@ -214,8 +214,9 @@ class Generator:
         keeps the code inside the robot grammar, on ``grammar_engine`` (:data:`robolora.robot.engines.ENGINES`).
 
         ``repair_beams`` (greedy only; 0: off): a program that leaves out a number or a quoted text its command
-        states (:func:`robolora.robot.coverage.left_out`) is decoded again with that many beams, and the
-        best-scored beam that leaves nothing out replaces it; when none does, the greedy program stays."""
+        states, or names a colour or object it never mentions (:func:`robolora.robot.coverage.mismatch`), is
+        decoded again with that many beams, and the best-scored beam without a mismatch replaces it; when none
+        is, the greedy program stays."""
         torch.manual_seed(seed)
         engine = grammar_engine if constrained else None
         out = self._in_batches(
@@ -244,10 +245,10 @@ class Generator:
         engine: str | None,
         beams: int,
     ) -> None:
-        """Replace, in ``out``, each program that leaves out what its command states by the best beam that does not."""
-        from robolora.robot.coverage import left_out
+        """Replace, in ``out``, each program that does not fit its command by the best beam that does."""
+        from robolora.robot.coverage import mismatch
 
-        lacking = [i for i, (command, gen) in enumerate(zip(commands, out, strict=True)) if left_out(command, gen.code)]
+        lacking = [i for i, (command, gen) in enumerate(zip(commands, out, strict=True)) if mismatch(command, gen.code)]
         if not lacking:
             return
         per_batch = max(1, batch_size // beams)
@@ -257,7 +258,7 @@ class Generator:
             lambda batch: self._generate_batch(batch, max_new_tokens, engine, 0.0, beams=beams),
         )
         for i, beam in zip(lacking, candidates, strict=True):
-            out[i] = next((g for g in beam if g.finished and not left_out(commands[i], g.code)), out[i])
+            out[i] = next((g for g in beam if g.finished and not mismatch(commands[i], g.code)), out[i])
 
     def _generate_batch(
         self,

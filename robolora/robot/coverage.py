@@ -1,4 +1,5 @@
-"""What a command states that its program leaves out: every number and every quoted text it gives.
+"""What a command states that its program leaves out (every number and quoted text it gives), and what the
+program names that the command never states (a colour or an object).
 
 People state quantities because they matter: "take 3 photos" needs a loop of 3, "wait 10 seconds" a wait of
 10. The numbers are read from the prompt the model is shown (:func:`~robolora.robot.normalize.normalize_command`:
@@ -7,8 +8,11 @@ A program uses a number when one of its arguments (within the canonical rounding
 holds it, one use per mention: "3 feet forward, then 3 feet back" needs two. A quoted text is used when the
 program says it (its final punctuation aside).
 
-Decoding uses this as a check (:meth:`robolora.infer.Generator.generate`): a greedy program that leaves something
-out is decoded again with beam search, and the best beam that leaves nothing out replaces it. The check only
+Colours and object types are the words people type ("the red cups" asks about `cup` and `red`), so a program
+naming one the command never mentions ("photo please" answered by looking at a `person`) made it up.
+
+Decoding uses both as a check (:meth:`robolora.infer.Generator.generate`): a greedy program with a
+:func:`mismatch` is decoded again with beam search, and the best beam without one replaces it. The check only
 ever picks among programs the model itself wrote.
 
 Example:
@@ -18,6 +22,8 @@ Example:
     []
     >>> left_out('say "see you soon"', 'robot.say(text="see you")')
     ['"see you soon"']
+    >>> unstated("photo please", 'robot.camera.look_at(object_type="person", color="any")')
+    ['person']
 """
 
 from __future__ import annotations
@@ -108,3 +114,39 @@ def left_out(command: str, code: str, *, normalized: bool = False) -> list[str]:
     spoken = {_bare(text) for text in said}
     missing += [f'"{quote}"' for quote in quotes if _bare(quote) not in spoken]
     return missing
+
+
+def _calls(program: Program) -> list[Call]:
+    """Every call of a program, the tests of its conditions included."""
+    calls: list[Call] = []
+    for stmt in program:
+        if isinstance(stmt, Loop):
+            calls += _calls(stmt.body)
+        elif isinstance(stmt, If):
+            calls += [stmt.test, *_calls(stmt.body), *_calls(stmt.orelse)]
+        else:
+            calls.append(stmt)
+    return calls
+
+
+def _forms(noun: str) -> set[str]:
+    """A noun as a command may type it: itself or a plural."""
+    return {noun, noun + "s", noun + "es", noun[:-1] + "ies" if noun.endswith("y") else noun}
+
+
+def unstated(command: str, code: str, *, normalized: bool = False) -> list[str]:
+    """The colours and object types ``code`` names that ``command`` never mentions (outside quoted text)."""
+    shown = command if normalized else normalize_command(command)
+    words = set(re.findall(r"[a-z]+", free_text(shown).lower()))
+    try:
+        calls = _calls(parse_program(code))
+    except RobotCodeError:
+        return []
+    named = [v for c in calls for k, v in c.kwargs.items() if k in ("color", "object_type") and v != "any"]
+    return [v for v in dict.fromkeys(named) if isinstance(v, str) and not _forms(v) & words]
+
+
+def mismatch(command: str, code: str) -> list[str]:
+    """Everything :func:`left_out` and :func:`unstated` find: empty when the program fits its command."""
+    shown = normalize_command(command)
+    return left_out(shown, code, normalized=True) + unstated(shown, code, normalized=True)

@@ -146,10 +146,10 @@ def test_eval_loads_a_big_model_quantized_and_within_memory_caps(adapter, tmp_pa
     assert "--max-memory: GPU 0 is not visible (no GPU); name a visible GPU or cpu" in capsys.readouterr().err
 
 
-def test_beam_repair_keeps_what_leaves_nothing_out_and_replaces_only_with_a_beam_that_does(adapter):
+def test_beam_repair_keeps_what_fits_its_command_and_replaces_only_with_a_beam_that_does(adapter):
     from robolora.infer import Generator
     from robolora.robot.checker import check
-    from robolora.robot.coverage import left_out
+    from robolora.robot.coverage import mismatch
 
     gen = Generator.load(adapter)
     commands = ["take 3 photos", "stop", 'say "hello there"', "wait 7 seconds", "go home", "turn left 30 degrees"]
@@ -159,8 +159,8 @@ def test_beam_repair_keeps_what_leaves_nothing_out_and_replaces_only_with_a_beam
     assert [len(b) for b in beams] == [3] * len(commands)  # each command's own beams, in the commands' order
     assert all(check(g.code).api_valid for b in beams for g in b if g.finished)
     for command, before, after, candidates in zip(commands, greedy, repaired, beams, strict=True):
-        if not left_out(command, before.code) or after.code == before.code:
+        if not mismatch(command, before.code) or after.code == before.code:
             assert after.code == before.code
-        else:  # replaced: by one of this command's beams, which leaves nothing out
-            assert not left_out(command, after.code)
+        else:  # replaced: by one of this command's beams, which fits the command
+            assert not mismatch(command, after.code)
             assert after.code in [g.code for g in candidates]

@@ -16,7 +16,7 @@ import pytest
 
 from robolora.data import load_records
 from robolora.robot import CALLS, CATEGORIES, canonicalize, check
-from robolora.robot.coverage import free_text, stated_numbers
+from robolora.robot.coverage import free_text, mismatch, stated_numbers
 from robolora.robot.normalize import LENGTH, ONES, TENS, TIME, normalize_command
 
 DATA = Path(__file__).resolve().parents[2] / "data"
@@ -164,3 +164,8 @@ def test_no_two_inputs_are_the_same_command(records):
 def test_no_two_sets_share_a_command():
     keys = [{_key(json.loads(line)["input"]) for line in (DATA / name).open(encoding="utf-8")} for name in SETS]
     assert not [(a, b) for i, a in enumerate(SETS) for j, b in enumerate(SETS) if i < j and keys[i] & keys[j]]
+
+
+def test_references_fit_their_commands(records):
+    """The decoding check (robolora.robot.coverage) would never send a reference to the beams."""
+    assert not [(r["input"], mismatch(r["input"], r["output"])) for r in records if mismatch(r["input"], r["output"])]
