@@ -11,7 +11,11 @@ shows the command with its quantities already in metres, metres per second and s
     'say "wait five minutes" 2 times'
 
 Only the numbers and units change; quoted text is left as it is, and so is a lone "one" that counts
-nothing ("pick that one up"). Degrees, metres and seconds keep their values.
+nothing ("pick that one up"). Degrees, metres and seconds keep their values. Quantities a phrase implies
+are shown too: turning around is 180 degrees, and a shape driven as a path has its sides and turns:
+
+    >>> normalize_command("turn around, then drive a triangle")
+    'turn around 180 degrees, then drive a triangle (3 turns of 120 degrees)'
 
 A slip of the finger in a word the robot knows is read as that word first (:func:`correct_spelling`):
 the generator never misspells a colour, size or number, so a model never learns to read "yelow" or
@@ -201,6 +205,12 @@ _TURN_SHARE = re.compile(
 _TURN_DEGREES = {"quarter": 90, "half": 180, "full": 360, "complete": 360}
 
 
+#: Several shares of a turn, counted: "8 quarter turns", "two half turns".
+_TURN_SHARES = re.compile(
+    rf"\b(\d+|{'|'.join(ONES_WORDS[2:])})\s+(quarter|half|full|complete)\s+(turn|circle)s\b", re.IGNORECASE
+)
+
+
 def _turn_share(match: re.Match) -> str:
     """ "half a turn" -> "a 180 degree turn"."""
     share = match.group(1).lower()
@@ -208,9 +218,36 @@ def _turn_share(match: re.Match) -> str:
     return f"a {degrees} degree {match.group(2)}"
 
 
+def _turn_shares(match: re.Match) -> str:
+    """ "8 quarter turns" -> "8 turns of 90 degrees"."""
+    return f"{match.group(1)} {match.group(3)}s of {_TURN_DEGREES[match.group(2).lower()]} degrees"
+
+
+#: Turning around without an angle: the canonical form's 180 degrees, shown ("turn around" -> "turn around 180
+#: degrees"), so the model copies it as it copies a said angle; not where a number follows ("turn around 90").
+_AROUND = re.compile(
+    r"\b(?:(?:turn|spin|swing|whip|rotate)(?:\s+(?:yourself|back|all\s+the\s+way))*\s+a?round|about[- ]face"
+    r"|u[- ]?turn)\b(?!\s+(?:by\s+)?-?\d)",
+    re.IGNORECASE,
+)
+#: A shape driven as a path: its turns, shown ("a triangle" -> "a triangle (3 turns of 120 degrees)").
+_SHAPE = re.compile(r"\b(?:a|an|the)\s+(?:[-\w.]+\s+){0,3}?(square|triangle|pentagon|hexagon|octagon)\b", re.IGNORECASE)
+SHAPE_SIDES = {"square": 4, "triangle": 3, "pentagon": 5, "hexagon": 6, "octagon": 8}
+
+
+def _shape(match: re.Match) -> str:
+    sides = SHAPE_SIDES[match.group(1).lower()]
+    return f"{match.group(0)} ({sides} turns of {digits(360 / sides)} degrees)"
+
+
 def _rewrite(text: str) -> str:
     """Quantities in ``text`` (which holds no quoted text) rewritten; everything between them kept."""
-    text = _TURN_SHARE.sub(_turn_share, text)
+    return _SHAPE.sub(_shape, _AROUND.sub(lambda m: f"{m.group(0)} 180 degrees", _rewrite_numbers(text)))
+
+
+def _rewrite_numbers(text: str) -> str:
+    """Numbers and units in ``text`` rewritten as digits in the API's units."""
+    text = _TURN_SHARE.sub(_turn_share, _TURN_SHARES.sub(_turn_shares, text))
     tokens = [(m.group(), m.start(), m.end()) for m in _TOKEN.finditer(text)]
     words = [t.lower() for t, _, _ in tokens]
     out, last, i = [], 0, 0

@@ -127,3 +127,47 @@ def test_shipped_commands_state_the_numbers_their_programs_use():
         out = normalize_command(r["input"]).lower()
         for text in re.findall(r'(?:text|target|object_type)="([^"]*)"', r["output"]):
             assert text.lower() not in r["input"].lower() or text.lower() in out
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        ("turn around", "turn around 180 degrees"),
+        ("TURN AROUND AND GO HOME", "turn around 180 degrees and go home"),
+        ("spin all the way around to your right", "spin all the way around 180 degrees to your right"),
+        ("do a u-turn", "do a u-turn 180 degrees"),
+        ("turn around 90 degrees", "turn around 90 degrees"),  # an angle said stays the angle
+        ("follow me around", "follow me around"),
+        ('say "turn around"', 'say "turn around"'),
+    ],
+)
+def test_turning_around_shows_its_180_degrees(command, shown):
+    assert normalize_command(command) == shown
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        ("do a square", "do a square (4 turns of 90 degrees)"),
+        (
+            "drive a triangle with 2 m sides, turning left",
+            "drive a triangle (3 turns of 120 degrees) with 2 m sides, turning left",
+        ),
+        ("2 laps of a 1 meter hexagon", "2 laps of a 1 meter hexagon (6 turns of 60 degrees)"),
+        ("trace an octagon", "trace an octagon (8 turns of 45 degrees)"),
+    ],
+)
+def test_a_shape_shows_its_turns(command, shown):
+    assert normalize_command(command) == shown
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        ("make 8 quarter turns to the left", "make 8 turns of 90 degrees to the left"),
+        ("do two half turns", "do 2 turns of 180 degrees"),
+        ("turn right a quarter turn", "turn right a 90 degree turn"),
+    ],
+)
+def test_counted_shares_of_a_turn(command, shown):
+    assert normalize_command(command) == shown
