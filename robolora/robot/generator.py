@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from robolora.fileio import atomic_write_text
-from robolora.robot.normalize import ONES_WORDS, TENS_WORDS, digits
+from robolora.robot.normalize import ONES_WORDS, SHAPE_SIDES, TENS_WORDS, digits
 from robolora.robot.program import Call, If, Loop, Program, format_program
 from robolora.robot.spec import CALLS, COLORS, SIZES
 
@@ -1349,7 +1349,6 @@ def sequence(rng: Rng) -> Phrase:
     return _sequence_of(rng, steps)
 
 
-_SHAPES = {"square": 4, "triangle": 3, "pentagon": 5, "hexagon": 6, "octagon": 8}
 _SHAPE = (
     "do a {s}", "drive in a {s}", "move in a {s}", "make a {s}", "trace a {s}", "drive a {s} pattern",
     "go around in a {s}", "drive in the shape of a {s}", "move in a {s} pattern",
@@ -1367,7 +1366,7 @@ _SHAPE_TURN = {
 def _shape(rng: Rng) -> Phrase:
     """ "do a square" -> 4 x (forward 1 m, turn right 90); sides and turning side may be spoken."""
     shape = rng.choice(("square", "square", "square", "triangle", "pentagon", "hexagon", "octagon"))
-    sides = _SHAPES[shape]
+    sides = SHAPE_SIDES[shape]
     if rng.random() < 0.5:
         spoken, side = measure(rng, DISTANCE)
         text = rng.choice(_SHAPE_SIDE).format(s=shape, d=spoken)
@@ -1463,7 +1462,7 @@ def _more_loops(rng: Rng, n: int) -> Phrase:
         return Phrase(text, (Loop(n, tuple(body)),), closed=True)
     if kind < 0.7:
         shape = rng.choice(("square", "square", "triangle", "pentagon", "hexagon"))
-        sides = _SHAPES[shape]
+        sides = SHAPE_SIDES[shape]
         form = rng.choice(_SIDES_OF)
         side = 1.0
         if "{d}" in form:

@@ -231,8 +231,9 @@ _AROUND = re.compile(
     re.IGNORECASE,
 )
 #: A shape driven as a path: its turns, shown ("a triangle" -> "a triangle (3 turns of 120 degrees)").
-_SHAPE = re.compile(r"\b(?:a|an|the)\s+(?:[-\w.]+\s+){0,3}?(square|triangle|pentagon|hexagon|octagon)\b", re.IGNORECASE)
+#: The shapes a robot drives, by their number of sides (the generator speaks of them too).
 SHAPE_SIDES = {"square": 4, "triangle": 3, "pentagon": 5, "hexagon": 6, "octagon": 8}
+_SHAPE = re.compile(rf"\b(?:a|an|the)\s+(?:[-\w.]+\s+){{0,3}}?({'|'.join(SHAPE_SIDES)})\b", re.IGNORECASE)
 
 
 def _shape(match: re.Match) -> str:
