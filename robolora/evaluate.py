@@ -70,9 +70,10 @@ class EvalSettings:
     #: bundled model, batch 32: 0.21 ms of masking per generated token, xgrammar 0.26, the recognizer 0.31;
     #: 25.4-25.9 ms per token in all, the model's share the same for each) and installs no other package.
     grammar_engine: str = "llguidance"
-    #: Beams that decode again a greedy program leaving out a number or a quoted text its command states
-    #: (robolora.robot.coverage); the best beam that leaves nothing out replaces it (0: off).
-    repair_beams: int = 4
+    #: Beams that decode again a greedy program that does not fit its command (robolora.robot.coverage: it
+    #: leaves out a number, quoted text, colour, place or action the command names, or makes one up); the best
+    #: beam that fits replaces it (0: off).
+    repair_beams: int = 8
 
 
 #: The defaults, as one value.

@@ -9,7 +9,13 @@ holds it, one use per mention: "3 feet forward, then 3 feet back" needs two. A q
 program says it (its final punctuation aside).
 
 Colours and object types are the words people type ("the red cups" asks about `cup` and `red`), so a program
-naming one the command never mentions ("photo please" answered by looking at a `person`) made it up.
+naming one the command never mentions ("photo please" answered by looking at a `person`) made it up. The same
+holds for a place (`kitchen`), a photo, going home and a turn's side: a program that drives to a place, takes a
+photo or goes home where the command names none, or turns right where the command says only "left", made it up.
+
+The other way round, a command that names a colour, a room, the charger or the front door, a photo or home
+(outside what the program says aloud) wants a call that uses it: "go to the kitchen, then grab the cup"
+answered by the grab alone dropped a step (:func:`unused`).
 
 Decoding uses both as a check (:meth:`robolora.infer.Generator.generate`): a greedy program with a
 :func:`mismatch` is decoded again with beam search, and the best beam without one replaces it. The check only
@@ -24,6 +30,8 @@ Example:
     ['"see you soon"']
     >>> unstated("photo please", 'robot.camera.look_at(object_type="person", color="any")')
     ['person']
+    >>> unused("go to the kitchen, then grab the cup", 'robot.gripper.pick_up(object_type="cup")')
+    ['kitchen']
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import re
 from robolora.robot.checker import RobotCodeError, parse_program
 from robolora.robot.normalize import normalize_command
 from robolora.robot.program import Call, If, Loop, Program, complete_kwargs
+from robolora.robot.spec import COLORS
 
 #: Quoted text: in double or curly quotes, or in single quotes that are not apostrophes.
 QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”|(?<![A-Za-z])'[^']*'(?![A-Za-z])")
@@ -43,6 +52,45 @@ LIST_MARKER = re.compile(r"(?:\bstep\s+)?(?<![\d.-])\b\d+[.:](?=\s|$)")
 #: Canonical floats have 2 places, so a stated 0.914 is written 0.91.
 TOLERANCE = 0.011
 _END_PUNCTUATION = ".!?,;: "
+
+#: How a command mentions each place a program may name (its words, aliases, and prefixes like "charg").
+PLACE_WORDS: dict[str, str] = {
+    "kitchen": r"kitchen",
+    "living_room": r"living\s*room|lounge",
+    "bedroom": r"bed\s*room",
+    "bathroom": r"bath\s*room|restroom|washroom|toilet",
+    "office": r"office",
+    "garage": r"garage",
+    "charging_station": r"charg|dock|plug",
+    "front_door": r"door|entrance",
+    "table": r"table",
+    "shelf": r"shel(?:f|ves)",
+    "box": r"box",
+    "floor": r"floor|ground",
+}
+#: The places a command names only to go there or put something there (not "the door" seen as an object, nor
+#: "the cup on the table"): a command naming one wants a call that uses it.
+DESTINATIONS: dict[str, re.Pattern[str]] = {
+    place: re.compile(rf"\b(?:{words})")
+    for place, words in (PLACE_WORDS | {
+        "charging_station": r"charging station|charger|dock\b",
+        "front_door": r"front door|main door|entrance",
+    }).items()
+    if place not in ("table", "shelf", "box", "floor")
+}  # fmt: skip
+PHOTO = re.compile(r"\b(?:photo\w*|fotos?|pictures?|pics?|snapshots?|snap|shots?|images?|capture)\b")
+HOME = re.compile(r"\bhome\b|\bbase\b|start(?:ed|ing)")
+#: Words that ask for an action, and the calls that do it.
+ACTIONS: dict[str, tuple[re.Pattern[str], frozenset[str]]] = {
+    "take_photo": (PHOTO, frozenset({"robot.camera.take_photo"})),
+    "home": (HOME, frozenset({"robot.go_home", "robot.arm.home"})),
+    "stop": (re.compile(r"\b(?:stop\w*|freeze|halt)\b"), frozenset({"robot.stop"})),
+    "wait": (re.compile(r"\b(?:wait|pause|hold on)\b"), frozenset({"robot.wait"})),
+    "arm": (re.compile(r"\barm\b"), frozenset({"robot.arm.move_to", "robot.arm.home"})),
+}
+#: The words that name a turn's side; a shape's turns ("4 turns of 90 degrees") and turning around take either.
+LEFT = re.compile(r"\bleft\b|counter-?clockwise|anti-?clockwise|\baround\b|u-?turn|turns of")
+RIGHT = re.compile(r"\bright\b|(?<!counter)(?<!counter-)(?<!anti)(?<!anti-)clockwise|turns of")
 
 
 def free_text(text: str) -> str:
@@ -134,19 +182,71 @@ def _forms(noun: str) -> set[str]:
     return {noun, noun + "s", noun + "es", noun[:-1] + "ies" if noun.endswith("y") else noun}
 
 
-def unstated(command: str, code: str, *, normalized: bool = False) -> list[str]:
-    """The colours and object types ``code`` names that ``command`` never mentions (outside quoted text)."""
-    shown = command if normalized else normalize_command(command)
-    words = set(re.findall(r"[a-z]+", free_text(shown).lower()))
+def _parsed_calls(code: str) -> list[Call] | None:
     try:
-        calls = _calls(parse_program(code))
+        return _calls(parse_program(code))
     except RobotCodeError:
+        return None
+
+
+def _unsaid(shown: str, calls: list[Call]) -> str:
+    """The prompt in lower case without its quoted text and without what the program says aloud (the words of
+    "say I am in the kitchen" name no place the robot goes)."""
+    text = free_text(shown).lower()
+    for c in calls:
+        said = c.kwargs.get("text") if c.name == "robot.say" else None
+        if isinstance(said, str) and _bare(said):
+            text = re.sub(rf"(?<!\w){re.escape(_bare(said).lower())}(?!\w)", " ", text)
+    return text
+
+
+def unstated(command: str, code: str, *, normalized: bool = False) -> list[str]:
+    """What ``code`` names that ``command`` never mentions (outside quoted text): colours, object types and
+    places by their names, and ``take_photo``, ``go_home``, ``turn_left`` or ``turn_right`` by the calls."""
+    shown = command if normalized else normalize_command(command)
+    calls = _parsed_calls(code)
+    if calls is None:
         return []
+    text = free_text(shown).lower()
+    words = set(re.findall(r"[a-z]+", text))
     named = [v for c in calls for k, v in c.kwargs.items() if k in ("color", "object_type") and v != "any"]
-    return [v for v in dict.fromkeys(named) if isinstance(v, str) and not _forms(v) & words]
+    made_up = [v for v in dict.fromkeys(named) if isinstance(v, str) and not _forms(v) & words]
+    places = [c.kwargs.get("location") for c in calls]
+    made_up += [p for p in dict.fromkeys(places) if p in PLACE_WORDS and not re.search(PLACE_WORDS[p], text)]
+    names = {c.name for c in calls}
+    if "robot.camera.take_photo" in names and not PHOTO.search(text):
+        made_up.append("take_photo")
+    if "robot.go_home" in names and not HOME.search(text):
+        made_up.append("go_home")
+    if "robot.turn_left" in names and RIGHT.search(text) and not LEFT.search(text):
+        made_up.append("turn_left")
+    if "robot.turn_right" in names and LEFT.search(text) and not RIGHT.search(text):
+        made_up.append("turn_right")
+    return made_up
+
+
+def unused(command: str, code: str, *, normalized: bool = False) -> list[str]:
+    """What ``command`` names (outside quoted text and what the program says) that no call of ``code`` uses: a
+    colour, a room, the charger or the front door, or an action of :data:`ACTIONS` (a photo, home, stopping,
+    waiting, the arm). Code that does not parse uses nothing."""
+    shown = command if normalized else normalize_command(command)
+    calls = _parsed_calls(code) or []
+    text = _unsaid(shown, calls)
+    words = set(re.findall(r"[a-z]+", text))
+    used = {v for c in calls for v in c.kwargs.values() if isinstance(v, str)}
+    names = {c.name for c in calls}
+    missing = [color for color in COLORS if color != "any" and color in words and color not in used]
+    missing += [place for place, named in DESTINATIONS.items() if named.search(text) and place not in used]
+    missing += [what for what, (asked, doers) in ACTIONS.items() if asked.search(text) and not names & doers]
+    return missing
 
 
 def mismatch(command: str, code: str) -> list[str]:
-    """Everything :func:`left_out` and :func:`unstated` find: empty when the program fits its command."""
+    """Everything :func:`left_out`, :func:`unused` and :func:`unstated` find: empty when the program fits its
+    command."""
     shown = normalize_command(command)
-    return left_out(shown, code, normalized=True) + unstated(shown, code, normalized=True)
+    return (
+        left_out(shown, code, normalized=True)
+        + unused(shown, code, normalized=True)
+        + unstated(shown, code, normalized=True)
+    )
