@@ -202,6 +202,13 @@ class TrainConfig:
         "a file store in <output-dir>/mlruns) and MLFLOW_EXPERIMENT_NAME",
         "monitor",
     )
+    # Training, continued
+    structure_weight: float = _f(
+        1.0,
+        "loss weight of the response tokens that shape a program: its line breaks (where a loop or condition "
+        "opens, goes on or closes) and its end; 1: every response token alike",
+        "train",
+    )
 
     def __post_init__(self) -> None:
         from robolora.trackers import parse_report_to  # the trackers' names live with the trackers
@@ -380,6 +387,7 @@ NUMBER_BOUNDS: dict[str, Bound] = {
     "weight_decay": Bound(0.0, 10.0, "a number >= 0"),
     "max_grad_norm": Bound(0.0, 10000.0, "a number >= 0"),
     "loraplus_lr_ratio": Bound(0.0, 1000.0, "a number >= 0"),
+    "structure_weight": Bound(1.0, 100.0, "a number from 1 to 100"),
     "val_ratio": Bound(0.0, 1.0, "between 0 and 1 (exclusive)", low_open=True, high_open=True),
     "warmup_ratio": Bound(0.0, 1.0, "in [0, 1)", high_open=True),
     "lora_dropout": Bound(0.0, 1.0, "in [0, 1)", high_open=True),

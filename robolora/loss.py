@@ -4,11 +4,18 @@ Only the response tokens of an example carry a loss (``labels`` elsewhere are ``
 :func:`model_inputs` turns a collated batch into the tensors the model takes, with the flat positions
 of its targets found on the host (:func:`with_targets`), and :class:`TargetLogitsLM` applies the
 vocabulary-sized LM head at those positions alone.
+
+With ``--structure-weight`` W above 1 the loss is a weighted mean: the targets that shape a program (its
+line breaks, which open, continue and close its blocks, and its end) count W times (:class:`Emphasis`). Most
+response tokens are the API's boilerplate, learnt in the first steps; where a loop or a condition ends, or
+whether one more step follows, is decided in those few tokens.
 """
 
 from __future__ import annotations
 
 import types
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,12 +27,50 @@ def _to_tensors(batch: dict[str, list[list[int]]], device: torch.device) -> dict
     return {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in batch.items()}
 
 
-def with_targets(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class Emphasis:
+    """Targets whose loss counts ``weight`` times: the token ids in ``ids``."""
+
+    ids: frozenset[int]
+    weight: float
+
+    @classmethod
+    def structure(cls, tokenizer: Any, weight: float) -> Emphasis | None:
+        """The tokens that shape a program in ``tokenizer``'s vocabulary (every token holding a line break, and
+        the end-of-sequence token), weighted ``weight``; None where ``weight`` is 1 (no emphasis)."""
+        if weight == 1:
+            return None
+        vocab = tokenizer.get_vocab()
+        texts = tokenizer.convert_tokens_to_string
+        ids = {i for token, i in vocab.items() if "\n" in texts([token])}
+        ids |= {i for i in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")) if i is not None}
+        return cls(frozenset(i for i in ids if i != tokenizer.unk_token_id), weight)
+
+    def count(self, labels: Sequence[int]) -> float:
+        """The weighted number of targets of one example's labels (after the shift by one position).
+
+        >>> Emphasis(frozenset({9}), 3.0).count([-100, 8, 9, 9])
+        7.0
+        """
+        return float(sum(self.weight if t in self.ids else 1.0 for t in labels[1:] if t != IGNORE_INDEX))
+
+    def weights(self, target_ids: torch.Tensor) -> torch.Tensor:
+        """Each target's weight.
+
+        >>> Emphasis(frozenset({9}), 3.0).weights(torch.tensor([8, 9, 7])).tolist()
+        [1.0, 3.0, 1.0]
+        """
+        hit = torch.isin(target_ids, torch.tensor(sorted(self.ids), dtype=target_ids.dtype))
+        return torch.where(hit, self.weight, 1.0)
+
+
+def with_targets(batch: dict[str, torch.Tensor], emphasis: Emphasis | None = None) -> dict[str, torch.Tensor]:
     """``batch`` plus where its loss is: ``target_index``, the flat positions (row x width + column) whose
     next token is a target, and ``target_ids``, those targets.
 
     Computed on the host from the labels, so the device never waits to learn how many targets there
-    are (a boolean mask on the device would make every step synchronise).
+    are (a boolean mask on the device would make every step synchronise). With an ``emphasis``, also
+    ``target_weights``, each target's weight in the loss.
 
     >>> labels = torch.tensor([[-100, 5, 6], [-100, -100, 7]])
     >>> t = with_targets({"labels": labels})
@@ -35,7 +80,10 @@ def with_targets(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     labels = batch["labels"]
     targets = labels[:, 1:]
     rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
-    return batch | {"target_index": rows * labels.shape[1] + cols, "target_ids": targets[rows, cols]}
+    found = {"target_index": rows * labels.shape[1] + cols, "target_ids": targets[rows, cols]}
+    if emphasis is not None:
+        found["target_weights"] = emphasis.weights(found["target_ids"])
+    return batch | found
 
 
 def without_padding_mask(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -57,10 +105,10 @@ def without_padding_mask(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return {k: v for k, v in batch.items() if k != "attention_mask"}
 
 
-def model_inputs(batch: dict[str, list[list[int]]]) -> dict[str, torch.Tensor]:
-    """A collated batch as the host tensors the model takes: its targets located (:func:`with_targets`)
-    and its padding mask left out where it changes nothing (:func:`without_padding_mask`)."""
-    return without_padding_mask(with_targets(_to_tensors(batch, torch.device("cpu"))))
+def model_inputs(batch: dict[str, list[list[int]]], emphasis: Emphasis | None = None) -> dict[str, torch.Tensor]:
+    """A collated batch as the host tensors the model takes: its targets located (:func:`with_targets`, weighted
+    by ``emphasis``) and its padding mask left out where it changes nothing (:func:`without_padding_mask`)."""
+    return without_padding_mask(with_targets(_to_tensors(batch, torch.device("cpu")), emphasis))
 
 
 class TargetLogitsLM(torch.nn.Module):
@@ -96,8 +144,10 @@ class TargetLogitsLM(torch.nn.Module):
         target_index: torch.Tensor | None = None,
         target_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        target_weights: torch.Tensor | None = None,
     ) -> Any:
-        """``.loss`` is the summed cross-entropy of the targets divided by ``num_items_in_batch``.
+        """``.loss`` is the summed cross-entropy of the targets (each times its ``target_weights``, where given)
+        divided by ``num_items_in_batch``.
 
         Without labels this is the model's own forward (all the logits). ``target_index`` and
         ``target_ids`` (:func:`with_targets`) say where the targets are without the device having to
@@ -109,13 +159,21 @@ class TargetLogitsLM(torch.nn.Module):
         inputs["use_cache"] = False
         if labels is None:
             return self.model(**inputs)
-        if self._parts is None:
+        if self._parts is None and target_weights is None:
             return self.model(**inputs, labels=labels, num_items_in_batch=num_items_in_batch)
         if target_index is None or target_ids is None:
             found = with_targets({"labels": labels})
             target_index, target_ids = found["target_index"], found["target_ids"]
-        decoder, head = self._parts
-        hidden = decoder(**inputs).last_hidden_state
-        logits = head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, target_index)).float()
-        loss = torch.nn.functional.cross_entropy(logits, target_ids, reduction="sum") / num_items_in_batch
-        return types.SimpleNamespace(loss=loss)
+        if self._parts is None:  # the model's own logits, every position
+            every = self.model(**inputs).logits
+            logits = every.reshape(-1, every.shape[-1]).index_select(0, target_index).float()
+        else:
+            decoder, head = self._parts
+            hidden = decoder(**inputs).last_hidden_state
+            logits = head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, target_index)).float()
+        if target_weights is None:
+            loss = torch.nn.functional.cross_entropy(logits, target_ids, reduction="sum")
+        else:
+            losses = torch.nn.functional.cross_entropy(logits, target_ids, reduction="none")
+            loss = (losses * target_weights.to(losses.dtype)).sum()
+        return types.SimpleNamespace(loss=loss / num_items_in_batch)

@@ -58,7 +58,7 @@ from robolora.gpu import (
     tensor_memory_mb,
     trim_heap,
 )
-from robolora.loss import model_inputs
+from robolora.loss import Emphasis, model_inputs
 from robolora.metrics_log import MetricsLog
 from robolora.profiling import StepProfiler
 from robolora.progress import METRICS
@@ -206,6 +206,11 @@ class Trainer:
                 f"{self.cfg.max_length} tokens ({full:.1%} full)"
             )
         self.train_label_counts = [target_count(r["labels"]) for r in self.train_rows]
+        # What the loss divides by: the targets, the structure's counted --structure-weight times.
+        self.emphasis = Emphasis.structure(self.tokenizer, self.cfg.structure_weight)
+        self.train_label_weights = (
+            [self.emphasis.count(r["labels"]) for r in self.train_rows] if self.emphasis else self.train_label_counts
+        )
 
     def _count_steps(self) -> None:
         """The global batch, the steps per epoch and the run's steps."""
@@ -436,7 +441,7 @@ class Trainer:
         mine = [i for micro in step_plan[self.rank] for i in micro]
         # Every rank holds the whole plan and every example's target count: the global batch's
         # count needs no collective (which would make each step wait for the slowest rank twice).
-        global_items = sum(self.train_label_counts[i] for rank in step_plan for m in rank for i in m)
+        global_items = sum(self.train_label_weights[i] for rank in step_plan for m in rank for i in m)
         scale = global_items / (self.world * self.cfg.gradient_accumulation_steps)
         for _ in range(self.cfg.gradient_accumulation_steps):
             batch = next(batches)
@@ -457,16 +462,16 @@ class Trainer:
             self.startup = phases(self.marks)
             dist.print0(describe(self.marks))
         self.progress()
-        interval["tokens"] += sum(self.train_label_counts[i] for i in mine)
+        interval["tokens"] += sum(self.train_label_weights[i] for i in mine)
         interval["seen"] += sum(self.train_lengths[i] for i in mine)
         interval["padded"] += sum(max(self.train_lengths[i] for i in m) * len(m) for m in step_plan[self.rank])
 
     def _loader(self, micro_batches: list[list[int]]) -> torch.utils.data.DataLoader:
         """This rank's micro-batches, in order, collated to tensors by --dataloader-num-workers processes."""
-        pad_id = self.tokenizer.pad_token_id
+        pad_id, emphasis = self.tokenizer.pad_token_id, self.emphasis
 
         def collate_tensors(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-            return model_inputs(collate(rows, pad_id))  # to the device in the loop
+            return model_inputs(collate(rows, pad_id), emphasis)  # to the device in the loop
 
         return torch.utils.data.DataLoader(
             self.train_rows,

@@ -33,6 +33,7 @@ CUSTOM = {
     "lr_scheduler_type": "cosine",
     "optim": "sgd",
     "seed": 7,
+    "structure_weight": 3.0,
     "max_steps": 8,
     # Monitoring
     "logging_steps": 2,

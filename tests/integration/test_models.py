@@ -110,6 +110,48 @@ def test_target_logits_loss_matches_the_plain_forward():
             torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_structure_weight_counts_the_emphasised_targets_that_many_times(fast):
+    """With an emphasis, the loss is each target's cross-entropy times its weight, summed and divided, on the
+    head-only path and on the plain forward's fallback alike; weight 1 gives the plain loss."""
+    from robolora.data import IGNORE_INDEX
+    from robolora.loss import Emphasis, TargetLogitsLM, with_targets
+
+    torch.manual_seed(0)
+    model = load_model("tiny-llama")
+    ids = torch.randint(5, 200, (2, 10))
+    ids[0, 8] = ids[1, 6] = 3  # the emphasised token, twice among the targets
+    labels = ids.clone()
+    labels[:, :5] = IGNORE_INDEX
+    wrapped = TargetLogitsLM(model)
+    if not fast:
+        wrapped._parts = None
+    logits = model(input_ids=ids).logits[:, :-1].reshape(-1, model.config.vocab_size)
+    each = torch.nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1), reduction="none")
+    weights = torch.where(labels[:, 1:].reshape(-1) == 3, 5.0, 1.0)
+    found = with_targets({"labels": labels}, Emphasis(frozenset({3}), 5.0))
+    assert sorted(found["target_weights"].tolist()) == [1.0] * (len(found["target_ids"]) - 2) + [5.0, 5.0]
+    loss = wrapped(ids, None, labels, 7.0, found["target_index"], found["target_ids"], None, found["target_weights"])
+    torch.testing.assert_close(loss.loss, (each * weights).sum() / 7.0, rtol=1e-4, atol=1e-5)
+    plain = with_targets({"labels": labels}, Emphasis(frozenset({3}), 1.0))
+    loss = wrapped(ids, None, labels, 7.0, plain["target_index"], plain["target_ids"], None, plain["target_weights"])
+    torch.testing.assert_close(loss.loss, each.sum() / 7.0, rtol=1e-4, atol=1e-5)
+
+
+def test_the_structure_of_a_program_is_its_line_breaks_and_its_end():
+    """In the bundled tokenizer, every token holding a line break (with or without the indent after it) and
+    the end of the turn are emphasised, the code's other tokens are not."""
+    from robolora.loss import Emphasis
+
+    tok = load_tokenizer("smollm2-135m")
+    assert Emphasis.structure(tok, 1.0) is None
+    emphasis = Emphasis.structure(tok, 4.0)
+    code = 'for _ in range(2):\n    robot.stop()\nrobot.say(text="hi")<|im_end|>'
+    pieces = [(tok.decode([i]), i in emphasis.ids) for i in tok(code)["input_ids"]]
+    assert {text for text, hit in pieces if hit} == {"\n   ", "\n", "<|im_end|>"}, pieces
+    assert emphasis.count([-100, *tok(code)["input_ids"]]) == len(pieces) + 3 * 3
+
+
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
 def test_right_padded_batches_train_the_same_without_their_padding_mask(attention):
     """The loop drops the mask of right-padded batches: a causal model's loss and LoRA gradients on

@@ -233,8 +233,9 @@ def test_an_interrupted_save_leaves_no_visible_checkpoint_and_resume_uses_the_pr
 
 
 def test_packed_examples_fill_their_rows_and_train(train_run):
-    """--packing: several examples per row (positions restarting at each), fewer and fuller rows per epoch."""
-    out = train_run("packed", packing=True, group_by_length=True)
+    """--packing: several examples per row (positions restarting at each), fewer and fuller rows per epoch; with
+    --structure-weight, each example's line breaks and end weigh more wherever it lies in its row."""
+    out = train_run("packed", packing=True, group_by_length=True, structure_weight=3.0)
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["packed_rows"] < summary["train_examples"] / 1.5
     rows = [r for r in metric_rows(out) if "train_loss" in r]
