@@ -214,13 +214,17 @@ def unstated(command: str, code: str, *, normalized: bool = False) -> list[str]:
     places = [c.kwargs.get("location") for c in calls]
     made_up += [p for p in dict.fromkeys(places) if p in PLACE_WORDS and not re.search(PLACE_WORDS[p], text)]
     names = {c.name for c in calls}
+    # Turning around (180 degrees) takes either side.
+    sides = {
+        c.name for c in calls if c.name in ("robot.turn_left", "robot.turn_right") and c.kwargs.get("angle") != 180
+    }
     if "robot.camera.take_photo" in names and not PHOTO.search(text):
         made_up.append("take_photo")
     if "robot.go_home" in names and not HOME.search(text):
         made_up.append("go_home")
-    if "robot.turn_left" in names and RIGHT.search(text) and not LEFT.search(text):
+    if "robot.turn_left" in sides and RIGHT.search(text) and not LEFT.search(text):
         made_up.append("turn_left")
-    if "robot.turn_right" in names and LEFT.search(text) and not RIGHT.search(text):
+    if "robot.turn_right" in sides and LEFT.search(text) and not RIGHT.search(text):
         made_up.append("turn_right")
     return made_up
 

@@ -78,6 +78,7 @@ def test_left_out(command, code, missing):
         ("rotate 45 degrees clockwise", "robot.turn_left(angle=45.0)", ["turn_left"]),
         ("rotate 45 degrees clockwise", "robot.turn_right(angle=45.0)", []),
         ("turn around", "robot.turn_left(angle=180.0)", []),
+        ("face the other way, then turn clockwise", "robot.turn_left(angle=180.0)\nrobot.turn_right(angle=90.0)", []),
         ("turn right, then u-turn", "robot.turn_right(angle=90.0)\nrobot.turn_left(angle=180.0)", []),
         (  # a shape's turns take either side
             "drive a square",
@@ -124,8 +125,9 @@ def test_mismatch_is_all_three():
 
 
 def test_the_shipped_references_fit_their_commands():
-    """The check agrees with the generator's references: it flags at most 1 in 1,000 (the normaliser's few
-    misreadings, such as "a meter per second and a half"), so it rarely sends a right program to the beams."""
+    """The check agrees with the generator's references: it flags at most 1 in 500 (the normaliser's few
+    misreadings, such as "a meter per second and a half", and typos that make another real word, such as
+    "the living rom"), so it rarely sends a right program to the beams."""
     records = json.loads(SHIPPED.read_text(encoding="utf-8"))
     flagged = [r["input"] for r in records if mismatch(r["input"], r["output"])]
-    assert len(flagged) <= len(records) / 1000, flagged[:20]
+    assert len(flagged) <= len(records) / 500, flagged[:20]
