@@ -29,7 +29,7 @@ format: setup
 	$(BIN)/ruff format .
 
 data: setup  ## regenerate the shipped dataset
-	$(BIN)/robolora data generate --num-examples 12000 --seed 0 --output $(DATA) --force
+	$(BIN)/robolora data generate --num-examples 8000 --seed 0 --output $(DATA) --force
 
 bench: setup  ## side-by-side performance measurements (benchmarks/README.md)
 	$(BIN)/python benchmarks/throughput.py --steps 24 --warmup 6 --json-out benchmarks/results/throughput.json
