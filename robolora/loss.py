@@ -13,6 +13,7 @@ whether one more step follows, is decided in those few tokens.
 
 from __future__ import annotations
 
+import functools
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,12 @@ def _to_tensors(batch: dict[str, list[list[int]]], device: torch.device) -> dict
     return {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in batch.items()}
 
 
+@functools.lru_cache(maxsize=4)
+def _id_tensor(ids: frozenset[int]) -> torch.Tensor:
+    """``ids`` as a sorted tensor, built once per set of ids (not once per micro-batch)."""
+    return torch.tensor(sorted(ids), dtype=torch.long)
+
+
 @dataclass(frozen=True)
 class Emphasis:
     """Targets whose loss counts ``weight`` times: the token ids in ``ids``."""
@@ -37,14 +44,14 @@ class Emphasis:
     @classmethod
     def structure(cls, tokenizer: Any, weight: float) -> Emphasis | None:
         """The tokens that shape a program in ``tokenizer``'s vocabulary (every token holding a line break, and
-        the end-of-sequence token), weighted ``weight``; None where ``weight`` is 1 (no emphasis)."""
+        the end-of-sequence token every response's labels end with, :func:`~robolora.data.build_example`),
+        weighted ``weight``; None where ``weight`` is 1 (no emphasis)."""
         if weight == 1:
             return None
         vocab = tokenizer.get_vocab()
         texts = tokenizer.convert_tokens_to_string
-        ids = {i for token, i in vocab.items() if "\n" in texts([token])}
-        ids |= {i for i in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")) if i is not None}
-        return cls(frozenset(i for i in ids if i != tokenizer.unk_token_id), weight)
+        ids = {i for token, i in vocab.items() if "\n" in texts([token])} | {tokenizer.eos_token_id}
+        return cls(frozenset(i for i in ids if i is not None and i != tokenizer.unk_token_id), weight)
 
     def count(self, labels: Sequence[int]) -> float:
         """The weighted number of targets of one example's labels (after the shift by one position).
@@ -60,7 +67,7 @@ class Emphasis:
         >>> Emphasis(frozenset({9}), 3.0).weights(torch.tensor([8, 9, 7])).tolist()
         [1.0, 3.0, 1.0]
         """
-        hit = torch.isin(target_ids, torch.tensor(sorted(self.ids), dtype=target_ids.dtype))
+        hit = torch.isin(target_ids, _id_tensor(self.ids).to(target_ids.device))
         return torch.where(hit, self.weight, 1.0)
 
 

@@ -147,11 +147,19 @@ def left_out(command: str, code: str, *, normalized: bool = False) -> list[str]:
     in double quotes); empty when the program uses all of it. Code that does not parse uses nothing.
     ``normalized``: the command is already the prompt the model is shown."""
     shown = command if normalized else normalize_command(command)
-    numbers, quotes = stated_numbers(shown), quoted_texts(shown)
+    return _left_out(shown, _parsed(code))
+
+
+def _parsed(code: str) -> Program | None:
     try:
-        used, said = _uses(parse_program(code))
+        return parse_program(code)
     except RobotCodeError:
-        used, said = [], []
+        return None
+
+
+def _left_out(shown: str, program: Program | None) -> list[str]:
+    numbers, quotes = stated_numbers(shown), quoted_texts(shown)
+    used, said = _uses(program) if program is not None else ([], [])
     missing = []
     for number in numbers:
         match = next((i for i, value in enumerate(used) if abs(value - number) <= TOLERANCE), None)
@@ -182,13 +190,6 @@ def _forms(noun: str) -> set[str]:
     return {noun, noun + "s", noun + "es", noun[:-1] + "ies" if noun.endswith("y") else noun}
 
 
-def _parsed_calls(code: str) -> list[Call] | None:
-    try:
-        return _calls(parse_program(code))
-    except RobotCodeError:
-        return None
-
-
 def _unsaid(shown: str, calls: list[Call]) -> str:
     """The prompt in lower case without its quoted text and without what the program says aloud (the words of
     "say I am in the kitchen" name no place the robot goes)."""
@@ -204,9 +205,11 @@ def unstated(command: str, code: str, *, normalized: bool = False) -> list[str]:
     """What ``code`` names that ``command`` never mentions (outside quoted text): colours, object types and
     places by their names, and ``take_photo``, ``go_home``, ``turn_left`` or ``turn_right`` by the calls."""
     shown = command if normalized else normalize_command(command)
-    calls = _parsed_calls(code)
-    if calls is None:
-        return []
+    program = _parsed(code)
+    return _unstated(shown, _calls(program)) if program is not None else []
+
+
+def _unstated(shown: str, calls: list[Call]) -> list[str]:
     text = free_text(shown).lower()
     words = set(re.findall(r"[a-z]+", text))
     named = [v for c in calls for k, v in c.kwargs.items() if k in ("color", "object_type") and v != "any"]
@@ -234,7 +237,11 @@ def unused(command: str, code: str, *, normalized: bool = False) -> list[str]:
     colour, a room, the charger or the front door, or an action of :data:`ACTIONS` (a photo, home, stopping,
     waiting, the arm). Code that does not parse uses nothing."""
     shown = command if normalized else normalize_command(command)
-    calls = _parsed_calls(code) or []
+    program = _parsed(code)
+    return _unused(shown, _calls(program) if program is not None else [])
+
+
+def _unused(shown: str, calls: list[Call]) -> list[str]:
     text = _unsaid(shown, calls)
     words = set(re.findall(r"[a-z]+", text))
     used = {v for c in calls for v in c.kwargs.values() if isinstance(v, str)}
@@ -248,9 +255,6 @@ def unused(command: str, code: str, *, normalized: bool = False) -> list[str]:
 def mismatch(command: str, code: str) -> list[str]:
     """Everything :func:`left_out`, :func:`unused` and :func:`unstated` find: empty when the program fits its
     command."""
-    shown = normalize_command(command)
-    return (
-        left_out(shown, code, normalized=True)
-        + unused(shown, code, normalized=True)
-        + unstated(shown, code, normalized=True)
-    )
+    shown, program = normalize_command(command), _parsed(code)
+    calls = _calls(program) if program is not None else []
+    return _left_out(shown, program) + _unused(shown, calls) + (_unstated(shown, calls) if program is not None else [])
