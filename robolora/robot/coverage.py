@@ -13,9 +13,14 @@ naming one the command never mentions ("photo please" answered by looking at a `
 holds for a place (`kitchen`), a photo, going home and a turn's side: a program that drives to a place, takes a
 photo or goes home where the command names none, or turns right where the command says only "left", made it up.
 
+The same holds for the blocks of a program: a condition (``if robot.sensors.detect``) where the command asks
+about nothing the robot senses, an ``else`` branch where it says nothing of what to do otherwise, or homing the
+arm where it names no arm, were made up.
+
 The other way round, a command that names a colour, a room, the charger or the front door, a photo or home
 (outside what the program says aloud) wants a call that uses it: "go to the kitchen, then grab the cup"
-answered by the grab alone dropped a step (:func:`unused`).
+answered by the grab alone dropped a step (:func:`unused`). A condition on what the robot senses ("when you see
+a person, say hi", "should there be a cat around, ...") wants a ``detect`` call.
 
 Decoding uses both as a check (:meth:`robolora.infer.Generator.generate`): a greedy program with a
 :func:`mismatch` is decoded again with beam search, and the best beam without one replaces it. The check only
@@ -80,6 +85,8 @@ DESTINATIONS: dict[str, re.Pattern[str]] = {
 }  # fmt: skip
 PHOTO = re.compile(r"\b(?:photo\w*|fotos?|pictures?|pics?|snapshots?|snap|shots?|images?|capture)\b")
 HOME = re.compile(r"\bhome\b|\bbase\b|start(?:ed|ing)")
+#: The arm, as people name it: homing the arm where the command names none ("go home") made it up.
+ARM = re.compile(r"\b(?:arm|gripper|claw|hand|end effector)\b")
 #: Words that ask for an action, and the calls that do it.
 ACTIONS: dict[str, tuple[re.Pattern[str], frozenset[str]]] = {
     "take_photo": (PHOTO, frozenset({"robot.camera.take_photo"})),
@@ -88,6 +95,25 @@ ACTIONS: dict[str, tuple[re.Pattern[str], frozenset[str]]] = {
     "wait": (re.compile(r"\b(?:wait|pause|hold on)\b"), frozenset({"robot.wait"})),
     "arm": (re.compile(r"\barm\b"), frozenset({"robot.arm.move_to", "robot.arm.home"})),
 }
+#: Words that ask about what the robot senses: a program that tests a condition (``if robot.sensors.detect``)
+#: where the command says none of them made the condition up ("look at the red ball 3 times"). (A question is
+#: one ``detect`` call, asked in too many ways to list: only a condition is checked.)
+SENSING = re.compile(
+    r"\b(?:if|when\w*|in case|in the event|should|provided|assuming|unless|once|whether|see\w*|saw|spot\w*|"
+    r"detect\w*|notic\w*|find\w*|found|come across|run into|encounter\w*|there|any|check\w*|look\w* for|"
+    r"search\w*|visible|seen|sight|around|present|"
+    r"each time|every time)\b"
+)
+#: A condition on what the robot senses, in the words people open one with ("if you see", "when there's",
+#: "should you spot", "in case you find", "is there ...?"): a command asking one wants a ``detect`` call.
+ASKS_SENSING = re.compile(
+    r"\b(?:if|when|whenever|in case|in the event|should|provided|assuming|once)\b[^.;:!?]*?"
+    r"\b(?:you (?:\w+ )?(?:see|spot|detect|notice|find|come across|run into)|there(?:'s| is| are| be)|"
+    r"your sensors detect)\b|\b(?:is|are) there\b|\b(?:do|can) you (?:\w+ )?(?:see|spot|detect)\b"
+)
+#: Words that say what to do when a condition fails: a program with an ``else`` where the command says none of
+#: them made the other branch up.
+OTHERWISE = re.compile(r"\b(?:otherwise|else|not|no|none|nothing|nobody|cannot|can't|don't|isn't|aren't|won't)\b")
 #: The words that name a turn's side; a shape's turns ("4 turns of 90 degrees") and turning around take either.
 LEFT = re.compile(r"\bleft\b|counter-?clockwise|anti-?clockwise|\baround\b|u-?turn|turns of")
 RIGHT = re.compile(r"\bright\b|(?<!counter)(?<!counter-)(?<!anti)(?<!anti-)clockwise|turns of")
@@ -206,10 +232,23 @@ def unstated(command: str, code: str, *, normalized: bool = False) -> list[str]:
     places by their names, and ``take_photo``, ``go_home``, ``turn_left`` or ``turn_right`` by the calls."""
     shown = command if normalized else normalize_command(command)
     program = _parsed(code)
-    return _unstated(shown, _calls(program)) if program is not None else []
+    return _unstated(shown, program) if program is not None else []
 
 
-def _unstated(shown: str, calls: list[Call]) -> list[str]:
+def _has_if(program: Program) -> bool:
+    return any(isinstance(s, If) or (isinstance(s, Loop) and _has_if(s.body)) for s in program)
+
+
+def _has_else(program: Program) -> bool:
+    return any(
+        (isinstance(s, If) and (bool(s.orelse) or _has_else(s.body) or _has_else(s.orelse)))
+        or (isinstance(s, Loop) and _has_else(s.body))
+        for s in program
+    )
+
+
+def _unstated(shown: str, program: Program) -> list[str]:
+    calls = _calls(program)
     text = free_text(shown).lower()
     words = set(re.findall(r"[a-z]+", text))
     named = [v for c in calls for k, v in c.kwargs.items() if k in ("color", "object_type") and v != "any"]
@@ -221,8 +260,14 @@ def _unstated(shown: str, calls: list[Call]) -> list[str]:
     sides = {
         c.name for c in calls if c.name in ("robot.turn_left", "robot.turn_right") and c.kwargs.get("angle") != 180
     }
+    if _has_if(program) and not SENSING.search(text):
+        made_up.append("condition")
+    if _has_else(program) and not OTHERWISE.search(text):
+        made_up.append("else")
     if "robot.camera.take_photo" in names and not PHOTO.search(text):
         made_up.append("take_photo")
+    if "robot.arm.home" in names and not ARM.search(text):
+        made_up.append("arm")
     if "robot.go_home" in names and not HOME.search(text):
         made_up.append("go_home")
     if "robot.turn_left" in sides and RIGHT.search(text) and not LEFT.search(text):
@@ -249,6 +294,8 @@ def _unused(shown: str, calls: list[Call]) -> list[str]:
     missing = [color for color in COLORS if color != "any" and color in words and color not in used]
     missing += [place for place, named in DESTINATIONS.items() if named.search(text) and place not in used]
     missing += [what for what, (asked, doers) in ACTIONS.items() if asked.search(text) and not names & doers]
+    if ASKS_SENSING.search(text) and "robot.sensors.detect" not in names:
+        missing.append("detect")
     return missing
 
 
@@ -257,4 +304,6 @@ def mismatch(command: str, code: str) -> list[str]:
     command."""
     shown, program = normalize_command(command), _parsed(code)
     calls = _calls(program) if program is not None else []
-    return _left_out(shown, program) + _unused(shown, calls) + (_unstated(shown, calls) if program is not None else [])
+    return (
+        _left_out(shown, program) + _unused(shown, calls) + (_unstated(shown, program) if program is not None else [])
+    )

@@ -59,6 +59,8 @@ KEPT = (
     "degree", "degrees", "deg", "time", "times",
 )  # fmt: skip
 UNITS = {*LENGTH, *TIME, *KEPT}
+#: The length units of a speed said in words ("a metre per second"), already the API's.
+SPEED_LENGTH = ("meter", "meters", "metre", "metres", "m")
 _UNIT_NAMES = sorted(UNITS)  # a fixed order: a slip that reads as two units always reads as the same one
 
 _QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”|‘[^’]*’|(?<![A-Za-z])'[^']*'(?![A-Za-z])")
@@ -265,6 +267,18 @@ def _rewrite_numbers(text: str) -> str:
             end = j + 1
             if unit and words[j + 1 : j + 4] == ["and", "a", "half"] and value == int(value):
                 value, end = value + 0.5, j + 4  # "a meter and a half", "one minute and a half"
+            per_second = words[j + 1 : j + 3] in (["per", "second"], ["a", "second"], ["per", "sec"])
+            if (
+                unit in SPEED_LENGTH
+                and per_second
+                and words[j + 3 : j + 6] == ["and", "a", "half"]
+                and value == int(value)
+            ):
+                # "a metre per second and a half": the half belongs to the number, the speed stays in words
+                speed = " ".join(t for t, _, _ in tokens[j : j + 3])
+                out.append(text[last : tokens[i][1]] + f"{digits(value + 0.5)} {speed}")
+                last, i = tokens[j + 5][2], j + 6
+                continue
             if unit in LENGTH:
                 replacement = f"{digits(value * LENGTH[unit])} m"
             elif unit in TIME:

@@ -54,6 +54,11 @@ def test_left_out(command, code, missing):
     assert left_out(command, code) == missing
 
 
+DETECT_BALL = 'robot.sensors.detect(object_type="ball", color="red")'
+LOOK_BALL = 'robot.camera.look_at(object_type="ball", color="red")'
+DETECT_CAT = 'robot.sensors.detect(object_type="cat", color="any")'
+
+
 @pytest.mark.parametrize(
     ("command", "code", "made_up"),
     [
@@ -80,6 +85,30 @@ def test_left_out(command, code, missing):
         ("turn around", "robot.turn_left(angle=180.0)", []),
         ("face the other way, then turn clockwise", "robot.turn_left(angle=180.0)\nrobot.turn_right(angle=90.0)", []),
         ("turn right, then u-turn", "robot.turn_right(angle=90.0)\nrobot.turn_left(angle=180.0)", []),
+        # A condition, an else branch or the arm's home the command never asks for.
+        (
+            "look at the red ball 3 times",
+            f"for _ in range(3):\n    if {DETECT_BALL}:\n        {LOOK_BALL}",
+            ["condition"],
+        ),
+        (
+            "3 times, look at the red ball if it's there",
+            f"for _ in range(3):\n    if {DETECT_BALL}:\n        {LOOK_BALL}",
+            [],
+        ),
+        (
+            "when you see the red ball stop",
+            f'if {DETECT_BALL}:\n    robot.stop()\nelse:\n    robot.say(text="x")',
+            ["else"],
+        ),
+        (
+            "if you see the red ball stop, if not say x",
+            f'if {DETECT_BALL}:\n    robot.stop()\nelse:\n    robot.say(text="x")',
+            [],
+        ),
+        ("any red ball?", DETECT_BALL, []),  # a question: one detect call, in any words
+        ("GO HOME NOW", "robot.arm.home()", ["arm"]),
+        ("move the gripper back home", "robot.arm.home()", []),
         (  # a shape's turns take either side
             "drive a square",
             "for _ in range(4):\n    robot.move_forward(distance=1.0, speed=1.0)\n    robot.turn_right(angle=90.0)",
@@ -113,6 +142,12 @@ def test_unstated(command, code, made_up):
         ("if you see a cat, freeze", 'if robot.sensors.detect(object_type="cat", color="any"):\n    robot.stop()', []),
         ("stay put for 10 s", "robot.wait(seconds=10.0)", []),
         ("go to the kitchen", "robot.fly()", ["kitchen"]),  # code that does not parse uses nothing
+        # A condition on what the robot senses wants a detect call.
+        ('when you see a person, say "hi"', 'robot.say(text="hi")', ["detect"]),
+        ("should there be a cat around, stop", "robot.stop()", ["detect"]),
+        ("is there a cat? if so stop", "robot.stop()", ["detect"]),
+        ("when you're ready, stop", "robot.stop()", []),
+        ("if you see a cat, freeze", f"if {DETECT_CAT}:\n    robot.stop()", []),
     ],
 )
 def test_unused(command, code, missing):
@@ -126,7 +161,7 @@ def test_mismatch_is_all_three():
 
 def test_the_shipped_references_fit_their_commands():
     """The check agrees with the generator's references: it flags at most 1 in 500 (the normaliser's few
-    misreadings, such as "a meter per second and a half", and typos that make another real word, such as
+    misreadings, and typos that make another real word, such as
     "the living rom"), so it rarely sends a right program to the beams."""
     records = json.loads(SHIPPED.read_text(encoding="utf-8"))
     flagged = [r["input"] for r in records if mismatch(r["input"], r["output"])]

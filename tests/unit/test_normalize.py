@@ -39,6 +39,8 @@ DATASET = Path(__file__).resolve().parents[2] / "data" / "robot_dataset.json"
         ("advance two and a half metres", "advance 2.5 metres"),
         ("move a meter and a half", "move 1.5 meter"),
         ("wait one minute and a half", "wait 90 seconds"),
+        ("go home at a metre per second and a half.", "go home at 1.5 metre per second."),
+        ("go at two meters a second and a half", "go at 2.5 meters a second"),
         ("wait a second then go", "wait 1 second then go"),
         ("go half a foot", "go 0.15 m"),
         ("go a quarter of a meter", "go 0.25 meter"),
