@@ -15,7 +15,8 @@ photo or goes home where the command names none, or turns right where the comman
 
 The same holds for the blocks of a program: a condition (``if robot.sensors.detect``) where the command asks
 about nothing the robot senses, an ``else`` branch where it says nothing of what to do otherwise, or homing the
-arm where it names no arm, were made up.
+arm where it names no arm, were made up; and a loop must span the steps its count is said of: all the steps
+after "3 times:", all the steps before a closing ", 3 times" (:func:`misscoped`).
 
 The other way round, a command that names a colour, a room, the charger or the front door, a photo or home
 (outside what the program says aloud) wants a call that uses it: "go to the kitchen, then grab the cup"
@@ -114,6 +115,14 @@ ASKS_SENSING = re.compile(
 #: Words that say what to do when a condition fails: a program with an ``else`` where the command says none of
 #: them made the other branch up.
 OTHERWISE = re.compile(r"\b(?:otherwise|else|not|no|none|nothing|nobody|cannot|can't|don't|isn't|aren't|won't)\b")
+#: A count that heads a list of steps ("3 times: scan, and if you see a cat, take a photo"): every step after the
+#: colon is in the loop, so the program ends with it.
+HEADED_COUNT = re.compile(r"(\d+) times\s*:")
+#: A count that closes the command after a comma ("wait 3 seconds then turn left, 4 times in total"): every step
+#: before it is in the loop, so the program is that one loop.
+CLOSING_COUNT = re.compile(
+    r",\s*(\d+) times(?: in total| over| in a row| altogether)?\W*(?:please|thanks|thank you|now|for me)?\W*$"
+)
 #: The words that name a turn's side; a shape's turns ("4 turns of 90 degrees") and turning around take either.
 LEFT = re.compile(r"\bleft\b|counter-?clockwise|anti-?clockwise|\baround\b|u-?turn|turns of")
 RIGHT = re.compile(r"\bright\b|(?<!counter)(?<!counter-)(?<!anti)(?<!anti-)clockwise|turns of")
@@ -299,11 +308,35 @@ def _unused(shown: str, calls: list[Call]) -> list[str]:
     return missing
 
 
+def misscoped(command: str, code: str, *, normalized: bool = False) -> list[str]:
+    """``["loop"]`` where ``code``'s loop does not span the steps ``command`` counts: after a heading count ("3
+    times: a, then b") nothing follows the loop, and with a closing count ("a, then b, 3 times") nothing lies
+    outside it. Code that does not parse is left to the other checks."""
+    shown = command if normalized else normalize_command(command)
+    program = _parsed(code)
+    return _misscoped(shown, program) if program is not None else []
+
+
+def _misscoped(shown: str, program: Program) -> list[str]:
+    text = free_text(shown).lower()
+    last = program[-1] if program else None
+    headed, closing = HEADED_COUNT.search(text), CLOSING_COUNT.search(text)
+    if headed and not (isinstance(last, Loop) and last.count == int(headed.group(1))):
+        return ["loop"]
+    if closing and not (len(program) == 1 and isinstance(last, Loop) and last.count == int(closing.group(1))):
+        return ["loop"]
+    return []
+
+
 def mismatch(command: str, code: str) -> list[str]:
-    """Everything :func:`left_out`, :func:`unused` and :func:`unstated` find: empty when the program fits its
-    command."""
+    """Everything :func:`left_out`, :func:`unused`, :func:`unstated` and :func:`misscoped` find: empty when the
+    program fits its command."""
     shown, program = normalize_command(command), _parsed(code)
-    calls = _calls(program) if program is not None else []
+    if program is None:
+        return _left_out(shown, None) + _unused(shown, [])
     return (
-        _left_out(shown, program) + _unused(shown, calls) + (_unstated(shown, program) if program is not None else [])
+        _left_out(shown, program)
+        + _unused(shown, _calls(program))
+        + _unstated(shown, program)
+        + _misscoped(shown, program)
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from robolora.robot.coverage import left_out, mismatch, quoted_texts, stated_numbers, unstated, unused
+from robolora.robot.coverage import left_out, mismatch, misscoped, quoted_texts, stated_numbers, unstated, unused
 
 SHIPPED = Path(__file__).resolve().parents[2] / "data" / "robot_dataset.json"
 
@@ -152,6 +152,26 @@ def test_unstated(command, code, made_up):
 )
 def test_unused(command, code, missing):
     assert unused(command, code) == missing
+
+
+LOOP_TURN_WAIT = "for _ in range(4):\n    robot.wait(seconds=3.0)\n    robot.turn_left(angle=90.0)"
+WAIT_THEN_LOOP = "robot.wait(seconds=3.0)\nfor _ in range(4):\n    robot.turn_left(angle=90.0)"
+LOOP_THEN_WAIT = "for _ in range(4):\n    robot.turn_left(angle=90.0)\nrobot.wait(seconds=3.0)"
+
+
+@pytest.mark.parametrize(
+    ("command", "code", "wrong"),
+    [
+        ("wait 3 seconds then turn left, 4 times in total", LOOP_TURN_WAIT, []),
+        ("wait 3 seconds then turn left, 4 times in total", WAIT_THEN_LOOP, ["loop"]),
+        ("turn left 4 times, then wait 3 seconds", LOOP_THEN_WAIT, []),
+        ("4 times: wait 3 seconds and turn left", LOOP_TURN_WAIT, []),
+        ("repeat four times: turn left, wait 3 seconds", LOOP_THEN_WAIT, ["loop"]),
+        ('say "4 times: hi"', 'robot.say(text="4 times: hi")', []),  # quoted text counts nothing
+    ],
+)
+def test_misscoped(command, code, wrong):
+    assert misscoped(command, code) == wrong
 
 
 def test_mismatch_is_all_three():
