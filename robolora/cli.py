@@ -232,8 +232,9 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
         "--repair-beams",
         type=int_in(0, MAX_REPAIR_BEAMS),
         default=EVAL_DEFAULTS.repair_beams,
-        help="decode again with this many beams a greedy program that leaves out a number or a quoted text its "
-        "command states, keeping the best beam that leaves nothing out; "
+        help="decode again with this many beams a greedy program that does not fit its command (leaves out a "
+        "number, quoted text, colour, place, action or condition it states, makes one up, or scopes a counted loop "
+        "against its words), keeping the best beam that fits; "
         f"0..{MAX_REPAIR_BEAMS}, 0: off (default: {EVAL_DEFAULTS.repair_beams})",
     )
     p.add_argument(

@@ -71,7 +71,8 @@ class EvalSettings:
     #: 25.4-25.9 ms per token in all, the model's share the same for each) and installs no other package.
     grammar_engine: str = "llguidance"
     #: Beams that decode again a greedy program that does not fit its command (robolora.robot.coverage: it
-    #: leaves out a number, quoted text, colour, place or action the command names, or makes one up); the best
+    #: leaves out a number, quoted text, colour, place, action or condition the command names, makes one up, or
+    #: scopes a counted loop against the command's words); the best
     #: beam that fits replaces it (0: off).
     repair_beams: int = 8
 
