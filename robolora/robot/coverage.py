@@ -16,7 +16,8 @@ photo or goes home where the command names none, or turns right where the comman
 The same holds for the blocks of a program: a condition (``if robot.sensors.detect``) where the command asks
 about nothing the robot senses, an ``else`` branch where it says nothing of what to do otherwise, or homing the
 arm where it names no arm, were made up; and a loop must span the steps its count is said of: all the steps
-after "3 times:", all the steps before a closing ", 3 times" (:func:`misscoped`).
+after "3 times:", all the steps before a closing ", 3 times", the rest of a sentence opened by "twice,"
+(:func:`misscoped`).
 
 The other way round, a command that names a colour, a room, the charger or the front door, a photo or home
 (outside what the program says aloud) wants a call that uses it: "go to the kitchen, then grab the cup"
@@ -118,6 +119,13 @@ OTHERWISE = re.compile(r"\b(?:otherwise|else|not|no|none|nothing|nobody|cannot|c
 #: A count that heads a list of steps ("3 times: scan, and if you see a cat, take a photo"): every step after the
 #: colon is in the loop, so the program ends with it.
 HEADED_COUNT = re.compile(r"(\d+) times\s*:")
+#: A count that opens the command before a comma ("twice, turn right and wait 1 second"): the loop comes first and
+#: spans every step up to the end of the sentence.
+OPENING_COUNT = re.compile(
+    r"^\W*(?:(?:please|now|ok|okay|alright|robot|hey|can you|could you)\W+)*(?:repeat\s+|do (?:this|that|it)\s+)?"
+    r"(\d+) times\s*,"
+)
+SENTENCE_BREAK = re.compile(r"[.;!?]\s")
 #: A count that closes the command after a comma ("wait 3 seconds then turn left, 4 times in total"): every step
 #: before it is in the loop, so the program is that one loop.
 CLOSING_COUNT = re.compile(
@@ -310,8 +318,9 @@ def _unused(shown: str, calls: list[Call]) -> list[str]:
 
 def misscoped(command: str, code: str, *, normalized: bool = False) -> list[str]:
     """``["loop"]`` where ``code``'s loop does not span the steps ``command`` counts: after a heading count ("3
-    times: a, then b") nothing follows the loop, and with a closing count ("a, then b, 3 times") nothing lies
-    outside it. Code that does not parse is left to the other checks."""
+    times: a, then b") nothing follows the loop, with a closing count ("a, then b, 3 times") nothing lies
+    outside it, and an opening count ("twice, a and b") opens the loop, which spans the rest of the sentence.
+    Code that does not parse is left to the other checks."""
     shown = command if normalized else normalize_command(command)
     program = _parsed(code)
     return _misscoped(shown, program) if program is not None else []
@@ -325,6 +334,12 @@ def _misscoped(shown: str, program: Program) -> list[str]:
         return ["loop"]
     if closing and not (len(program) == 1 and isinstance(last, Loop) and last.count == int(closing.group(1))):
         return ["loop"]
+    opening = OPENING_COUNT.search(text)
+    if opening:
+        first = program[0] if program else None
+        alone = not SENTENCE_BREAK.search(text[opening.end() :].rstrip(" .!?"))
+        if not (isinstance(first, Loop) and first.count == int(opening.group(1)) and (len(program) == 1 or not alone)):
+            return ["loop"]
     return []
 
 
