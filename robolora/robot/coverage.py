@@ -15,7 +15,8 @@ photo or goes home where the command names none, or turns right where the comman
 
 The same holds for the blocks of a program: a condition (``if robot.sensors.detect``) where the command asks
 about nothing the robot senses, an ``else`` branch where it says nothing of what to do otherwise, or homing the
-arm where it names no arm, were made up; and a loop must span the steps its count is said of: all the steps
+arm where it names no arm, were made up, as was speech the command never typed ("say hi" is not "hi hi"); and a
+loop must span the steps its count is said of: all the steps
 after "3 times:", all the steps before a closing ", 3 times", the rest of a sentence opened by "twice,"
 (:func:`misscoped`).
 
@@ -246,10 +247,22 @@ def _unsaid(shown: str, calls: list[Call]) -> str:
 
 def unstated(command: str, code: str, *, normalized: bool = False) -> list[str]:
     """What ``code`` names that ``command`` never mentions (outside quoted text): colours, object types and
-    places by their names, and ``take_photo``, ``go_home``, ``turn_left`` or ``turn_right`` by the calls."""
+    places by their names, and ``take_photo``, ``go_home``, ``turn_left`` or ``turn_right`` by the calls; a
+    condition, an ``else`` branch, homing the arm; and ``"said"`` for a said text that is not, as written, in
+    the command (speech is said as typed: "say hi" is not "hi hi", nor " hi")."""
     shown = command if normalized else normalize_command(command)
     program = _parsed(code)
-    return _unstated(shown, program) if program is not None else []
+    return _unstated(shown, program) + _not_typed(command, shown, program) if program is not None else []
+
+
+def _not_typed(command: str, shown: str, program: Program) -> list[str]:
+    """``["said"]`` where a said text is not word for word in the command as typed or as shown, or has spaces at
+    an end."""
+    for c in _calls(program):
+        text = c.kwargs.get("text") if c.name == "robot.say" else None
+        if isinstance(text, str) and (text != text.strip() or (text not in shown and text not in command)):
+            return ["said"]
+    return []
 
 
 def _has_if(program: Program) -> bool:
@@ -353,5 +366,6 @@ def mismatch(command: str, code: str) -> list[str]:
         _left_out(shown, program)
         + _unused(shown, _calls(program))
         + _unstated(shown, program)
+        + _not_typed(command, shown, program)
         + _misscoped(shown, program)
     )

@@ -98,7 +98,7 @@ DETECT_CAT = 'robot.sensors.detect(object_type="cat", color="any")'
         ),
         (
             "when you see the red ball stop",
-            f'if {DETECT_BALL}:\n    robot.stop()\nelse:\n    robot.say(text="x")',
+            f'if {DETECT_BALL}:\n    robot.stop()\nelse:\n    robot.say(text="ball")',
             ["else"],
         ),
         (
@@ -108,6 +108,12 @@ DETECT_CAT = 'robot.sensors.detect(object_type="cat", color="any")'
         ),
         ("any red ball?", DETECT_BALL, []),  # a question: one detect call, in any words
         ("GO HOME NOW", "robot.arm.home()", ["arm"]),
+        ("uh say hi", 'robot.say(text="hi hi")', ["said"]),
+        ("please say goodbye", 'robot.say(text=" goodbye")', ["said"]),
+        ("Hey, say welcome home!", 'robot.say(text="Welcome home")', ["said"]),
+        ("Hey, say welcome home!", 'robot.say(text="welcome home")', []),
+        ("say I have two cats", 'robot.say(text="I have 2 cats")', []),  # as shown
+        ("say I have two cats", 'robot.say(text="I have two cats")', []),  # as typed
         ("move the gripper back home", "robot.arm.home()", []),
         (  # a shape's turns take either side
             "drive a square",
