@@ -11,19 +11,20 @@ program says it (its final punctuation aside).
 Colours and object types are the words people type ("the red cups" asks about `cup` and `red`), so a program
 naming one the command never mentions ("photo please" answered by looking at a `person`) made it up. The same
 holds for a place (`kitchen`), a photo, going home and a turn's side: a program that drives to a place, takes a
-photo or goes home where the command names none, or turns right where the command says only "left", made it up.
+photo or goes home where the command names none, or turns right where the command says only "left", made it up;
+likewise a follow target the command never names, closing the gripper where it says only "unclench", backing up
+where it says nothing of going back, or pointing the camera where it says nothing of looking.
 
 The same holds for the blocks of a program: a condition (``if robot.sensors.detect``) where the command asks
 about nothing the robot senses, an ``else`` branch where it says nothing of what to do otherwise, or homing the
 arm where it names no arm, were made up, as was speech the command never typed ("say hi" is not "hi hi"); and a
-loop must span the steps its count is said of: all the steps
-after "3 times:", all the steps before a closing ", 3 times", the rest of a sentence opened by "twice,"
-(:func:`misscoped`).
+loop must span the steps its count is said of: all the steps after "3 times:", all the steps before a closing
+", 3 times", the rest of a sentence opened by "twice," (:func:`misscoped`).
 
-The other way round, a command that names a colour, a room, the charger or the front door, a photo or home
-(outside what the program says aloud) wants a call that uses it: "go to the kitchen, then grab the cup"
-answered by the grab alone dropped a step (:func:`unused`). A condition on what the robot senses ("when you see
-a person, say hi", "should there be a cat around, ...") wants a ``detect`` call.
+The other way round, a command that names a colour, a room, the charger or the front door, a photo, home, a
+light or a scan (outside what the program says aloud) wants a call that uses it: "go to the kitchen, then grab
+the cup" answered by the grab alone dropped a step (:func:`unused`). A condition on what the robot senses ("when
+you see a person, say hi", "should there be a cat around, ...") wants a ``detect`` call.
 
 Decoding uses both as a check (:meth:`robolora.infer.Generator.generate`): a greedy program with a
 :func:`mismatch` is decoded again with beam search, and the best beam without one replaces it. The check only
@@ -97,7 +98,24 @@ ACTIONS: dict[str, tuple[re.Pattern[str], frozenset[str]]] = {
     "stop": (re.compile(r"\b(?:stop\w*|freeze|halt)\b"), frozenset({"robot.stop"})),
     "wait": (re.compile(r"\b(?:wait|pause|hold on)\b"), frozenset({"robot.wait"})),
     "arm": (re.compile(r"\barm\b"), frozenset({"robot.arm.move_to", "robot.arm.home"})),
+    "light": (re.compile(r"\b(?:light|led)s?\b"), frozenset({"robot.set_light"})),
+    # "scan for a cup" asks whether there is one (detect); "scan the room", "run a sweep" scan.
+    "scan": (re.compile(r"\b(?:scan\w*|sweep\w*)\b(?!\s+for\b)"), frozenset({"robot.sensors.scan"})),
 }
+#: Words for each way of a two-way call: a program calling one way where the command says only the other's words
+#: made it up ("unclench the claw" answered by closing it, "go ahead 75 cm" by backing up).
+GRIPPER_OPEN = re.compile(
+    r"\b(?:open\w*|unclench\w*|releas\w*|let go|loosen\w*|relax\w*|drop\w*|spread|wide|unclamp\w*)\b"
+)
+GRIPPER_CLOSE = re.compile(
+    r"\b(?:close\w*|clench\w*|shut\w*|grip\w*|squeez\w*|clamp\w*|tighten\w*|pinch\w*|grasp\w*|grab\w*|hold|fist)\b"
+)
+BACKWARD = re.compile(r"\b(?:back\w*|revers\w*|retreat\w*|rear\w*|behind|away)\b")
+#: Words that point the camera: looking at an object where the command says none of them made it up.
+LOOK = re.compile(
+    r"\b(?:look\w*|fac(?:e|ing)|point\w*|camera|photo\w*|pic\w*|snap\w*|watch\w*|eye\w*|stare|focus\w*|aim\w*|"
+    r"view\w*|glanc\w*|observ\w*|shots?|images?|captur\w*|check\w*|inspect\w*|examin\w*|turn to|gaze|peek\w*)\b"
+)
 #: Words that ask about what the robot senses: a program that tests a condition (``if robot.sensors.detect``)
 #: where the command says none of them made the condition up ("look at the red ball 3 times"). (A question is
 #: one ``detect`` call, asked in too many ways to list: only a condition is checked.)
@@ -296,6 +314,16 @@ def _unstated(shown: str, program: Program) -> list[str]:
         made_up.append("else")
     if "robot.camera.take_photo" in names and not PHOTO.search(text):
         made_up.append("take_photo")
+    targets = [c.kwargs.get("target") for c in calls if c.name == "robot.follow"]
+    made_up += [t for t in dict.fromkeys(targets) if isinstance(t, str) and not _forms(t) & words]
+    if "robot.gripper.close" in names and GRIPPER_OPEN.search(text) and not GRIPPER_CLOSE.search(text):
+        made_up.append("gripper.close")
+    if "robot.gripper.open" in names and GRIPPER_CLOSE.search(text) and not GRIPPER_OPEN.search(text):
+        made_up.append("gripper.open")
+    if "robot.move_backward" in names and not BACKWARD.search(text):
+        made_up.append("move_backward")
+    if "robot.camera.look_at" in names and not LOOK.search(text):
+        made_up.append("look_at")
     if "robot.arm.home" in names and not ARM.search(text):
         made_up.append("arm")
     if "robot.go_home" in names and not HOME.search(text):

@@ -66,7 +66,7 @@ DETECT_CAT = 'robot.sensors.detect(object_type="cat", color="any")'
         ("do you see any red cups?", 'robot.sensors.detect(object_type="cup", color="red")', []),  # plurals
         ("grab the berry", 'robot.gripper.pick_up(object_type="berry", color="blue", size="medium")', ["blue"]),
         ("pick up the berries", 'robot.gripper.pick_up(object_type="berry", color="any", size="medium")', []),
-        ('say "the ball is red"', 'robot.camera.look_at(object_type="ball", color="red")', ["ball", "red"]),
+        ('say "the ball is red"', 'robot.camera.look_at(object_type="ball", color="red")', ["ball", "red", "look_at"]),
         (
             "if you see a yelow ball say hi",
             'if robot.sensors.detect(object_type="ball", color="yellow"):\n    robot.say(text="hi")',
@@ -109,6 +109,17 @@ DETECT_CAT = 'robot.sensors.detect(object_type="cat", color="any")'
         ("any red ball?", DETECT_BALL, []),  # a question: one detect call, in any words
         ("GO HOME NOW", "robot.arm.home()", ["arm"]),
         ("uh say hi", 'robot.say(text="hi hi")', ["said"]),
+        (
+            "follow the child, 80 cm away",
+            'robot.follow(target="child", distance=0.8)\nrobot.follow(target="me")',
+            ["me"],
+        ),
+        ("unclench that claw of yours", "robot.gripper.close()", ["gripper.close"]),
+        ("let go, then make a fist", "robot.gripper.open()\nrobot.gripper.close()", []),
+        ("shut the claw", "robot.gripper.open()", ["gripper.open"]),
+        ("go ahead 75 cm", "robot.move_backward(distance=0.75, speed=1.0)", ["move_backward"]),
+        ("do u see any dog", 'robot.camera.look_at(object_type="dog", color="any")', ["look_at"]),
+        ("peek at the purple toy", 'robot.camera.look_at(object_type="toy", color="purple")', []),
         ("please say goodbye", 'robot.say(text=" goodbye")', ["said"]),
         ("Hey, say welcome home!", 'robot.say(text="Welcome home")', ["said"]),
         ("Hey, say welcome home!", 'robot.say(text="welcome home")', []),
@@ -137,7 +148,7 @@ def test_unstated(command, code, made_up):
         ("look at the door", 'robot.camera.look_at(object_type="door", color="any")', []),  # an object
         ("get the cup from the table", 'robot.gripper.pick_up(object_type="cup", color="any", size="medium")', []),
         ("head to your dock", "robot.go_home()", ["charging_station"]),
-        ("light up orange and stop", "robot.stop()", ["orange"]),
+        ("light up orange and stop", "robot.stop()", ["orange", "light"]),
         ("light up orange and stop", 'robot.set_light(color="orange")', ["stop"]),
         ("white light, then greet them with 'hi'", 'robot.set_light(color="white")\nrobot.say(text="hi")', []),
         ("take a picture of the cat", 'robot.camera.look_at(object_type="cat", color="any")', ["take_photo"]),
@@ -148,6 +159,9 @@ def test_unstated(command, code, made_up):
         ("if you see a cat, freeze", 'if robot.sensors.detect(object_type="cat", color="any"):\n    robot.stop()', []),
         ("stay put for 10 s", "robot.wait(seconds=10.0)", []),
         ("go to the kitchen", "robot.fly()", ["kitchen"]),  # code that does not parse uses nothing
+        ("switch the light over to yelow", 'robot.gripper.pick_up(object_type="light", color="yellow")', ["light"]),
+        ("run a sweep out to 5 meters", "robot.move_forward(distance=5.0, speed=1.0)", ["scan"]),
+        ("scan for a cup", 'robot.sensors.detect(object_type="cup", color="any")', []),  # whether there is one
         # A condition on what the robot senses wants a detect call.
         ('when you see a person, say "hi"', 'robot.say(text="hi")', ["detect"]),
         ("should there be a cat around, stop", "robot.stop()", ["detect"]),
