@@ -19,7 +19,7 @@ The same holds for the blocks of a program: a condition (``if robot.sensors.dete
 about nothing the robot senses, an ``else`` branch where it says nothing of what to do otherwise, or homing the
 arm where it names no arm, were made up, as was speech the command never typed ("say hi" is not "hi hi"); and a
 loop must span the steps its count is said of: all the steps after "3 times:", all the steps before a closing
-", 3 times", the rest of a sentence opened by "twice," (:func:`misscoped`).
+", 3 times", the rest of a sentence opened by "twice,", and no step after "3 times, then" (:func:`misscoped`).
 
 The other way round, a command that names a colour, a room, the charger or the front door, a photo, home, a
 light or a scan (outside what the program says aloud) wants a call that uses it: "go to the kitchen, then grab
@@ -46,6 +46,7 @@ Example:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from robolora.robot.checker import RobotCodeError, parse_program
 from robolora.robot.normalize import normalize_command
@@ -145,6 +146,9 @@ OPENING_COUNT = re.compile(
     r"(\d+) times\s*,"
 )
 SENTENCE_BREAK = re.compile(r"[.;!?]\s")
+#: A count followed by "then" ("turn right 3 times, then take a photo"): the loop closes at the count, so a step
+#: follows it.
+COUNT_THEN = re.compile(r"(\d+) times\s*,?\s*(?:and\s+)?(?:then|after that|afterwards|next)\b")
 #: A count that closes the command after a comma ("wait 3 seconds then turn left, 4 times in total"): every step
 #: before it is in the loop, so the program is that one loop.
 CLOSING_COUNT = re.compile(
@@ -360,11 +364,23 @@ def _unused(shown: str, calls: list[Call]) -> list[str]:
 def misscoped(command: str, code: str, *, normalized: bool = False) -> list[str]:
     """``["loop"]`` where ``code``'s loop does not span the steps ``command`` counts: after a heading count ("3
     times: a, then b") nothing follows the loop, with a closing count ("a, then b, 3 times") nothing lies
-    outside it, and an opening count ("twice, a and b") opens the loop, which spans the rest of the sentence.
+    outside it, an opening count ("twice, a and b") opens the loop, which spans the rest of the sentence, and a
+    count followed by "then" ("a 3 times, then b") closes its loop, which a step follows.
     Code that does not parse is left to the other checks."""
     shown = command if normalized else normalize_command(command)
     program = _parsed(code)
     return _misscoped(shown, program) if program is not None else []
+
+
+def _loops(program: Program) -> Iterator[tuple[Program, int, Loop]]:
+    """Every loop of a program, nested ones too, with the block it is in and its place there."""
+    for i, stmt in enumerate(program):
+        if isinstance(stmt, Loop):
+            yield program, i, stmt
+            yield from _loops(stmt.body)
+        elif isinstance(stmt, If):
+            yield from _loops(stmt.body)
+            yield from _loops(stmt.orelse)
 
 
 def _misscoped(shown: str, program: Program) -> list[str]:
@@ -375,6 +391,9 @@ def _misscoped(shown: str, program: Program) -> list[str]:
         return ["loop"]
     if closing and not (len(program) == 1 and isinstance(last, Loop) and last.count == int(closing.group(1))):
         return ["loop"]
+    for then in COUNT_THEN.finditer(text):
+        if not any(loop.count == int(then.group(1)) and i + 1 < len(block) for block, i, loop in _loops(program)):
+            return ["loop"]
     opening = OPENING_COUNT.search(text)
     if opening:
         first = program[0] if program else None

@@ -189,6 +189,12 @@ LOOP_THEN_WAIT = "for _ in range(4):\n    robot.turn_left(angle=90.0)\nrobot.wai
         ("repeat four times: turn left, wait 3 seconds", LOOP_THEN_WAIT, ["loop"]),
         ('say "4 times: hi"', 'robot.say(text="4 times: hi")', []),  # quoted text counts nothing
         ("four times, wait 3 seconds and turn left", LOOP_TURN_WAIT, []),
+        ("turn left 4 times then wait 3 seconds", LOOP_THEN_WAIT, []),
+        (
+            "turn left 4 times then wait 3 seconds",
+            "for _ in range(4):\n    robot.turn_left(angle=90.0)\n    robot.wait(seconds=3.0)",
+            ["loop"],
+        ),
         ("four times, turn left and wait 3 seconds", LOOP_THEN_WAIT, ["loop"]),
         ("four times, turn left. Then wait 3 seconds", LOOP_THEN_WAIT, []),
         ("please, 4 times, wait 3 seconds then turn left", WAIT_THEN_LOOP, ["loop"]),
