@@ -61,6 +61,8 @@ KEPT = (
 UNITS = {*LENGTH, *TIME, *KEPT}
 #: The length units of a speed said in words ("a metre per second"), already the API's.
 SPEED_LENGTH = ("meter", "meters", "metre", "metres", "m")
+PER_SECOND = (["per", "second"], ["a", "second"], ["per", "sec"])
+HALF = ["and", "a", "half"]
 _UNIT_NAMES = sorted(UNITS)  # a fixed order: a slip that reads as two units always reads as the same one
 
 _QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”|‘[^’]*’|(?<![A-Za-z])'[^']*'(?![A-Za-z])")
@@ -170,7 +172,7 @@ def _number_at(words: list[str], i: int) -> tuple[float, int] | None:
                 decimals += str(ONES[words[j]])
                 j += 1
             value = float(f"{int(value)}.{decimals}")
-    if words[j : j + 3] == ["and", "a", "half"]:
+    if words[j : j + 3] == HALF:
         value, j = value + 0.5, j + 3
     return value, j
 
@@ -264,27 +266,21 @@ def _rewrite_numbers(text: str) -> str:
                 continue
             value, j, spelt = found
             unit = _unit(words[j]) if j < len(words) else ""
-            end = j + 1
-            if unit and words[j + 1 : j + 4] == ["and", "a", "half"] and value == int(value):
-                value, end = value + 0.5, j + 4  # "a meter and a half", "one minute and a half"
-            per_second = words[j + 1 : j + 3] in (["per", "second"], ["a", "second"], ["per", "sec"])
-            if (
-                unit in SPEED_LENGTH
-                and per_second
-                and words[j + 3 : j + 6] == ["and", "a", "half"]
-                and value == int(value)
-            ):
-                # "a metre per second and a half": the half belongs to the number, the speed stays in words
-                speed = " ".join(t for t, _, _ in tokens[j : j + 3])
-                out.append(text[last : tokens[i][1]] + f"{digits(value + 0.5)} {speed}")
-                last, i = tokens[j + 5][2], j + 6
-                continue
+            # A speed said in words is one unit of three, kept as said, where a half follows it ("a metre per
+            # second and a half": the half belongs to the number).
+            speed = unit in SPEED_LENGTH and words[j + 1 : j + 3] in PER_SECOND and words[j + 3 : j + 6] == HALF
+            unit_end = j + 3 if speed else j + 1
+            end = unit_end
+            if unit and words[unit_end : unit_end + 3] == HALF and value == int(value):
+                # "a meter and a half", "one minute and a half", "a metre per second and a half"
+                value, end = value + 0.5, unit_end + 3
             if unit in LENGTH:
                 replacement = f"{digits(value * LENGTH[unit])} m"
             elif unit in TIME:
                 replacement = f"{digits(value * TIME[unit])} seconds"
             elif unit in KEPT:
-                replacement = f"{digits(value)} {tokens[j][0] if words[j] == unit else unit}"
+                said = tokens[j][0] if words[j] == unit else unit
+                replacement = f"{digits(value)} {said}{text[tokens[j][2] : tokens[unit_end - 1][2]]}"
             elif spelt and words[i:j] not in (["one"], ["a"], ["an"]):
                 replacement, end = digits(value), j  # a number in words, no unit: "repeat eight" -> 8
             else:
