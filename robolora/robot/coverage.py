@@ -287,16 +287,19 @@ def _not_typed(command: str, shown: str, program: Program) -> list[str]:
     return []
 
 
-def _has_if(program: Program) -> bool:
-    return any(isinstance(s, If) or (isinstance(s, Loop) and _has_if(s.body)) for s in program)
+def _blocks(program: Program) -> Iterator[Program]:
+    """A program's blocks: the program itself, then every loop body and branch within it, nested ones too."""
+    yield program
+    for stmt in program:
+        if isinstance(stmt, Loop):
+            yield from _blocks(stmt.body)
+        elif isinstance(stmt, If):
+            yield from _blocks(stmt.body)
+            yield from _blocks(stmt.orelse)
 
 
-def _has_else(program: Program) -> bool:
-    return any(
-        (isinstance(s, If) and (bool(s.orelse) or _has_else(s.body) or _has_else(s.orelse)))
-        or (isinstance(s, Loop) and _has_else(s.body))
-        for s in program
-    )
+def _ifs(program: Program) -> list[If]:
+    return [stmt for block in _blocks(program) for stmt in block if isinstance(stmt, If)]
 
 
 def _unstated(shown: str, program: Program) -> list[str]:
@@ -312,9 +315,10 @@ def _unstated(shown: str, program: Program) -> list[str]:
     sides = {
         c.name for c in calls if c.name in ("robot.turn_left", "robot.turn_right") and c.kwargs.get("angle") != 180
     }
-    if _has_if(program) and not SENSING.search(text):
+    ifs = _ifs(program)
+    if ifs and not SENSING.search(text):
         made_up.append("condition")
-    if _has_else(program) and not OTHERWISE.search(text):
+    if any(stmt.orelse for stmt in ifs) and not OTHERWISE.search(text):
         made_up.append("else")
     if "robot.camera.take_photo" in names and not PHOTO.search(text):
         made_up.append("take_photo")
@@ -374,13 +378,10 @@ def misscoped(command: str, code: str, *, normalized: bool = False) -> list[str]
 
 def _loops(program: Program) -> Iterator[tuple[Program, int, Loop]]:
     """Every loop of a program, nested ones too, with the block it is in and its place there."""
-    for i, stmt in enumerate(program):
-        if isinstance(stmt, Loop):
-            yield program, i, stmt
-            yield from _loops(stmt.body)
-        elif isinstance(stmt, If):
-            yield from _loops(stmt.body)
-            yield from _loops(stmt.orelse)
+    for block in _blocks(program):
+        for i, stmt in enumerate(block):
+            if isinstance(stmt, Loop):
+                yield block, i, stmt
 
 
 def _misscoped(shown: str, program: Program) -> list[str]:
