@@ -62,7 +62,7 @@ DETECT_CAT = 'robot.sensors.detect(object_type="cat", color="any")'
 @pytest.mark.parametrize(
     ("command", "code", "made_up"),
     [
-        ("photo please", 'robot.camera.look_at(object_type="person", color="any")', ["person"]),
+        ("photo please", 'robot.camera.look_at(object_type="person", color="any")', ["person", "look_at"]),
         ("do you see any red cups?", 'robot.sensors.detect(object_type="cup", color="red")', []),  # plurals
         ("grab the berry", 'robot.gripper.pick_up(object_type="berry", color="blue", size="medium")', ["blue"]),
         ("pick up the berries", 'robot.gripper.pick_up(object_type="berry", color="any", size="medium")', []),
@@ -99,7 +99,7 @@ DETECT_CAT = 'robot.sensors.detect(object_type="cat", color="any")'
         (
             "when you see the red ball stop",
             f'if {DETECT_BALL}:\n    robot.stop()\nelse:\n    robot.say(text="ball")',
-            ["else"],
+            ["else", "said"],
         ),
         (
             "if you see the red ball stop, if not say x",
@@ -154,7 +154,7 @@ def test_unstated(command, code, made_up):
         ("take a picture of the cat", 'robot.camera.look_at(object_type="cat", color="any")', ["take_photo"]),
         ("before going home, take a photo", "robot.camera.take_photo()", ["home"]),
         ("home the arm", "robot.arm.home()", []),
-        ("move the arm to x 0.1 y 0.2 z 0.3, then go home", "robot.go_home()", ["arm"]),
+        ("move the arm to x 0.1 y 0.2 z 0.3, then go home", "robot.go_home()", ["arm", "x y z"]),
         ("wait, then say hi", 'robot.say(text="hi")', ["wait"]),
         ("if you see a cat, freeze", 'if robot.sensors.detect(object_type="cat", color="any"):\n    robot.stop()', []),
         ("stay put for 10 s", "robot.wait(seconds=10.0)", []),
@@ -216,3 +216,260 @@ def test_the_shipped_references_fit_their_commands():
     records = json.loads(SHIPPED.read_text(encoding="utf-8"))
     flagged = [r["input"] for r in records if mismatch(r["input"], r["output"])]
     assert len(flagged) <= len(records) / 500, flagged[:20]
+
+
+@pytest.mark.parametrize(
+    ("command", "lines", "expected"),
+    [
+        (
+            "bathroom pls",
+            ('robot.gripper.pick_up(object_type="bathroom", color="any", size="medium")',),
+            ["bathroom", "pick_up"],
+        ),
+        (
+            "go pop it in the box",
+            ('robot.gripper.pick_up(object_type="box", color="any", size="medium")',),
+            ["pick_up"],
+        ),
+        ("lift the large white box", ('robot.gripper.pick_up(object_type="box", color="white", size="large")',), []),
+        (
+            "go to the bathroom. is there a towel in there?",
+            (
+                'robot.navigate_to(location="bathroom", speed=1.0)',
+                'if robot.sensors.detect(object_type="towel", color="any"):',
+                '    robot.gripper.pick_up(object_type="towel", color="any", size="medium")',
+            ),
+            ["condition", "pick_up"],
+        ),
+        ("do u see my keys", ('robot.sensors.detect(object_type="keys", color="any")',), ["keys"]),
+        ("do u see my keys", ('robot.sensors.detect(object_type="key", color="any")',), []),
+        ("pick up the glass", ('robot.gripper.pick_up(object_type="glass", color="any", size="medium")',), []),
+        (
+            "if there's a red ball grab it, if not grab the blue one",
+            (
+                'if robot.sensors.detect(object_type="ball", color="red"):',
+                '    robot.gripper.pick_up(object_type="ball", color="red", size="medium")',
+                "else:",
+                '    robot.gripper.pick_up(object_type="blue", color="blue", size="medium")',
+            ),
+            ["blue"],
+        ),
+        (
+            "Photograph the room.",
+            ('robot.camera.look_at(object_type="room", color="any")', "robot.camera.take_photo()"),
+            ["room"],
+        ),
+        (
+            "take a photo if you see a green bird",
+            (
+                'if robot.sensors.detect(object_type="bird", color="green"):',
+                '    robot.camera.look_at(object_type="bird", color="green")',
+                "    robot.camera.take_photo()",
+            ),
+            ["look_at"],
+        ),
+        (
+            "take a photo of the bird if you see one",
+            (
+                'if robot.sensors.detect(object_type="bird", color="any"):',
+                '    robot.camera.look_at(object_type="bird", color="any")',
+                "    robot.camera.take_photo()",
+            ),
+            [],
+        ),
+        (
+            "photograph the black cat",
+            ('robot.camera.look_at(object_type="cat", color="black")', "robot.camera.take_photo()"),
+            [],
+        ),
+        (
+            "if you see a cup, check whether there's a plate too, and if so say hi",
+            (
+                'if robot.sensors.detect(object_type="cup", color="any"):',
+                '    robot.camera.look_at(object_type="cup", color="any")',
+                '    if robot.sensors.detect(object_type="plate", color="any"):',
+                '        robot.say(text="hi")',
+            ),
+            ["look_at"],
+        ),
+        ("scan 3 m around", ("for _ in range(3):", "    robot.sensors.scan(radius=2.0)"), ["loop"]),
+        ("do 10 scans", ("for _ in range(10):", "    robot.sensors.scan(radius=2.0)"), []),
+        (
+            "walk a square path, 1 metre per side, making left turns",
+            (
+                "for _ in range(4):",
+                "    robot.move_forward(distance=1.0, speed=1.0)",
+                "    robot.turn_right(angle=90.0)",
+            ),
+            ["turn_right"],
+        ),
+        (
+            "turn left 90 degrees, then turn around",
+            ("robot.turn_left(angle=90.0)", "robot.turn_right(angle=180.0)"),
+            ["turn_right"],
+        ),
+        (
+            "go around in a triangle",
+            (
+                "for _ in range(3):",
+                "    robot.move_forward(distance=1.0, speed=1.0)",
+                "    robot.turn_right(angle=120.0)",
+            ),
+            [],
+        ),
+        (
+            "wen u see a red cup grab it",
+            (
+                'if robot.sensors.detect(object_type="cup", color="red"):',
+                '    robot.gripper.pick_up(object_type="cup", color="red", size="medium")',
+            ),
+            [],
+        ),
+        ("say catch you on the flip side", ('robot.say(text="you on the flip side")',), ["said"]),
+        ("say catch you on the flip side", ('robot.say(text="catch you on the flip side")',), []),
+        ("sya it was nice to meet you", ('robot.say(text="it was nice to meet you")',), []),
+    ],
+)
+def test_unstated_wider(command, lines, expected):
+    """What a program makes up that the command never asks for: a place or colour as the object, a pick-up
+    nobody asked for, a plural object type, a condition where the command only asks, a look the photo words do not
+    name, a loop nobody counted, the side of a turn, and speech started mid-phrase."""
+    assert unstated(command, "\n".join(lines)) == expected
+
+
+@pytest.mark.parametrize(
+    ("command", "lines", "expected"),
+    [
+        ("tail the dog from 1.5 meters", ("robot.move_forward(distance=1.5, speed=1.0)",), ["follow"]),
+        ("please follow these steps: stop", ("robot.stop()",), []),
+        ("QUICKLY MOVE BACKWARD 1.5 METERS", ("robot.move_backward(distance=1.5, speed=1.0)",), ["speed 2"]),
+        ("move backward 1.5 meters quickly", ("robot.move_backward(distance=1.5, speed=2.0)",), []),
+        ("face the other way, turning right", ("robot.turn_right(angle=90.0)",), ["turn around"]),
+        ("raise your arm to x 0 y 0 z 0.8", ("robot.arm.move_to(x=0.8, y=0.0, z=0.0)",), ["x y z"]),
+        ("raise your arm to x 0 y 0 z 0.8", ("robot.arm.move_to(x=0.0, y=0.0, z=0.8)",), []),
+        (
+            "hey robot, is a black phone in view?",
+            ('robot.camera.look_at(object_type="phone", color="black")',),
+            ["detect"],
+        ),
+        (
+            "when u find teh green cup pick it up",
+            ('robot.gripper.pick_up(object_type="cup", color="green", size="medium")',),
+            ["detect"],
+        ),
+        (
+            "open the gripper, close the gripper, then home the arm",
+            ("robot.gripper.open()", "robot.arm.home()"),
+            ["gripper.close"],
+        ),
+    ],
+)
+def test_unused_wider(command, lines, expected):
+    """What a command asks for that the program leaves out: following, a speed word, turning around, an arm position by
+    its axes, a condition asked with "is ... in view" or "when u find", both ways of the gripper."""
+    assert unused(command, "\n".join(lines)) == expected
+
+
+@pytest.mark.parametrize(
+    ("command", "lines", "expected"),
+    [
+        (
+            "if you see a cat, say shoo. otherwise, if you see a dog, say woof. otherwise say hi",
+            (
+                'if robot.sensors.detect(object_type="cat", color="any"):',
+                '    robot.say(text="shoo")',
+                'if robot.sensors.detect(object_type="dog", color="any"):',
+                '    robot.say(text="woof")',
+                "else:",
+                '    robot.say(text="hi")',
+            ),
+            ["else"],
+        ),
+        (
+            "If you see a ball, pick it up. After that, go home.",
+            (
+                'if robot.sensors.detect(object_type="ball", color="any"):',
+                '    robot.gripper.pick_up(object_type="ball", color="any", size="medium")',
+                "    robot.go_home()",
+            ),
+            ["condition"],
+        ),
+        (
+            "If you see a ball, pick it up. After that, go home.",
+            (
+                'if robot.sensors.detect(object_type="ball", color="any"):',
+                '    robot.gripper.pick_up(object_type="ball", color="any", size="medium")',
+                "robot.go_home()",
+            ),
+            [],
+        ),
+        (
+            "if you notice a red shoe, pick it up? Thanks",
+            (
+                'if robot.sensors.detect(object_type="shoe", color="red"):',
+                '    robot.gripper.pick_up(object_type="shoe", color="red", size="medium")',
+            ),
+            [],
+        ),
+        (
+            "triangle with sides of 2 metres, turning left",
+            (
+                "for _ in range(2):",
+                "    robot.move_forward(distance=1.0, speed=1.0)",
+                "    robot.turn_left(angle=90.0)",
+            ),
+            ["loop"],
+        ),
+        (
+            "spin left 60 degrees 6 times; each time, if you see a person, say hi",
+            (
+                "for _ in range(6):",
+                "    robot.turn_left(angle=60.0)",
+                'if robot.sensors.detect(object_type="person", color="any"):',
+                '    robot.say(text="hi")',
+            ),
+            ["loop"],
+        ),
+        (
+            "wait 15 secs, take a photo, wait 15 secs and take another photo",
+            ("robot.wait(seconds=15.0)", "robot.camera.take_photo()", "robot.wait(seconds=15.0)"),
+            ["take_photo"],
+        ),
+        (
+            "before you go back to your charger, take a photo",
+            ('robot.navigate_to(location="charging_station", speed=1.0)', "robot.camera.take_photo()"),
+            ["order"],
+        ),
+        (
+            "before you head to the office, go to the kitchen",
+            ('robot.navigate_to(location="kitchen", speed=1.0)', 'robot.navigate_to(location="office", speed=1.0)'),
+            [],
+        ),
+        (
+            "first go to the kitchen, then 3 times: turn right and take a photo. once done, go home",
+            (
+                'robot.navigate_to(location="kitchen", speed=1.0)',
+                "for _ in range(3):",
+                "    robot.turn_right(angle=90.0)",
+                "    robot.camera.take_photo()",
+                "robot.go_home()",
+            ),
+            [],
+        ),
+        (
+            "if you see a dog, do this 3 times: set the light to red, then to white",
+            (
+                'if robot.sensors.detect(object_type="dog", color="any"):',
+                "    for _ in range(3):",
+                '        robot.set_light(color="red")',
+                '        robot.set_light(color="white")',
+            ),
+            [],
+        ),
+    ],
+)
+def test_misscoped_wider(command, lines, expected):
+    """The blocks and order a command's words fix: an else per "otherwise", a step in a later sentence after a
+    condition, a shape's corners and angle, "each time" inside the loop, one photo per photo named, and going last
+    after "before you go"."""
+    assert misscoped(command, "\n".join(lines)) == expected
