@@ -1,4 +1,5 @@
-"""The sets of commands written the way people type (data/people_dev.jsonl, people_dev2.jsonl, people_test.jsonl).
+"""The sets of commands written the way people type (data/people_dev.jsonl, people_dev2.jsonl, people_dev3.jsonl,
+people_test.jsonl).
 
 They are the accuracy yardsticks for trained adapters, so every reference must be a program the API accepts, in
 the canonical form the model is trained to write, with the quantities the prompt normaliser shows the model;
@@ -22,7 +23,7 @@ from robolora.robot.normalize import LENGTH, ONES, TENS, TIME, normalize_command
 DATA = Path(__file__).resolve().parents[2] / "data"
 #: The development sets (their misses showed which kinds of phrasing the generator lacked) and the test set,
 #: written afterwards apart from the generator and never used to change it.
-SETS = ("people_dev.jsonl", "people_dev2.jsonl", "people_test.jsonl")
+SETS = ("people_dev.jsonl", "people_dev2.jsonl", "people_dev3.jsonl", "people_test.jsonl")
 SHIPPED = DATA / "robot_dataset.json"
 
 MIN_RECORDS = 300
