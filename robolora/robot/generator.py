@@ -22,7 +22,11 @@ Conventions the spec leaves open, kept the same everywhere:
 * "bring it to the kitchen" (after a pick-up) -> ``navigate_to(location="kitchen")``.
 * "do a square" -> 4 x (forward 1 m, ``turn_right`` 90); other polygons turn 360/sides; "to the left" or
   "counterclockwise" turns left.
-* "do a U-turn" / "do a 180" are "turn around": ``turn_left(angle=180.0)``.
+* "do a U-turn" / "do a 180" / "face the other way" are "turn around": ``turn_left(angle=180.0)``, or
+  ``turn_right`` where the words say right ("face the opposite direction, turning right").
+* A plural in a question asks about one kind of thing, named singular: "any apples around?" ->
+  ``detect(object_type="apple")``; "do you see my keys?" -> ``object_type="key"``.
+* A place said bare with a courtesy ("kitchen please", "to the office, thanks") is going there.
 
 Example:
     >>> records = generate_records(7, seed=0)
@@ -80,7 +84,8 @@ class Phrase:
     """Words and the program they mean.
 
     ``mood`` says which decorations fit: ``imperative`` ("please ..."), ``statement`` (an if-sentence,
-    only addressed: "robot, if ...") or ``question`` ("is there a cup?").
+    only addressed: "robot, if ..."), ``question`` ("is there a cup?") or ``terse`` (words that are the whole
+    command, courtesy included: "kitchen please", only addressed).
     """
 
     text: str
@@ -102,6 +107,11 @@ class _Weighted(Generic[T]):
 
     def __call__(self, rng: Rng) -> T:
         return rng.choices(self.items, cum_weights=self.cum)[0]
+
+
+def _pick(rng: Rng, table: Sequence[str], more: Sequence[str], share: float) -> str:
+    """A template of ``table``, or with probability ``share`` one of ``more`` (rarer wordings, drawn less often)."""
+    return rng.choice(more if rng.random() < share else table)
 
 
 def _protect(text: str) -> str:
@@ -259,7 +269,8 @@ _SPEED_FORMS = ("at {v}", "at {v}", "at {v}", "at a speed of {v}", "with a speed
 
 
 def _speed(rng: Rng) -> tuple[str, float, bool]:
-    """An optional speed phrase, its value, and whether it may also go before the verb ("slowly move")."""
+    """An optional speed phrase, its value, and whether it may also go before the verb ("slowly move",
+    "fast go to the kitchen")."""
     r = rng.random()
     if r < 0.6:
         return "", 1.0, False
@@ -268,7 +279,7 @@ def _speed(rng: Rng) -> tuple[str, float, bool]:
     if r < 0.8:
         return "quickly", 2.0, True
     if r < 0.85:
-        return "fast", 2.0, False
+        return "fast", 2.0, True
     form = rng.choice(_SPEED_FORMS)
     text, value = measure(rng, SPEED, bare=0.15 if "speed" in form else 0.0)  # "at a speed of 2" yes, "at 2" no
     return form.format(v=text), value, False
@@ -281,7 +292,7 @@ def _with_speed(rng: Rng, text: str) -> tuple[str, float]:
     if adverb in ("slowly", "quickly", "fast") and rng.random() < 0.25:  # "go to the office, slowly please"
         tail = rng.choice(("", "", " please", " please", " now", " if you can"))
         return f"{text}{rng.choice((', ', ', ', ' - ', '... '))}{adverb}{tail}", speed
-    if either and rng.random() < 0.4:
+    if either and rng.random() < (0.25 if adverb == "fast" else 0.4):  # "slowly back up 2 m", "fast go home"
         return f"{adverb} {text}", speed
     return f"{text} {adverb}", speed
 
@@ -482,6 +493,20 @@ _SAY_TAILS = (
 )  # fmt: skip
 
 
+# Sayings and slang, said whole: the model must copy a set phrase, not stop at the words it knows.
+_SAY_IDIOMS = (
+    "see you on the other side", "take it easy", "hang in there", "break a leg", "no worries", "you got this",
+    "keep your chin up", "long time no see", "peace out", "piece of cake", "rise and shine",
+    "chill out", "my bad", "all good", "sleep tight", "hold your horses", "it's a wrap", "you rock", "way to go",
+    "let's roll", "game on", "over and out", "roger that", "copy that", "fingers crossed", "cool beans",
+    "the coast is clear", "what's cooking", "howdy partner", "stay cool", "don't sweat it",
+    "nailed it", "back in a jiffy", "hit the road", "knock knock", "cheers mate", "good vibes only",
+    "keep calm and carry on", "smooth sailing", "easy does it", "same old same old", "not my first rodeo",
+    "what's up buttercup", "time to hit the hay", "you're a star", "better late than never", "speak of the devil",
+    "bob's your uncle", "rock on", "mind the gap", "onwards and upwards", "no rest for the wicked",
+)  # fmt: skip
+
+
 def _say_text(rng: Rng) -> str:
     r = rng.random()
     if r < 0.25:
@@ -497,6 +522,8 @@ def _say_text(rng: Rng) -> str:
         if rng.random() < 0.3 and text[-1].isalpha() and len(text.split()) <= 3:
             text += rng.choice(_SAY_TAILS)
         return text
+    if r < 0.75:
+        return rng.choice(_SAY_IDIOMS)
     return rng.choice(_SAY_TEMPLATES).format(
         name=rng.choice(_NAMES),
         room=rng.choice(_ROOMS).replace("_", " "),
@@ -604,6 +631,26 @@ _TURN_FIXED: tuple[tuple[str, str | None, float], ...] = (
     ("rotate {clock} a full turn", None, 360),
     ("make a three-quarter turn to the {side}", None, 270),
 )
+# Rarer wordings of a turn, each table drawn at a small share of its kind.
+_TURN_DEFAULT_MORE = (
+    "swing {side}", "swing {side}", "veer {side}", "veer {side}", "veer to the {side}", "swing to the {side}",
+    "hang a {side} here", "veer off to the {side}", "swing out to the {side}", "hook a {side}",
+)  # fmt: skip
+_TURN_ANGLE_MORE = (
+    "swing {side} {a}", "veer {side} {a}", "veer {a} to the {side}", "swing {a} to the {side}",
+    "veer {side} by {a}", "swing {side} by about {a}", "swivel {side} {a}", "swivel {a} to the {side}",
+)  # fmt: skip
+_TURN_FIXED_MORE: tuple[tuple[str, str | None, float], ...] = (
+    ("face the opposite direction", "left", 180),
+    ("face the opposite direction", "left", 180),
+    ("face the other way", "left", 180),
+    ("turn to face the other way", "left", 180),
+    ("turn and face the opposite way", "left", 180),
+    ("face the other way, turning {side}", None, 180),
+    ("face the opposite direction by turning {side}", None, 180),
+    ("turn {side} until you face the other way", None, 180),
+    ("face the other way by turning to your {side}", None, 180),
+)
 
 
 def _turn_call(side: str, angle: float) -> Call:
@@ -616,14 +663,15 @@ def turn(rng: Rng) -> Phrase:
     side = rng.choice(_SIDES)
     clock = rng.choice(_CLOCK[side])
     if r < 0.17:
-        words, fixed_side, angle = rng.choice(_TURN_FIXED)
+        words, fixed_side, angle = rng.choice(_TURN_FIXED_MORE if rng.random() < 0.12 else _TURN_FIXED)
         side = fixed_side or side
         return Phrase(words.format(side=side, clock=clock), (_turn_call(side, float(angle)),))
     if r < 0.4:
-        return Phrase(rng.choice(_TURN_DEFAULT).format(side=side, clock=clock), (_turn_call(side, 90.0),))
+        text = _pick(rng, _TURN_DEFAULT, _TURN_DEFAULT_MORE, 0.12).format(side=side, clock=clock)
+        return Phrase(text, (_turn_call(side, 90.0),))
     spoken, angle = measure(rng, ANGLE, bare=0.12)
     compact = digits(angle) + rng.choice(("-degree", " degree", "°"))
-    text = rng.choice(_TURN_ANGLE).format(side=side, clock=clock, a=spoken, n=compact)
+    text = _pick(rng, _TURN_ANGLE, _TURN_ANGLE_MORE, 0.06).format(side=side, clock=clock, a=spoken, n=compact)
     return Phrase(text, (_turn_call(side, angle),))
 
 
@@ -701,6 +749,16 @@ _NAVIGATE = (
     "drive over to {l}", "take yourself to {l}", "go straight to {l}",
 )  # fmt: skip
 _NAVIGATE_ROOM = ("go into {l}", "enter {l}", "go inside {l}", "head into {l}")
+_NAVIGATE_MORE = (
+    "go stand by {l}", "get over to {l}", "swing by {l}", "head on over to {l}", "scoot over to {l}",
+    "get yourself over to {l}", "pop over to {l}", "hop over to {l}", "zip over to {l}", "make tracks to {l}",
+    "get going to {l}", "wander over to {l}", "go and stand by {l}", "swing over to {l}",
+)  # fmt: skip
+# A place said bare, with a courtesy: the whole command ("kitchen please", "to the office, thanks").
+_PLACE_PLEASE = (
+    "{l} please", "{l} please", "{l} pls", "{l}, please", "{l} plz", "to {l}, thanks", "to {l} please",
+    "{l}, thanks", "to {l}, thank you", "{l} now please", "off to {l}, please", "{l} thx", "to {l} pls",
+)  # fmt: skip
 _CHARGE = (
     "go charge", "go recharge", "go charge yourself", "go and recharge your battery", "dock yourself",
     "go to your dock", "go plug yourself in", "return to your charger", "go back to your charging station",
@@ -714,9 +772,28 @@ def navigate(rng: Rng) -> Phrase:
     else:
         location = _NAV_LOCATIONS(rng)
         rooms = location in _ROOMS and rng.random() < 0.15
-        text = rng.choice(_NAVIGATE_ROOM if rooms else _NAVIGATE).format(l=_location_text(rng, location))
+        forms = _NAVIGATE_ROOM if rooms else _NAVIGATE_MORE if rng.random() < 0.1 else _NAVIGATE
+        text = rng.choice(forms).format(l=_location_text(rng, location))
+        if location in _ROOMS:
+            text = text.replace("stand by", "stand in")  # by a door, in a room
     text, speed = _with_speed(rng, text)
     return Phrase(text, (_call("robot.navigate_to", location=location, speed=speed),))
+
+
+def navigate_alone(rng: Rng) -> Phrase:
+    """Going somewhere as a command of its own, sometimes just the place and a courtesy ("bathroom pls")."""
+    if rng.random() < 0.06:
+        location = rng.choice((*_ROOMS, *_ROOMS, "charging_station", "front_door"))
+        form, where = rng.choice(_PLACE_PLEASE), _location_text(rng, location)
+        if where.startswith("the ") and not form.startswith(("to ", "off to ")) and rng.random() < 0.4:
+            where = where[4:]  # "kitchen please", but "to the kitchen, thanks"
+        # Neither "please ..." nor "... please" is added: the words already are the command, courtesy and all.
+        return Phrase(
+            form.format(l=where),
+            (_call("robot.navigate_to", location=location, speed=1.0),),
+            mood="terse",
+        )
+    return navigate(rng)
 
 
 _GO_HOME = (
@@ -760,6 +837,19 @@ _FOLLOW_DISTANCE_CLAUSE = (
     "keep {d} of space from {t} while you follow {p}", "hang back {d} and follow {t}",
     "stay about {d} from {t}, and follow {p}",
 )  # fmt: skip
+# Other verbs of following ("tail the dog", "tag along behind me"); never opened by "stay"/"keep", which the
+# distance clauses open.
+_FOLLOW_MORE = (
+    "tail {t}", "tail {t}", "trail {t}", "shadow {t}", "shadow {t}", "stick close to {t}", "tag along behind {t}",
+    "try to keep up with {t}", "trail behind {t}", "tag along with {t}", "go tag along behind {t}",
+    "stick close behind {t}", "follow close behind {t}", "try and keep pace with {t}",
+)  # fmt: skip
+_FOLLOW_MORE_DISTANCE = (
+    "tail {t} from {d}", "tail {t} from {d} back", "trail {t} from {d} away", "trail {t} at {d}", "shadow {t} at {d}",
+    "shadow {t} from {d} away", "stick close to {t}, about {d} behind", "tag along {d} behind {t}",
+    "keep up with {t} but stay {d} back", "keep up with {t} from {d} away", "trail {d} behind {t}",
+    "tail {t}, staying {d} back", "shadow {t}, keeping {d} behind", "tag along behind {t} at {d}",
+)  # fmt: skip
 _FOLLOW_TARGETS = ("person", "person", "man", "woman", "child", "kid", "dog", "cat", "robot", "guy")
 _FOLLOW_PRONOUN = {"me": "me", "dog": "it", "cat": "it", "robot": "it", "man": "him", "guy": "him", "woman": "her"}
 
@@ -774,11 +864,16 @@ def follow(rng: Rng) -> Phrase:
     if rng.random() < 0.45:
         spoken, distance = measure(rng, SHORT_DISTANCE)
         forms = _FOLLOW_DISTANCE_CLAUSE if rng.random() < 0.5 else _FOLLOW_DISTANCE
+        if rng.random() < 0.15:
+            forms = _FOLLOW_MORE_DISTANCE
         pronoun = _FOLLOW_PRONOUN.get(target, "them")
         text = rng.choice(forms).format(t=target_text, d=spoken, p=pronoun)
     else:
         distance = 1.0
-        text = rng.choice(_FOLLOW_ME) if target == "me" else rng.choice(_FOLLOW).format(t=target_text)
+        if rng.random() < 0.15:
+            text = rng.choice(_FOLLOW_MORE).format(t=target_text)
+        else:
+            text = rng.choice(_FOLLOW_ME) if target == "me" else rng.choice(_FOLLOW).format(t=target_text)
     return Phrase(text, (_call("robot.follow", target=target, distance=distance),))
 
 
@@ -805,12 +900,18 @@ _PLACE = (
     "set it {p} {l}", "place what you're holding {p} {l}", "put the item {p} {l}", "drop it off {p} {l}",
     "release it {p} {l}", "place it carefully {p} {l}",
 )  # fmt: skip
+_PLACE_MORE = (
+    "pop it {p} {l}", "pop it {p} {l}", "stick it {p} {l}", "stash it {p} {l}", "put it back {p} {l}",
+    "pop that {p} {l}", "stick that {p} {l}", "set it back down {p} {l}", "plonk it {p} {l}", "tuck it {p} {l}",
+    "leave that {p} {l}", "rest it {p} {l}", "lay it down {p} {l}", "park it {p} {l}", "set that down {p} {l}",
+)  # fmt: skip
 
 
 def place(rng: Rng) -> Phrase:
     """Put down what the gripper holds: "put it on the table", "drop it in the box"."""
     location = _PLACE_LOCATIONS(rng)
-    text = rng.choice(_PLACE).format(p=rng.choice(_PLACE_PREPS[location]), l=_location_text(rng, location))
+    form = _pick(rng, _PLACE, _PLACE_MORE, 0.2)
+    text = form.format(p=rng.choice(_PLACE_PREPS[location]), l=_location_text(rng, location))
     return Phrase(text.replace("down down", "down"), (_call("robot.gripper.place", location=location),))
 
 
@@ -915,11 +1016,16 @@ _ARM_HOME = (
     "park the arm", "move your arm to the rest position", "return your arm to rest", "put your arm down",
     "move the arm back to home", "reset your arm position", "return the arm home", "home your arm",
 )  # fmt: skip
+_ARM_HOME_MORE = (
+    "park your arm", "park your arm", "tuck your arm in", "put the arm in its rest position", "stow your arm",
+    "stow the arm away", "tuck the arm away", "fold your arm away", "put your arm away", "rest your arm",
+    "bring your arm back to rest", "put your arm in the resting position", "tuck your arm back in",
+)  # fmt: skip
 
 
 def arm_home(rng: Rng) -> Phrase:
     """Arm to its rest pose: "home the arm", "retract the arm"."""
-    return Phrase(rng.choice(_ARM_HOME), (_call("robot.arm.home"),))
+    return Phrase(_pick(rng, _ARM_HOME, _ARM_HOME_MORE, 0.25), (_call("robot.arm.home"),))
 
 
 _TAKE_PHOTO = (
@@ -941,14 +1047,22 @@ _PHOTO_SCENE_VERB = (
     "photograph {s}", "get a picture of {s}", "capture a photo of {s}", "take a pic of {s}", "grab a shot of {s}",
     "capture {s}", "take a snapshot of {s}", "get a photo of {s}",
 )  # fmt: skip
+_TAKE_PHOTO_MORE = (
+    "grab a shot", "grab a shot", "capture a picture", "capture a picture", "grab a quick shot", "snap a shot",
+    "shoot a photo", "get a shot", "take a quick snapshot", "grab a pic", "capture a snapshot", "shoot a picture",
+)  # fmt: skip
+_PHOTO_SCENE_VERB_MORE = (
+    "capture a picture of {s}", "grab a picture of {s}", "shoot a photo of {s}", "take a shot of {s}",
+    "grab a quick shot of {s}", "snap a shot of {s}", "grab a pic of {s}", "capture a snapshot of {s}",
+)  # fmt: skip
 
 
 def take_photo(rng: Rng) -> Phrase:
     """Take a photo: "snap a picture"; of the scene ("a photo of the room") it is still a photo alone."""
     if rng.random() < 0.3:
-        text = rng.choice(_PHOTO_SCENE_VERB).format(s=rng.choice(_PHOTO_SCENE))
+        text = _pick(rng, _PHOTO_SCENE_VERB, _PHOTO_SCENE_VERB_MORE, 0.15).format(s=rng.choice(_PHOTO_SCENE))
         return Phrase(text, (_call("robot.camera.take_photo"),))
-    return Phrase(rng.choice(_TAKE_PHOTO), (_call("robot.camera.take_photo"),))
+    return Phrase(_pick(rng, _TAKE_PHOTO, _TAKE_PHOTO_MORE, 0.15), (_call("robot.camera.take_photo"),))
 
 
 _LOOK_AT = (
@@ -1002,15 +1116,73 @@ _DETECT_QUESTION = (
 )  # fmt: skip
 
 
+# Whether one thing is in view: "{o}" mostly with "the" or "my" ("is my phone in view?").
+_DETECT_IN_VIEW = (
+    "is {o} in view", "is {o} in view", "is {o} in sight", "is {o} visible", "can you spot {o}", "can you spot {o}",
+    "is {o} anywhere in sight", "is {o} visible from where you are", "is {o} in view right now",
+    "do you have {o} in view", "can you catch sight of {o}", "do you spot {o}",
+)  # fmt: skip
+# Several of a kind, asked about by their plural ("any apples around?"): one detect of the singular noun.
+_DETECT_PLURAL = (
+    "any {p} around", "any {p} around", "any {p} nearby", "do you see any {p}", "are there any {p} around",
+    "can you spot any {p}", "are any {p} visible", "see any {p}", "are there {p} here", "are there any {p} in view",
+    "any {p} in sight", "do you detect any {p}",
+)  # fmt: skip
+_DETECT_MY_PLURAL = ("do you see my {p}", "can you see my {p}", "are my {p} in view", "can you spot my {p}")
+# The plurals people type, written out so the normaliser knows them ("any bals?" reads back as "balls"); only
+# regular ones ("cups", "boxes", "batteries"), as the decoding check reads a plural by the usual rule (no
+# "people", no "knives").
+_PLURALS: dict[str, str] = {
+    "ball": "balls", "cup": "cups", "bottle": "bottles", "box": "boxes", "block": "blocks", "cube": "cubes",
+    "can": "cans", "mug": "mugs", "apple": "apples", "toy": "toys", "remote": "remotes",
+    "pen": "pens", "bowl": "bowls", "plate": "plates", "sock": "socks", "shoe": "shoes", "bag": "bags",
+    "towel": "towels", "spoon": "spoons", "marker": "markers", "package": "packages", "phone": "phones",
+    "key": "keys", "card": "cards", "banana": "bananas", "wallet": "wallets", "hammer": "hammers",
+    "wrench": "wrenches", "screwdriver": "screwdrivers", "glass": "glasses", "jar": "jars", "tray": "trays",
+    "pillow": "pillows", "hat": "hats", "umbrella": "umbrellas", "backpack": "backpacks", "notebook": "notebooks",
+    "tablet": "tablets", "battery": "batteries", "brush": "brushes", "basket": "baskets",
+    "flashlight": "flashlights", "fork": "forks", "doll": "dolls", "dog": "dogs", "cat": "cats", "chair": "chairs",
+    "plant": "plants", "door": "doors", "robot": "robots", "window": "windows", "lamp": "lamps", "sofa": "sofas",
+    "couch": "couches", "television": "televisions", "clock": "clocks", "painting": "paintings",
+    "fridge": "fridges", "sink": "sinks", "printer": "printers", "laptop": "laptops", "monitor": "monitors",
+    "vase": "vases", "bin": "bins", "bicycle": "bicycles", "car": "cars", "tree": "trees", "sign": "signs",
+    "poster": "posters", "desk": "desks", "bench": "benches", "cabinet": "cabinets", "drawer": "drawers",
+    "mirror": "mirrors", "fence": "fences",
+}  # fmt: skip
+_PLURAL_NOUNS = tuple(_PLURALS)
+_OWNED = frozenset(_GRASPABLE + _ANIMATE) - {"person"}
+
+
 def _detect_call(ref: ObjectRef) -> Call:
     return _call("robot.sensors.detect", object_type=ref.noun, color=ref.color)
 
 
+def _detect_question(rng: Rng) -> Phrase:
+    """Less common questions: "is the red ball in view?", "can you spot my phone?", "any apples around?"."""
+    if rng.random() < 0.5:
+        noun = rng.choice(_PLURAL_NOUNS)
+        colors = _NOUN_COLORS.get(noun, _NAMED_COLORS)
+        color = rng.choice(colors) if colors and rng.random() < 0.35 else "any"
+        many = _PLURALS[noun] if color == "any" else f"{color} {_PLURALS[noun]}"  # "apples", "red apples"
+        mine = noun in _OWNED and color == "any" and rng.random() < 0.3
+        text = rng.choice(_DETECT_MY_PLURAL if mine else _DETECT_PLURAL).format(p=many)
+        return Phrase(text, (_call("robot.sensors.detect", object_type=noun, color=color),), mood="question")
+    ref = _object_ref(rng, _VISIBLE, sized=False, definite=0.75)
+    if ref.noun in _OWNED and rng.random() < 0.3:
+        ref = ObjectRef(
+            rng.choice(("my", "my", "your")) + " " + ref.text.split(" ", 1)[1], ref.noun, ref.color, "medium"
+        )
+    return Phrase(rng.choice(_DETECT_IN_VIEW).format(o=ref.text), (_detect_call(ref),), mood="question")
+
+
 def detect(rng: Rng) -> Phrase:
-    """Detect on its own: "look for a red ball", "is there a cup?"."""
+    """Detect on its own: "look for a red ball", "is there a cup?", "any apples around?" (object "apple")."""
     ref = _object_ref(rng, _VISIBLE, sized=False, definite=0.1)
     program = (_detect_call(ref),)
-    if rng.random() < 0.5:  # a question alone asks, and nothing more (compare "is there a cup? If so, ...")
+    r = rng.random()
+    if r < 0.16:
+        return _detect_question(rng)
+    if r < 0.5:  # a question alone asks, and nothing more (compare "is there a cup? If so, ...")
         return Phrase(rng.choice(_DETECT_QUESTION).format(o=ref.text), program, mood="question")
     return Phrase(rng.choice(_DETECT).format(o=ref.text), program)
 
@@ -1035,6 +1207,8 @@ _QUOTES = (('"', '"'), ('"', '"'), ('"', '"'), ("'", "'"), ("“", "”"))
 
 
 _NUMBER_IN_TEXT = re.compile(rf"\d|\b(?:{'|'.join(w for w in ONES_WORDS + TENS_WORDS if w)})\b", re.IGNORECASE)
+# A photo named without quotes would be read as one to take ("say picture taken").
+_PHOTO_IN_TEXT = re.compile(r"\b(?:photo|picture|pic|snapshot|image|shot)s?\b", re.IGNORECASE)
 
 
 def say(rng: Rng, quoted: bool = False) -> Phrase:
@@ -1044,7 +1218,8 @@ def say(rng: Rng, quoted: bool = False) -> Phrase:
     """
     text = _say_text(rng)
     # A number said without quotes would be read as a quantity ("say meeting starts in five minutes").
-    if not quoted and "," not in text and not _NUMBER_IN_TEXT.search(text) and rng.random() < 0.4:
+    unquoted = not quoted and "," not in text and not _NUMBER_IN_TEXT.search(text)
+    if unquoted and not _PHOTO_IN_TEXT.search(text) and rng.random() < 0.4:
         text = text.rstrip(".!?")
         if rng.random() < 0.4 and not text.startswith(("I ", "I'")):
             text = text[0].lower() + text[1:]
@@ -1069,23 +1244,45 @@ _SET_LIGHT = (
     "change the LED colour to {c}", "set your lights to {c}", "switch your light to {c}", "make your LED {c}",
     "change the light colour to {c}", "set the light color to {c}",
 )  # fmt: skip
+_SET_LIGHT_MORE = (
+    "make your LED glow {c}", "make your LED glow {c}", "make the light glow {c}", "have your light glow {c}",
+    "switch your LED to {c}", "turn your lamp {c}", "make your lamp {c}", "set your lamp to {c}",
+    "change your status light to {c}", "put your status light on {c}", "flip your light to {c}",
+    "get your LED to glow {c}", "let your light glow {c}", "make your status light {c}",
+)  # fmt: skip
+# The light and its colour, said tersely: the whole command ("status light to green").
+_SET_LIGHT_TERSE = (
+    "status light to {c}", "status light to {c}", "status light {c}", "lamp {c}", "lamp {c}", "lamp to {c}",
+    "LED {c}", "LED to {c}", "light to {c} please", "lamp {c} please", "{c} light please", "{c} light, please",
+    "status light {c}, thanks", "LED to {c}, thanks",
+)  # fmt: skip
 
 
 def set_light(rng: Rng) -> Phrase:
     """Set the status light: "turn your light green", "set the LED to purple"."""
     color = rng.choice(_NAMED_COLORS)
-    return Phrase(rng.choice(_SET_LIGHT).format(c=color), (_call("robot.set_light", color=color),))
+    text = _pick(rng, _SET_LIGHT, _SET_LIGHT_MORE, 0.12).format(c=color)
+    return Phrase(text, (_call("robot.set_light", color=color),))
+
+
+def set_light_alone(rng: Rng) -> Phrase:
+    """The light set as a command of its own, sometimes tersely ("lamp blue", "status light to red")."""
+    if rng.random() < 0.1:
+        color = rng.choice(_NAMED_COLORS)
+        text = rng.choice(_SET_LIGHT_TERSE).format(c=color)
+        return Phrase(text, (_call("robot.set_light", color=color),), mood="terse")
+    return set_light(rng)
 
 
 #: Single-call builders per call category, weighted roughly by how often people say such things.
 CALL_BUILDERS: dict[str, _Weighted[Callable[[Rng], Phrase]]] = {
     "movement": _Weighted(((forward, 5), (backward, 3), (turn, 6), (stop_alone, 1.5), (wait, 2))),
-    "navigation": _Weighted(((navigate, 6), (go_home, 2), (follow, 2.5))),
+    "navigation": _Weighted(((navigate_alone, 6), (go_home, 2), (follow, 2.5))),
     "manipulation": _Weighted(
         ((pick_up, 5), (place, 3), (gripper_open, 1.3), (gripper_close, 1.3), (arm_move, 3), (arm_home, 1))
     ),
     "perception": _Weighted(((take_photo, 2.5), (look_at, 3), (scan, 3), (detect, 3))),
-    "communication": _Weighted(((say, 6), (set_light, 3))),
+    "communication": _Weighted(((say, 6), (set_light_alone, 3))),
 }
 
 
@@ -1181,7 +1378,7 @@ def _capitalize_after_stop(text: str) -> str:
 
 # A step may end in ", slowly" ("go to the office, slowly please"), so one starting with the adverb is never
 # joined to it by a bare comma.
-_ADVERB_FIRST = ("slowly ", "quickly ")
+_ADVERB_FIRST = ("slowly ", "quickly ", "fast ")
 
 
 def _join(rng: Rng, texts: Sequence[str], *, in_block: bool = False) -> str:
@@ -1472,9 +1669,11 @@ def _more_loops(rng: Rng, n: int) -> Phrase:
         turning = rng.choice(_SHAPE_TURN[direction]) if rng.random() < 0.6 or direction == "left" else ""
         if turning.startswith(" turning") and rng.random() < 0.7:
             turning = "," + turning
-        text = rng.choice(_SHAPE_LAPS).format(k=_number(rng, n), s=shape, side=form, n=_times(rng, n), turn=turning)
+        laps = rng.choice(_SHAPE_LAPS)
+        text = laps.format(k=_number(rng, n), s=shape, side=form, n=_times(rng, n), turn=turning)
         body = (_call("robot.move_forward", distance=side, speed=1.0), _turn_call(direction, round(360 / sides, 2)))
-        return Phrase(text, (Loop(n, (Loop(sides, body),)),), closed=True)
+        # "drive a square twice": the count comes after the shape, so no step may go before it.
+        return Phrase(text, (Loop(n, (Loop(sides, body),)),), count_last="{n}" in laps, closed=True)
     side = rng.choice(_SIDES)
     spoken, angle = measure(rng, ANGLE, bare=0.1)
     text = rng.choice(_PHOTO_TURNS).format(k=_number(rng, n), side=side, a=spoken)
@@ -1945,8 +2144,15 @@ def _misspell(rng: Rng, word: str) -> str:
     return word[:k] + word[k] + word[k:]
 
 
+# A say verb already slipped ("sya hello there"): the text has its one typo.
+_SLIPPED_SAY = re.compile(rf"\b(?:{'|'.join(_SAY_SLIPS)}) {_OPEN}")
+
+
 def add_typo(rng: Rng, text: str) -> str:
-    """Misspell one word of 4+ letters outside protected spans, never a number, colour or size word."""
+    """Misspell one word of 4+ letters outside protected spans, never a number, colour or size word; a text
+    whose say verb is already slipped keeps its one slip."""
+    if _SLIPPED_SAY.search(text):
+        return text
     segments = _PROTECTED.split(text)
     candidates = [
         (i, m)
@@ -1983,7 +2189,7 @@ def decorate(rng: Rng, phrase: Phrase) -> str:
             suffix = " "
     else:
         prefix = _ADDRESS(rng)
-        suffix = " " if phrase.mood == "question" else _STATEMENT_SUFFIX(rng)
+        suffix = " " if phrase.mood in ("question", "terse") else _STATEMENT_SUFFIX(rng)
     if text.endswith(_CLOSE):  # unquoted say text runs to the end: "say hello please" would say "hello please"
         suffix = " "
     text = prefix + text + suffix.rstrip()
