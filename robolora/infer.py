@@ -214,10 +214,10 @@ class Generator:
         keeps the code inside the robot grammar, on ``grammar_engine`` (:data:`robolora.robot.engines.ENGINES`).
 
         ``repair_beams`` (greedy only; 0: off): a program that leaves out a number, quoted text, colour, place or
-        action its command names, names one the command never mentions, makes up a condition or an ``else``, or
-        scopes a counted loop against the command's words (:func:`robolora.robot.coverage.mismatch`), is decoded
-        again with that many beams, and the best-scored beam without a mismatch replaces it; when none is, the
-        greedy program stays."""
+        action its command names, names one the command never mentions, makes up a condition, a loop or an
+        ``else``, or orders its blocks against the command's words (:func:`robolora.robot.coverage.mismatch`), is
+        decoded again with that many beams, and the best-scored beam without a mismatch replaces it; when none is,
+        the greedy program stays."""
         torch.manual_seed(seed)
         engine = grammar_engine if constrained else None
         out = self._in_batches(
