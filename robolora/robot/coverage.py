@@ -416,10 +416,11 @@ def _ifs(program: Program) -> list[If]:
 
 
 def _plural(noun: object, words: set[str]) -> bool:
-    """An object type written as the plural the command typed ("keys"): the API names one kind, singular."""
+    """An object type copied from a plural the command typed ("keys", "apples"): the API names one kind, in the
+    singular. Words whose -s is not a plural's ("glass", "bus", "iris") and short ones ("gas") are left alone."""
     if not isinstance(noun, str) or len(noun) < 4 or not noun.endswith("s") or noun.endswith(("ss", "us", "is")):
         return False
-    return noun in words and any(s in words or len(s) > 2 for s in (noun[:-1], noun[:-2]))
+    return noun in words
 
 
 def _unstated(shown: str, program: Program) -> list[str]:
