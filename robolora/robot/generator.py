@@ -109,7 +109,7 @@ class _Weighted(Generic[T]):
         return rng.choices(self.items, cum_weights=self.cum)[0]
 
 
-def _pick(rng: Rng, table: Sequence[str], more: Sequence[str], share: float) -> str:
+def _pick(rng: Rng, table: Sequence[T], more: Sequence[T], share: float) -> T:
     """A template of ``table``, or with probability ``share`` one of ``more`` (rarer wordings, drawn less often)."""
     return rng.choice(more if rng.random() < share else table)
 
@@ -663,7 +663,7 @@ def turn(rng: Rng) -> Phrase:
     side = rng.choice(_SIDES)
     clock = rng.choice(_CLOCK[side])
     if r < 0.17:
-        words, fixed_side, angle = rng.choice(_TURN_FIXED_MORE if rng.random() < 0.12 else _TURN_FIXED)
+        words, fixed_side, angle = _pick(rng, _TURN_FIXED, _TURN_FIXED_MORE, 0.12)
         side = fixed_side or side
         return Phrase(words.format(side=side, clock=clock), (_turn_call(side, float(angle)),))
     if r < 0.4:
